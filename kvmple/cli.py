@@ -1,0 +1,74 @@
+"""kvmple's command line: subcommands, each a thin adapter over one library function.
+
+Every subcommand module in ``kvmple.commands`` exposes ``register(subparsers)``, which adds
+its parser and sets ``handler`` (a function taking the parsed args and returning an exit
+code). Expected failures are ``KvmpleError``s, caught once here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+import traceback
+from collections.abc import Sequence
+from types import FrameType
+
+from kvmple import __version__
+from kvmple.errors import Interrupted, KvmpleError
+
+# One entry per subcommand module in kvmple/commands/; keep alphabetical.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kvmple",
+        description="Validate kernel patches by driving real QEMU/KVM guests.",
+    )
+    parser.add_argument("--version", action="version", version=f"kvmple {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks and debug output on errors"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"kvmple.commands.{name}")
+        module.register(sub)
+    return parser
+
+
+def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM unwinds like Ctrl-C so every context manager (VMs, PLE changes) cleans up.
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        code = args.handler(args)
+        return int(code or 0)
+    except KeyboardInterrupt:
+        error: KvmpleError = Interrupted(
+            "interrupted; everything kvmple started was cleaned up",
+            hint="a campaign can continue with 'kvmple run --resume ID'",
+        )
+        return _report(error, args.debug)
+    except KvmpleError as exc:
+        return _report(exc, args.debug)
+
+
+def _report(exc: KvmpleError, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print(f"kvmple: error: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"  hint: {exc.hint}", file=sys.stderr)
+    return exc.exit_code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

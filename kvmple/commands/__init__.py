@@ -1,0 +1,1 @@
+"""Subcommand adapters: parse arguments, call one library function, print the result."""

@@ -1,0 +1,6 @@
+#!/bin/bash
+# Start the services the test tiers need on this host (idempotent). Called by
+# scripts/setup-host.sh --test. Everything listens on 127.0.0.1 only.
+set -euo pipefail
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+say "test services: none needed yet"

@@ -1,0 +1,32 @@
+"""Test-suite wide fixtures: isolated kvmple directories for every test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _kvmple_dirs(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Unit tests never write to the user's real cache/state/data dirs.
+
+    Real-tier tests that want the shared image cache opt in with the ``shared_cache`` fixture.
+    """
+    base = tmp_path_factory.mktemp("kvmple-home")
+    for name in ("CACHE", "STATE", "DATA"):
+        monkeypatch.setenv(f"KVMPLE_{name}_DIR", str(base / name.lower()))
+    monkeypatch.setenv("KVMPLE_NO_PROGRESS", "1")
+    yield
+
+
+@pytest.fixture
+def shared_cache(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The persistent image cache of this machine (kept between test runs and CI runs)."""
+    path = Path("/var/cache/kvmple-tests")
+    path.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("KVMPLE_CACHE_DIR", str(path))
+    return path
