@@ -117,3 +117,15 @@ def test_cli_reports_one_line_and_exit_code(capsys: pytest.CaptureFixture[str]) 
     except SystemExit as exc:
         parser_error = exc.code
     assert parser_error == 2
+
+
+def test_local_executor_roundtrip(tmp_path: Path) -> None:
+    from kvmple.executor import Executor, LocalExecutor
+
+    executor = LocalExecutor()
+    assert isinstance(executor, Executor)
+    src = tmp_path / "a"
+    src.write_text("hello")
+    executor.put(src, str(tmp_path / "sub" / "b"), mode=0o600)
+    assert (tmp_path / "sub" / "b").stat().st_mode & 0o777 == 0o600
+    assert executor.run(["cat", str(tmp_path / "sub" / "b")], timeout=5).stdout == "hello"
