@@ -4,3 +4,5 @@
 set -euo pipefail
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 say "test services: none needed yet"
+# results store tests: PostgreSQL on 127.0.0.1 (role/db kvmple_test)
+"$(dirname "${BASH_SOURCE[0]}")/test-postgres.sh"
