@@ -12,6 +12,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from kvmple.results.analysis import CampaignAnalysis, RfcTable
+from kvmple.results.compare import CampaignComparison
 from kvmple.results.stats import CellStats, Comparison
 
 ROW_LABELS = {"off": "no PLE", "on": "PLE", "unavailable": "PLE unavailable"}
@@ -224,3 +225,76 @@ def render_markdown(analysis: CampaignAnalysis) -> str:
     parts += [f"- {line}" for line in heading(analysis)]
     body = "\n\n".join(markdown_table(t) for t in all_tables(analysis))
     return "\n".join(parts) + "\n\n" + body + "\n"
+
+
+# -- campaign vs campaign ------------------------------------------------------------------
+
+
+def p_value(p: float | None) -> str:
+    return "n/a" if p is None else f"{p:.3g}"
+
+
+def comparison_table(cc: CampaignComparison) -> Table:
+    rows = []
+    for c in cc.cells:
+        comp = c.comparison
+        if comp is None:
+            rows.append((c.label, "", "", "n/a", "", "", "", f"inconclusive ({c.missing})"))
+            continue
+        rows.append(
+            (
+                c.label,
+                mean_ci(comp.baseline),
+                mean_ci(comp.candidate),
+                gain_cell(comp),
+                p_value(comp.mannwhitney_p),
+                p_value(comp.welch_p),
+                "n/a" if comp.cohens_d is None else f"{comp.cohens_d:+.2f}",
+                comp.verdict,
+            )
+        )
+    header = (
+        "cell",
+        f"{cc.baseline.id} (baseline)",
+        f"{cc.candidate.id} (candidate)",
+        "change [95% CI]",
+        "Mann-Whitney p",
+        "Welch p",
+        "Cohen's d",
+        "verdict",
+    )
+    notes = (
+        f"threshold {100 * cc.threshold:g}%: improved/regressed when the ratio's bootstrap CI "
+        "excludes 1, Welch p < 0.05 and the change is at least the threshold; inconclusive when "
+        "a threshold-sized loss cannot be ruled out",
+    )
+    return Table(
+        f"{cc.candidate.id} vs {cc.baseline.id}: {cc.baseline.primary_metric}",
+        header,
+        tuple(rows),
+        notes,
+    )
+
+
+def comparison_heading(cc: CampaignComparison) -> list[str]:
+    counts: dict[str, int] = {}
+    for c in cc.cells:
+        counts[c.verdict] = counts.get(c.verdict, 0) + 1
+    summary = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
+    lines = [
+        f"baseline {cc.baseline.id} ({cc.baseline.name}) vs candidate {cc.candidate.id} "
+        f"({cc.candidate.name})",
+        f"outcome: {cc.outcome.upper()} ({summary}); exit code {cc.exit_code}",
+    ]
+    lines += [f"differs: {d}" for d in cc.differences] or ["differs: nothing recorded"]
+    lines += [f"WARNING: {w}" for w in cc.warnings]
+    return lines
+
+
+def render_comparison_text(cc: CampaignComparison) -> str:
+    return "\n".join(comparison_heading(cc)) + "\n\n" + _text_table(comparison_table(cc)) + "\n"
+
+
+def render_comparison_markdown(cc: CampaignComparison) -> str:
+    head = "\n".join(f"- {line}" for line in comparison_heading(cc))
+    return f"## kvmple compare\n\n{head}\n\n{markdown_table(comparison_table(cc))}\n"
