@@ -60,6 +60,14 @@ def qemu_guest_name(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _capability_probe(argv: Sequence[str]) -> bool:
+    """libvirt's QMP capability probes (``-machine none``) are QEMU processes, not VMs."""
+    for i, arg in enumerate(argv[:-1]):
+        if arg in ("-machine", "-M") and argv[i + 1].split(",")[0] == "none":
+            return True
+    return False
+
+
 def _holds_kvm(pid_dir: Path) -> bool:
     try:
         fds = list((pid_dir / "fd").iterdir())
@@ -91,7 +99,7 @@ def scan_processes(proc_root: Path, skip_pids: frozenset[int] = frozenset()) -> 
         program = Path(argv[0]).name
         is_qemu = program.startswith("qemu-system") or program.startswith("qemu-kvm")
         uses_kvm = _holds_kvm(pid_dir)
-        if not (is_qemu or uses_kvm):
+        if not (is_qemu or uses_kvm) or _capability_probe(argv):
             continue
         name = qemu_guest_name(argv) or f"{program}[{pid_dir.name}]"
         found.append(
