@@ -19,7 +19,9 @@ from kvmple import __version__
 from kvmple.errors import Interrupted, KvmpleError
 
 # One entry per subcommand module in kvmple/commands/; keep alphabetical.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "workload",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,70 @@
+"""Workloads: what runs inside the guests, behind one small interface (see base.py).
+
+Registry: ``get_workload(name)`` returns a fresh workload object. Adding a workload = one
+module here + one entry in ``WORKLOADS`` (+ its guest program, if any, in kvmple/guest/ and
+the image recipe's ``guest_programs``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from kvmple.errors import ConfigError
+from kvmple.workloads.amqp import AmqpPerftest, PerftestParams
+from kvmple.workloads.base import (
+    CpuSplit,
+    LoadStatus,
+    LoadWorkload,
+    LoopStatus,
+    MeasuredWorkload,
+    Measurement,
+    Metric,
+    parse_params,
+)
+from kvmple.workloads.hackbench import Hackbench, HackbenchParams
+from kvmple.workloads.programs import GUEST_BIN, PROGRAMS, ensure_programs
+from kvmple.workloads.spin import SpinLoops, SpinParams
+
+Workload = MeasuredWorkload | LoadWorkload
+
+WORKLOADS: dict[str, Callable[..., Any]] = {
+    AmqpPerftest.name: AmqpPerftest,
+    Hackbench.name: Hackbench,
+    SpinLoops.name: SpinLoops,
+}
+
+
+def get_workload(name: str, **options: Any) -> Any:
+    """A new workload object by registry name (options: e.g. ``bin_dir=``)."""
+    try:
+        factory = WORKLOADS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown workload {name!r}", hint=f"known workloads: {', '.join(sorted(WORKLOADS))}"
+        ) from None
+    return factory(**options)
+
+
+__all__ = [
+    "GUEST_BIN",
+    "PROGRAMS",
+    "WORKLOADS",
+    "AmqpPerftest",
+    "CpuSplit",
+    "Hackbench",
+    "HackbenchParams",
+    "LoadStatus",
+    "LoadWorkload",
+    "LoopStatus",
+    "MeasuredWorkload",
+    "Measurement",
+    "Metric",
+    "PerftestParams",
+    "SpinLoops",
+    "SpinParams",
+    "Workload",
+    "ensure_programs",
+    "get_workload",
+    "parse_params",
+]

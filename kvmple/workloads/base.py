@@ -1,0 +1,204 @@
+"""The small interface every workload implements, and the typed figures it returns.
+
+Two kinds of workload exist:
+
+- a *measured* workload (the AMQP perftest, hackbench) runs once per run and returns a
+  ``Measurement``: typed figures named by its ``metrics``, the raw output, how long the
+  measurement window was and, where it applies, the guest CPU split broker vs clients;
+- a *load* workload (the busy loops) is started before the measured one, verified running,
+  and stopped afterwards.
+
+All of them talk to a machine only through ``kvmple.executor.Executor``, so the same code runs
+against the host (``LocalExecutor``) and in a guest (``kvmple.remote.SSHExecutor``).
+Parameters are frozen pydantic models (``params_model``) so a playbook's ``params:`` mapping
+is validated once, with the offending key named, before anything runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
+
+from pydantic import BaseModel, ValidationError
+
+from kvmple.errors import ConfigError
+from kvmple.executor import Executor
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One figure a workload measures."""
+
+    name: str
+    unit: str
+    higher_is_better: bool
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class CpuSplit:
+    """Where the measured guest's CPU time went during the measurement window.
+
+    Fractions of all the guest's CPU time in the window (all vCPUs, from /proc in the guest),
+    so they sum to ~1: ``broker`` (RabbitMQ's Erlang VM), ``clients`` (the perftest's
+    processes), ``other`` (kernel threads, sshd, ...) and ``idle``.
+    """
+
+    window_s: float
+    ncpu: int
+    broker: float
+    clients: float
+    other: float
+    idle: float
+
+    @property
+    def broker_vcpus(self) -> float:
+        """The broker's share expressed in vCPUs (1.0 = one vCPU fully busy)."""
+        return self.broker * self.ncpu
+
+    @property
+    def clients_vcpus(self) -> float:
+        return self.clients * self.ncpu
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CpuSplit:
+        return cls(
+            window_s=float(data["window_s"]),
+            ncpu=int(data["ncpu"]),
+            broker=float(data["broker"]),
+            clients=float(data["clients"]),
+            other=float(data["other"]),
+            idle=float(data["idle"]),
+        )
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one measured run produced: never made up; a failed run raises instead."""
+
+    workload: str
+    params: dict[str, Any]
+    figures: dict[str, float]
+    primary: str
+    window_s: float
+    raw_output: str
+    iterations: tuple[dict[str, float], ...] = ()
+    cpu: CpuSplit | None = None
+    started_at: float = field(default_factory=time.time)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def value(self) -> float:
+        """The primary figure (what campaigns compare)."""
+        return self.figures[self.primary]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["value"] = self.value
+        if self.cpu is not None:
+            data["cpu"]["broker_vcpus"] = round(self.cpu.broker_vcpus, 4)
+            data["cpu"]["clients_vcpus"] = round(self.cpu.clients_vcpus, 4)
+        return data
+
+
+@dataclass(frozen=True)
+class LoopStatus:
+    """One busy loop as read back from the guest's /proc."""
+
+    pid: int
+    cpu: int
+    running: bool
+    busy: float
+    affinity: tuple[int, ...]
+    last_cpu: int | None
+
+
+@dataclass(frozen=True)
+class LoadStatus:
+    """A load workload's state as verified in the guest."""
+
+    workload: str
+    loops: tuple[LoopStatus, ...]
+    sample_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+P = TypeVar("P", bound=BaseModel)
+
+
+def parse_params(model: type[P], params: Mapping[str, Any] | BaseModel, *, where: str) -> P:
+    """Validate a ``params:`` mapping into the workload's model; ConfigError names the key."""
+    if isinstance(params, model):
+        return params
+    data = params.model_dump() if isinstance(params, BaseModel) else dict(params)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "(params)"
+        raise ConfigError(
+            f"{where}: {key}: {first['msg']}",
+            hint=f"valid parameters: {', '.join(model.model_fields)}",
+        ) from None
+
+
+@runtime_checkable
+class MeasuredWorkload(Protocol):
+    """A workload that runs once per run and returns figures."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str]  # "measure"
+    metrics: ClassVar[tuple[Metric, ...]]
+    primary: ClassVar[str]
+    params_model: ClassVar[type[BaseModel]]
+
+    def prepare(
+        self,
+        executor: Executor,
+        *,
+        timeout: float,
+        params: Mapping[str, Any] | BaseModel | None = None,
+    ) -> None:
+        """Programs present and current, services (the broker) really answering."""
+        ...
+
+    def measure(
+        self, executor: Executor, params: Mapping[str, Any] | BaseModel, *, timeout: float
+    ) -> Measurement:
+        """One measured run; raises WorkloadError (with the reason) instead of bad figures."""
+        ...
+
+    def between_runs(self, executor: Executor, params: Mapping[str, Any] | BaseModel) -> None:
+        """Leave nothing behind that could leak into the next run (queues, files)."""
+        ...
+
+
+@runtime_checkable
+class LoadWorkload(Protocol):
+    """A workload that keeps vCPUs busy while another one is measured."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str]  # "load"
+    params_model: ClassVar[type[BaseModel]]
+
+    def prepare(
+        self,
+        executor: Executor,
+        *,
+        timeout: float,
+        params: Mapping[str, Any] | BaseModel | None = None,
+    ) -> None: ...
+
+    def start(self, executor: Executor, params: Mapping[str, Any] | BaseModel) -> None: ...
+
+    def verify(self, executor: Executor) -> LoadStatus:
+        """Read back from the guest that every loop runs where it should, near 100%."""
+        ...
+
+    def stop(self, executor: Executor) -> None:
+        """Stop everything ``start`` started (idempotent)."""
+        ...

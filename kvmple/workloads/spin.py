@@ -1,0 +1,159 @@
+"""The busy-loop load: ``spin N`` user-space infinite loops, each pinned to its own vCPU.
+
+Driven through the guest program kvmple-spin: ``start`` launches the loops detached (so the
+SSH command returns), ``verify`` reads back from the guest's /proc that each loop is alive,
+pinned to its vCPU and near 100% busy, ``stop`` kills them and waits until they are gone.
+Zero loops is a valid setting (start and verify then do nothing but check nothing runs).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kvmple.errors import WorkloadError
+from kvmple.executor import Executor
+from kvmple.run import Result
+from kvmple.workloads.base import LoadStatus, LoopStatus, parse_params
+from kvmple.workloads.programs import GUEST_BIN, ensure_programs, program_argv
+
+PROGRAM = "kvmple-spin"
+STATE_FILE = "/run/kvmple-spin.json"
+
+
+class SpinParams(BaseModel):
+    """How many loops, on which vCPUs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    count: int = Field(default=0, ge=0, le=1024, description="busy loops (0 = none)")
+    cpus: tuple[int, ...] | None = Field(
+        default=None, description="guest vCPU of each loop (default 0..count-1)"
+    )
+    min_busy: float = Field(
+        default=0.85, gt=0, le=1, description="share of a vCPU each loop must show in verify"
+    )
+    sample_s: float = Field(default=1.0, gt=0, le=60, description="verify's sampling time")
+
+
+class SpinLoops:
+    """The load workload of the RFC: N infinite loops in the other guest."""
+
+    name: ClassVar[str] = "spin"
+    kind: ClassVar[str] = "load"
+    params_model: ClassVar[type[BaseModel]] = SpinParams
+
+    def __init__(self, *, bin_dir: str = GUEST_BIN, state_file: str = STATE_FILE) -> None:
+        self.bin_dir = bin_dir
+        self.state_file = state_file
+        self._params = SpinParams()
+
+    def _run(self, executor: Executor, *args: str, timeout: float = 60) -> dict[str, Any]:
+        argv = program_argv(PROGRAM, f"--state={self.state_file}", *args, bin_dir=self.bin_dir)
+        result = executor.run(argv, timeout=timeout, check=False, what=f"kvmple-spin {args[0]}")
+        return _json_or_error(result, executor.name, args[0])
+
+    def prepare(
+        self,
+        executor: Executor,
+        *,
+        timeout: float,
+        params: Mapping[str, Any] | BaseModel | None = None,
+    ) -> None:
+        ensure_programs(executor, [PROGRAM], bin_dir=self.bin_dir)
+
+    def start(self, executor: Executor, params: Mapping[str, Any] | BaseModel) -> None:
+        p = parse_params(SpinParams, params, where=f"workload {self.name} params")
+        args = ["start", str(p.count)]
+        if p.cpus is not None:
+            if len(p.cpus) != p.count:
+                raise WorkloadError(
+                    f"spin: cpus lists {len(p.cpus)} vCPUs for {p.count} loops",
+                    hint="give one vCPU per loop, or leave cpus out",
+                )
+            args.append("--cpus=" + ",".join(map(str, p.cpus)))
+        self._params = p
+        self._run(executor, *args)
+
+    def status(self, executor: Executor, sample_s: float | None = None) -> LoadStatus:
+        """Read each loop's pid, pinning and CPU share from the guest (no judgement)."""
+        sample = sample_s if sample_s is not None else self._params.sample_s
+        data = self._run(executor, "status", f"--sample={sample:g}", timeout=60 + sample)
+        loops = tuple(
+            LoopStatus(
+                pid=int(loop["pid"]),
+                cpu=int(loop["cpu"]),
+                running=bool(loop["running"]),
+                busy=float(loop["busy"]),
+                affinity=tuple(int(c) for c in loop["affinity"]),
+                last_cpu=None if loop["last_cpu"] is None else int(loop["last_cpu"]),
+            )
+            for loop in data["loops"]
+        )
+        return LoadStatus(self.name, loops, float(data["sample_s"]))
+
+    def verify(
+        self, executor: Executor, params: Mapping[str, Any] | BaseModel | None = None
+    ) -> LoadStatus:
+        """Status, checked: ``count`` loops alive, each pinned alone to its vCPU, busy.
+
+        ``params`` defaults to what the last ``start`` of this object used.
+        """
+        p = self._params if params is None else parse_params(SpinParams, params, where="spin")
+        status = self.status(executor, p.sample_s)
+        problems = check_loops(status, expected=p.count, min_busy=p.min_busy)
+        if problems:
+            raise WorkloadError(
+                f"busy loops on {executor.name} not running as asked: {'; '.join(problems)}",
+                hint="is the guest's vCPU count at least the number of loops?",
+            )
+        return status
+
+    def stop(self, executor: Executor) -> None:
+        self._run(executor, "stop")
+
+    @contextmanager
+    def running(
+        self, executor: Executor, params: Mapping[str, Any] | BaseModel
+    ) -> Iterator[LoadStatus]:
+        """Start, verify, yield the verified status, and always stop (also on errors)."""
+        self.start(executor, params)
+        try:
+            yield self.verify(executor)
+        finally:
+            self.stop(executor)
+
+
+def check_loops(status: LoadStatus, *, expected: int, min_busy: float) -> list[str]:
+    """What is wrong with the loops (empty list: all good). Pure, for tests."""
+    problems = []
+    if len(status.loops) != expected:
+        problems.append(f"{len(status.loops)} loops recorded, {expected} expected")
+    for loop in status.loops:
+        label = f"loop {loop.pid} (vCPU {loop.cpu})"
+        if not loop.running:
+            problems.append(f"{label} is not running")
+            continue
+        if loop.affinity != (loop.cpu,):
+            problems.append(f"{label} is pinned to {list(loop.affinity)}, not [{loop.cpu}]")
+        if loop.busy < min_busy:
+            problems.append(f"{label} used {loop.busy:.0%} of its vCPU (< {min_busy:.0%})")
+    return problems
+
+
+def _json_or_error(result: Result, where: str, action: str) -> dict[str, Any]:
+    if not result.ok:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        reason = lines[-1].strip() if lines else f"exit {result.returncode}"
+        raise WorkloadError(f"kvmple-spin {action} failed on {where}: {reason}")
+    try:
+        data: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise WorkloadError(
+            f"kvmple-spin {action} on {where} printed no JSON: {result.stdout[-200:]!r}"
+        ) from None
+    return data
