@@ -20,6 +20,8 @@ from kvmple.errors import Interrupted, KvmpleError
 
 # One entry per subcommand module in kvmple/commands/; keep alphabetical.
 COMMAND_MODULES: tuple[str, ...] = (
+    "doctor",
+    "ple",
     "workload",
 )
 
