@@ -20,8 +20,11 @@ from kvmple.errors import Interrupted, KvmpleError
 
 # One entry per subcommand module in kvmple/commands/; keep alphabetical.
 COMMAND_MODULES: tuple[str, ...] = (
+    "compare",
     "doctor",
     "ple",
+    "report",
+    "results",
     "workload",
 )
 

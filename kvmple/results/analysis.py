@@ -98,8 +98,12 @@ class CampaignAnalysis:
         """Every within-campaign comparison as (name, comparison, why-missing)."""
         found: list[tuple[str, Comparison | None, str]] = []
         for table in self.tables:
-            for column, gain in zip(table.columns, table.gains, strict=True):
-                found.append((f"{table.title}: PLE gain at {column:g}x", gain, "no data"))
+            gains: Sequence[Comparison | None] = table.gains or [None] * len(table.columns)
+            missing = "no data" if table.gains else f"PLE unavailable: {self.ple_unavailable}"
+            if not table.gains and not self.ple_unavailable:
+                missing = "no PLE on/off pair in this campaign"
+            for column, gain in zip(table.columns, gains, strict=True):
+                found.append((f"{table.title}: PLE gain at {column:g}x", gain, missing))
             for row, costs in table.costs:
                 for column, cost in zip(table.columns[1:], costs[1:], strict=True):
                     name = f"{table.title}: {_row_label(row)} cost {column:g}x vs "

@@ -35,7 +35,17 @@ class DuplicateRun(StoreError):
 
 
 def default_url() -> str:
-    return f"sqlite:///{paths.data_dir() / 'results.sqlite'}"
+    return sqlite_url(paths.data_dir() / "results.sqlite")
+
+
+def sqlite_url(path: Path) -> str:
+    """sqlite:///abs/path (three slashes, then the absolute path without its leading one)."""
+    return "sqlite:///" + str(path.resolve()).lstrip("/")
+
+
+def sqlite_path(url: str) -> Path:
+    """The file of a sqlite:/// URL; sqlite:////abs/path (SQLAlchemy's spelling) works too."""
+    return Path("/" + url.removeprefix("sqlite://").lstrip("/"))
 
 
 def redact(url: str) -> str:
@@ -62,7 +72,7 @@ class _Sqlite:
     """SQLite in WAL mode: readers never block the writer; writers queue (busy timeout)."""
 
     def __init__(self, path: Path, busy_timeout: float = 60.0) -> None:
-        self.url = f"sqlite:///{path}"
+        self.url = sqlite_url(path)
         if not path.parent.is_dir():
             raise StoreError(
                 f"results store {self.url}: directory {path.parent} does not exist",
@@ -158,7 +168,7 @@ class _Postgres:
 def _connect(url: str | None) -> _Db:
     url = url or default_url()
     if url.startswith("sqlite:///"):
-        return _Sqlite(Path(url.removeprefix("sqlite://")))
+        return _Sqlite(sqlite_path(url))
     if url.startswith(("postgresql://", "postgres://")):
         return _Postgres(url)
     raise StoreError(
@@ -196,7 +206,10 @@ class Store:
             raise
         except Exception as exc:
             if self._db.is_duplicate(exc):
-                raise
+                raise DuplicateRun(
+                    f"results store {self.url}: {what}: the key is already stored",
+                    hint="campaign ids are unique in a store, run keys in a campaign",
+                ) from exc
             raise StoreError(
                 f"results store {self.url}: {what} failed: {_first_line(exc)}",
                 hint="is the store reachable and writable? nothing was written",
@@ -265,9 +278,7 @@ class Store:
                     "VALUES (?, ?, ?, ?, ?)",
                     (meta.id, meta.name, meta.created, meta.status, meta.model_dump_json()),
                 )
-        except StoreError:
-            raise
-        except Exception as exc:
+        except DuplicateRun as exc:
             raise StoreError(
                 f"campaign {meta.id} already exists in {self.url}",
                 hint="campaign ids are unique; continue it with 'kvmple run --resume ID'",
@@ -353,9 +364,7 @@ class Store:
                     "VALUES (?, ?, ?, ?, ?, ?)",
                     rows,
                 )
-        except StoreError:
-            raise
-        except Exception as exc:
+        except DuplicateRun as exc:
             keys = ", ".join(r.run_key for r in runs[:3])
             raise DuplicateRun(
                 f"run {keys}{' ...' if len(runs) > 3 else ''} of campaign {runs[0].campaign_id} "
@@ -396,11 +405,11 @@ class Store:
 
     # -- merging (import) ---------------------------------------------------------------
 
-    def merge(self, meta: CampaignMeta, runs: Sequence[RunRecord]) -> tuple[int, int]:
-        """Merge a campaign copied from elsewhere: (runs added, identical runs skipped).
+    def plan_merge(self, meta: CampaignMeta, runs: Sequence[RunRecord]) -> list[RunRecord]:
+        """The runs a merge would add; StoreError if the campaign or a run conflicts.
 
         A campaign with the same id must be the same experiment (same playbook hash); a run
-        with a stored key must be identical, else nothing is written.
+        with a stored key must be identical.
         """
         known = {c.id: c for c in self.campaigns()}
         existing: dict[str, str] = {}
@@ -432,28 +441,36 @@ class Store:
                     f"run {run.run_key} of campaign {meta.id} differs from the stored one",
                     hint="the same run key with different figures; nothing was imported",
                 )
+        return new
+
+    def merge(self, meta: CampaignMeta, runs: Sequence[RunRecord]) -> tuple[int, int]:
+        """Merge a campaign copied from elsewhere: (runs added, identical runs skipped).
+        Refuses conflicts (see ``plan_merge``) before writing anything."""
+        new = self.plan_merge(meta, runs)
+        exists = any(c.id == meta.id for c in self.campaigns())
         with self._write(f"importing campaign {meta.id}"):
-            if meta.id not in known:
+            if not exists:
                 self._db.execute(
                     "INSERT INTO campaigns (id, name, created, status, record) "
                     "VALUES (?, ?, ?, ?, ?)",
                     (meta.id, meta.name, meta.created, meta.status, meta.model_dump_json()),
                 )
-            self._db.executemany(
-                "INSERT INTO runs (campaign_id, run_key, run_index, status, started, record) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        r.campaign_id,
-                        r.run_key,
-                        r.run_index,
-                        r.status,
-                        r.started,
-                        r.model_dump_json(),
-                    )
-                    for r in new
-                ],
-            )
+            if new:
+                self._db.executemany(
+                    "INSERT INTO runs (campaign_id, run_key, run_index, status, started, record) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            r.campaign_id,
+                            r.run_key,
+                            r.run_index,
+                            r.status,
+                            r.started,
+                            r.model_dump_json(),
+                        )
+                        for r in new
+                    ],
+                )
         return len(new), len(runs) - len(new)
 
 
@@ -486,7 +503,7 @@ def open_store(url: str | None = None, *, create: bool = True) -> Store:
     commands, so a typo in --db does not silently create an empty store).
     """
     if not create and (url is None or url.startswith("sqlite:///")):
-        path = Path((url or default_url()).removeprefix("sqlite://"))
+        path = sqlite_path(url or default_url())
         if not path.exists():
             raise StoreError(
                 f"no results store at {path}",

@@ -187,7 +187,7 @@ def heading(analysis: CampaignAnalysis) -> list[str]:
     return lines
 
 
-def _text_table(table: Table) -> str:
+def text_table(table: Table) -> str:
     widths = [max(len(r[i]) for r in (table.header, *table.rows)) for i in range(len(table.header))]
 
     def line(cells: tuple[str, ...]) -> str:
@@ -201,7 +201,7 @@ def _text_table(table: Table) -> str:
 
 def render_text(analysis: CampaignAnalysis) -> str:
     parts = ["\n".join(heading(analysis))]
-    parts += [_text_table(t) for t in all_tables(analysis)]
+    parts += [text_table(t) for t in all_tables(analysis)]
     return "\n\n".join(parts) + "\n"
 
 
@@ -292,7 +292,7 @@ def comparison_heading(cc: CampaignComparison) -> list[str]:
 
 
 def render_comparison_text(cc: CampaignComparison) -> str:
-    return "\n".join(comparison_heading(cc)) + "\n\n" + _text_table(comparison_table(cc)) + "\n"
+    return "\n".join(comparison_heading(cc)) + "\n\n" + text_table(comparison_table(cc)) + "\n"
 
 
 def render_comparison_markdown(cc: CampaignComparison) -> str:
