@@ -317,7 +317,8 @@ def parse_perftest(text: str, fmt: str = "auto", where: str = "perftest output")
         if fmt == "auto" and record is not None and record.get("engine") == "external":
             return parse_perftest(_without_tag(text), "auto", where)
         return parse_kvmple(text, where)
-    if fmt == "qpid" or (fmt == "auto" and "Total transfers/sec:" in text):
+    full = "Total transfers/sec:" in text or re.search(r"^Total \d+ transfers of", text, re.M)
+    if fmt == "qpid" or (fmt == "auto" and full):
         return parse_qpid_full(text, where)
     if fmt in ("qpid-summary", "auto"):
         return parse_qpid_summary(text, where)
