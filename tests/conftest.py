@@ -29,4 +29,6 @@ def shared_cache(monkeypatch: pytest.MonkeyPatch) -> Path:
     path = Path("/var/cache/kvmple-tests")
     path.mkdir(parents=True, exist_ok=True)
     monkeypatch.setenv("KVMPLE_CACHE_DIR", str(path))
+    # the installation key is baked into cached images: share one with the cache
+    monkeypatch.setenv("KVMPLE_KEY_DIR", str(path / "ssh"))
     return path
