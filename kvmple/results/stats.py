@@ -340,6 +340,8 @@ def runs_needed(
     # normal approximation as the starting point, then the exact noncentral-t search
     z = sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(target_power)
     n = max(2, math.floor(2 * (z / effect) ** 2) - 2)
+    if n > n_limit:
+        return None
     while power(n, effect, alpha) < target_power:
         n += 1
         if n > n_limit:
