@@ -1,0 +1,356 @@
+"""Commands and files in a guest over SSH: the only module that imports paramiko.
+
+``SSHExecutor`` implements ``kvmple.executor.Executor`` (run with a timeout, put, get) and
+adds ``stream``. It logs in with the installation key only (no agent, no other keys, no
+passwords) and accepts only the image's pinned host keys: a different key is refused with a
+GuestError, never learnt. Commands are argv lists joined with ``shlex.join`` for the remote
+shell; the result is the same ``kvmple.run.Result`` local commands return.
+
+A timed-out command is killed in the guest: sshd makes each command's shell a session (and
+process group) leader, the shell prints its pid and ``exec``s the command, so killing that
+process group ends the command and its children.
+"""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import paramiko
+
+from kvmple.errors import CommandError, CommandTimeout, GuestError
+from kvmple.run import Result, failure
+
+_IDLE_POLL = 0.01
+
+
+class HostKeyMismatch(GuestError):
+    """The guest presented a host key that is not one of the image's pinned keys."""
+
+
+class Unreachable(GuestError):
+    """SSH did not answer (yet): connection refused, reset, or no SSH banner."""
+
+
+def _host_label(host: str, port: int) -> str:
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+def pinned_known_hosts(host: str, port: int, lines: Sequence[str]) -> paramiko.HostKeys:
+    """A paramiko HostKeys holding ``lines`` ("type base64 [comment]") for host:port."""
+    keys = paramiko.HostKeys()
+    label = _host_label(host, port)
+    for line in lines:
+        entry = paramiko.hostkeys.HostKeyEntry.from_line(f"{label} {line.strip()}")
+        if entry is None or entry.key is None:
+            raise GuestError(
+                f"pinned host key {line[:40]!r}... is not a valid public key line",
+                hint="the image manifest's host_keys must be 'type base64' lines",
+            )
+        keys.add(label, entry.key.get_name(), entry.key)
+    return keys
+
+
+class SSHExecutor:
+    """One guest reached over SSH. Connects lazily; ``close()`` (or ``with``) disconnects."""
+
+    def __init__(  # noqa: PLR0917 (the signature the campaign runner calls)
+        self,
+        host: str,
+        port: int,
+        user: str,
+        key: Path,
+        pinned_host_keys: Sequence[str],
+        name: str,
+    ) -> None:
+        if not pinned_host_keys:
+            raise GuestError(
+                f"{name}: no pinned host keys: refusing to connect blindly",
+                hint="the image must record its SSH host keys (rebuild it)",
+            )
+        self.host = host
+        self.port = port
+        self.user = user
+        self.key = key
+        self.pinned_host_keys = tuple(pinned_host_keys)
+        self._name = name
+        self._client: paramiko.SSHClient | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return f"{self._name} ({self.host}:{self.port})"
+
+    # -- connection -------------------------------------------------------------------------
+
+    def connect(self, timeout: float = 15.0) -> None:
+        """Connect now (idempotent). HostKeyMismatch on a wrong key, Unreachable otherwise."""
+        with self._lock:
+            if self._client is not None:
+                transport = self._client.get_transport()
+                if transport is not None and transport.is_active():
+                    return
+                self._client.close()
+                self._client = None
+            self._client = self._open(timeout)
+
+    def _open(self, timeout: float) -> paramiko.SSHClient:
+        client = paramiko.SSHClient()
+        label = _host_label(self.host, self.port)
+        pinned = pinned_known_hosts(self.host, self.port, self.pinned_host_keys)
+        for key_type, key in (pinned.lookup(label) or {}).items():
+            client.get_host_keys().add(label, key_type, key)
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            client.connect(
+                self.host,
+                port=self.port,
+                username=self.user,
+                key_filename=str(self.key),
+                look_for_keys=False,
+                allow_agent=False,
+                timeout=timeout,
+                banner_timeout=timeout,
+                auth_timeout=timeout,
+            )
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise HostKeyMismatch(
+                f"{self.name}: host key mismatch: got {exc.key.get_name()} "
+                f"{exc.key.get_fingerprint().hex()}, not the image's pinned key",
+                hint="the guest is not the image kvmple built, or the image was rebuilt: "
+                "rebuild/resolve the image again; never disable the check",
+            ) from exc
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            raise GuestError(
+                f"{self.name}: SSH login as {self.user} with {self.key} was refused",
+                hint="the image must authorize the installation key (rebuild the image)",
+            ) from exc
+        except paramiko.SSHException as exc:
+            client.close()
+            if "not found in known_hosts" in str(exc):
+                raise HostKeyMismatch(
+                    f"{self.name}: the guest offered a host key of a type that is not pinned",
+                    hint="the image's host_keys must list the guest's keys",
+                ) from exc
+            raise Unreachable(f"{self.name}: SSH not answering: {exc}") from exc
+        except (OSError, EOFError) as exc:
+            client.close()
+            raise Unreachable(f"{self.name}: SSH not answering: {exc}") from exc
+        transport = client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(15)
+        return client
+
+    def _transport(self) -> paramiko.Transport:
+        self.connect()
+        assert self._client is not None
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            raise GuestError(f"{self.name}: SSH connection lost")
+        return transport
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def __enter__(self) -> SSHExecutor:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None,
+        check: bool = True,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+        what: str | None = None,
+    ) -> Result:
+        """Run ``argv`` in the guest and wait (at most ``timeout`` seconds)."""
+        return self._execute(
+            argv, timeout=timeout, check=check, input=input, env=env, what=what, on_line=None
+        )
+
+    def stream(
+        self,
+        argv: Sequence[str],
+        on_line: Callable[[str], None],
+        timeout: float | None,
+        *,
+        check: bool = True,
+        env: Mapping[str, str] | None = None,
+        what: str | None = None,
+    ) -> Result:
+        """Like ``run`` but hands every stdout line to ``on_line`` as it arrives."""
+        return self._execute(
+            argv, timeout=timeout, check=check, input=None, env=env, what=what, on_line=on_line
+        )
+
+    def _execute(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None,
+        check: bool,
+        input: str | None,
+        env: Mapping[str, str] | None,
+        what: str | None,
+        on_line: Callable[[str], None] | None,
+    ) -> Result:
+        if isinstance(argv, str | bytes):
+            raise TypeError("run() takes an argv list, never a string")
+        args = tuple(str(a) for a in argv)
+        if not args:
+            raise ValueError("empty argv")
+        full = args
+        if env:
+            full = ("env", *(f"{k}={v}" for k, v in env.items()), *args)
+        command = f"echo $$; exec {shlex.join(full)}"
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
+        channel = self._transport().open_session(timeout=30)
+        try:
+            channel.exec_command(command)
+            if input is not None:
+                channel.sendall(input.encode())
+            channel.shutdown_write()
+            out, err, pid = self._collect(channel, deadline, on_line)
+            if out is None:
+                self._kill(pid)
+                label = what or "remote command"
+                raise CommandTimeout(
+                    f"{label} timed out after {timeout:g}s: {shlex.join(args)} [on {self.name}]",
+                )
+            status = channel.recv_exit_status()
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise GuestError(
+                f"{self.name}: SSH connection lost while running {shlex.join(args)}: {exc}",
+                hint="the guest may have crashed: see its console log",
+            ) from exc
+        finally:
+            channel.close()
+        if status == -1:
+            raise GuestError(
+                f"{self.name}: {shlex.join(args)} ended without an exit status (connection lost)",
+                hint="the guest may have crashed: see its console log",
+            )
+        result = Result(args, status, out, err, time.monotonic() - start, where=self.name)
+        if check and not result.ok:
+            raise failure(result, what)
+        return result
+
+    def _collect(
+        self,
+        channel: paramiko.Channel,
+        deadline: float | None,
+        on_line: Callable[[str], None] | None,
+    ) -> tuple[str | None, str, int | None]:
+        """Read stdout/stderr until the command ends. stdout None means the deadline passed."""
+        out = bytearray()
+        err = bytearray()
+        pid: int | None = None
+        pending = b""  # stdout not yet split into lines for on_line
+        while True:
+            busy = False
+            if channel.recv_ready():
+                chunk = channel.recv(65536)
+                busy = True
+                if pid is None:
+                    pending += chunk
+                    head, newline, rest = pending.partition(b"\n")
+                    if not newline:
+                        continue
+                    pid = int(head) if head.strip().isdigit() else -1
+                    chunk, pending = rest, b""
+                out += chunk
+                if on_line is not None:
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        on_line(line.decode("utf-8", errors="replace"))
+            if channel.recv_stderr_ready():
+                err += channel.recv_stderr(65536)
+                busy = True
+            if (
+                channel.exit_status_ready()
+                and not channel.recv_ready()
+                and not channel.recv_stderr_ready()
+            ):
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                return None, err.decode("utf-8", errors="replace"), pid
+            if not busy:
+                time.sleep(_IDLE_POLL)
+        if on_line is not None and pending and pid is not None:
+            on_line(pending.decode("utf-8", errors="replace"))
+        return out.decode("utf-8", errors="replace"), err.decode("utf-8", errors="replace"), pid
+
+    def _kill(self, pid: int | None) -> None:
+        """Kill a timed-out command's process group in the guest (best effort)."""
+        if pid is None or pid <= 1:
+            return
+        try:
+            channel = self._transport().open_session(timeout=10)
+            channel.exec_command(f"kill -KILL -- -{pid} 2>/dev/null || kill -KILL {pid}")
+            channel.recv_exit_status()
+            channel.close()
+        except (OSError, EOFError, paramiko.SSHException, GuestError):
+            pass
+
+    # -- files ------------------------------------------------------------------------------
+
+    def put(self, local: Path, remote: str, mode: int = 0o644) -> None:
+        """Copy ``local`` to the absolute guest path ``remote`` (parents created)."""
+        parent = str(Path(remote).parent)
+        self.run(["mkdir", "-p", parent], timeout=30, what=f"creating {parent}")
+        try:
+            with self._sftp() as sftp:
+                sftp.put(str(local), remote)
+                sftp.chmod(remote, mode)
+        except OSError as exc:
+            raise CommandError(f"copying {local} to {self.name}:{remote} failed: {exc}") from exc
+
+    def get(self, remote: str, local: Path) -> None:
+        """Copy the guest file ``remote`` to ``local`` (parents created)."""
+        local.parent.mkdir(parents=True, exist_ok=True)
+        temp = local.with_name(f".{local.name}.part")
+        try:
+            with self._sftp() as sftp:
+                sftp.get(remote, str(temp))
+            temp.replace(local)
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            raise CommandError(f"copying {self.name}:{remote} to {local} failed: {exc}") from exc
+
+    def _sftp(self) -> paramiko.SFTPClient:
+        transport = self._transport()
+        sftp = paramiko.SFTPClient.from_transport(transport)
+        if sftp is None:
+            raise GuestError(f"{self.name}: SFTP subsystem unavailable")
+        return sftp
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (the caller retries if it is taken meanwhile)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

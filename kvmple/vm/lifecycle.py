@@ -1,0 +1,337 @@
+"""Boot pinned guests through libvirt, wait for SSH, prove the placement, clean up always.
+
+``boot_guests`` is the one entry point: every guest is recorded (registry) before anything
+is created, started in parallel, waited for in parallel, and its vCPU affinity read back and
+compared with the spec. Whatever happens afterwards (normal exit, exception, Ctrl-C, SIGTERM,
+which kvmple.cli turns into KeyboardInterrupt) every guest is destroyed, its overlay and run
+directory deleted and its record forgotten. Only SIGKILL can skip that; ``kvmple gc`` then
+finds the records of the dead owner and reaps them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from kvmple.errors import ConfigError, GuestError, HostError, KvmpleError, UsageError
+from kvmple.keys import installation_key
+from kvmple.remote import HostKeyMismatch, SSHExecutor, Unreachable, free_port
+from kvmple.run import run
+from kvmple.ui import warn
+from kvmple.vm import registry
+from kvmple.vm.domxml import domain_xml
+from kvmple.vm.libvirt_backend import Libvirt, connect
+from kvmple.vm.pinning import check_pinning, compare_affinity, read_host_cpus, summarize
+from kvmple.vm.spec import Accelerator, VMSpec
+from kvmple.vm.threads import qemu_pid, thread_affinity, vcpu_threads
+
+SYSTEM_URI = "qemu:///system"
+_PORT_ATTEMPTS = 4
+
+
+def default_accelerator() -> Accelerator:
+    """What the host doctor says works here ("kvm" or "tcg"); asked only when needed."""
+    # Imported lazily: the doctor's KVM probe boots a tiny guest the first time it runs.
+    try:
+        doctor = importlib.import_module("kvmple.host.doctor")
+    except ModuleNotFoundError as exc:
+        raise HostError(
+            "cannot tell whether KVM works here (the host doctor is missing)",
+            hint="choose the accelerator explicitly (--accel tcg or --accel kvm)",
+        ) from exc
+    verdict = str(doctor.diagnose().accelerator)
+    return "kvm" if verdict == "kvm" else "tcg"
+
+
+@dataclass
+class Guest:
+    """A running guest kvmple started. ``executor`` runs commands in it over SSH."""
+
+    spec: VMSpec
+    record: registry.GuestRecord
+    executor: SSHExecutor
+    _lv: Libvirt = field(repr=False)
+    readback: dict[str, object] = field(default_factory=dict)
+    detached: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.domain_name
+
+    @property
+    def ssh_port(self) -> int:
+        return self.record.ssh_port
+
+    @property
+    def console_log(self) -> Path:
+        return Path(self.record.run_dir) / "console.log"
+
+    def alive(self) -> bool:
+        """True while the domain runs (a crashed or powered-off guest is gone: on_* destroy)."""
+        return self._lv.is_running(self.name)
+
+    def console_tail(self, n: int = 30) -> str:
+        return console_tail(self.console_log, n)
+
+    def affinity(self) -> dict[int, tuple[int, ...]]:
+        """Per vCPU, the host CPUs its QEMU thread may run on, read from the kernel.
+
+        Cross-checked with libvirt's own read-back (``virsh vcpuinfo``); GuestError when the
+        two disagree or the QEMU threads cannot be found.
+        """
+        from_libvirt = self._lv.vcpu_affinity(self.name)
+        pid = qemu_pid(self.name)
+        if pid is None:
+            if self._lv.uri != SYSTEM_URI:  # e.g. test:///default has no processes
+                return from_libvirt
+            raise GuestError(f"guest {self.name}: QEMU pid file not found (guest died?)")
+        tids = vcpu_threads(pid)
+        from_kernel = thread_affinity(tids)
+        if from_kernel != from_libvirt:
+            raise GuestError(
+                f"guest {self.name}: affinity from the kernel {from_kernel} differs from "
+                f"libvirt's {from_libvirt}"
+            )
+        self.readback = {
+            "qemu_pid": pid,
+            "vcpu_threads": {str(k): v for k, v in tids.items()},
+            "vcpu_affinity": {str(k): list(v) for k, v in from_kernel.items()},
+        }
+        return from_kernel
+
+
+def console_tail(path: Path, n: int = 30) -> str:
+    """The last ``n`` non-empty lines of a console log ('' if there is none)."""
+    try:
+        data = path.read_bytes()[-64 * 1024 :]
+    except OSError:
+        return ""
+    lines = [ln for ln in data.decode("utf-8", errors="replace").splitlines() if ln.strip()]
+    return "\n".join(lines[-n:])
+
+
+def _check_specs(specs: Sequence[VMSpec], *, keep_smt_siblings: bool) -> None:
+    if not specs:
+        raise UsageError("no guests to boot")
+    names = [s.domain_name for s in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(
+            f"two guests would be named {duplicates[0]}",
+            hint="give every guest of a campaign its own role",
+        )
+    host = read_host_cpus()
+    for spec in specs:
+        check_pinning(spec, host, keep_smt_siblings=keep_smt_siblings)
+        for path in (spec.image.qcow2, spec.image.kernel, spec.image.initrd):
+            if not Path(path).is_file():
+                raise ConfigError(
+                    f"image {spec.image.name}: {path} is missing",
+                    hint="rebuild it: kvmple image build ...",
+                )
+
+
+class _Boot:
+    """The state of one boot_guests call, shared by its worker threads."""
+
+    def __init__(self, lv: Libvirt, ready_timeout: float) -> None:
+        self.lv = lv
+        self.ready_timeout = ready_timeout
+        self.key = installation_key().private
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.records: list[registry.GuestRecord] = []
+        self.executors: list[SSHExecutor] = []
+
+    def start(self, spec: VMSpec) -> Guest:
+        run_dir = registry.guests_dir() / spec.domain_name
+        record = registry.GuestRecord(
+            domain=spec.domain_name,
+            uri=self.lv.uri,
+            role=spec.role,
+            campaign_id=spec.campaign_id,
+            image=spec.image.name,
+            run_dir=str(run_dir),
+            ssh_port=free_port(),
+            ssh_user=spec.image.ssh_user,
+            ssh_key=str(self.key),
+            host_keys=tuple(spec.image.host_keys),
+            owner_pid=os.getpid(),
+            owner_start=registry.process_start_time(os.getpid()),
+            detached=False,
+            created=time.time(),
+        )
+        registry.claim(record)  # raises if the name is taken: then it is not ours to clean
+        with self.lock:
+            self.records.append(record)
+        run_dir.mkdir(parents=True, exist_ok=False)
+        overlay = run_dir / "overlay.qcow2"
+        run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+             str(Path(spec.image.qcow2).resolve()), str(overlay)],
+            timeout=60,
+            what=f"creating the overlay of {spec.domain_name}",
+        )  # fmt: skip
+        console = run_dir / "console.log"
+        for attempt in range(_PORT_ATTEMPTS):
+            if self.stop.is_set():
+                raise KeyboardInterrupt
+            xml = domain_xml(spec, overlay=overlay, console_log=console, ssh_port=record.ssh_port)
+            (run_dir / "domain.xml").write_text(xml)
+            try:
+                self.lv.create(xml, spec.domain_name)
+                break
+            except GuestError as exc:
+                # Another process took the port between free_port() and QEMU's bind: retry.
+                if "hostfwd" not in exc.message and "host forwarding" not in exc.message:
+                    raise
+                if attempt == _PORT_ATTEMPTS - 1:
+                    raise GuestError(
+                        f"guest {spec.domain_name}: no free SSH port after "
+                        f"{_PORT_ATTEMPTS} tries ({exc.message})",
+                        hint="something keeps grabbing local ports; retry",
+                    ) from exc
+                record = replace(record, ssh_port=free_port())
+                registry.update(record)
+                with self.lock:
+                    self.records = [r for r in self.records if r.domain != record.domain]
+                    self.records.append(record)
+        executor = SSHExecutor(
+            "127.0.0.1",
+            record.ssh_port,
+            record.ssh_user,
+            self.key,
+            record.host_keys,
+            name=f"guest {spec.role}",
+        )
+        with self.lock:
+            self.executors.append(executor)
+        return Guest(spec, record, executor, self.lv)
+
+    def wait_ready(self, guest: Guest) -> None:
+        """Wait until SSH answers and a command runs; GuestError with the console tail."""
+        deadline = time.monotonic() + self.ready_timeout
+        last = "no attempt yet"
+        while not self.stop.is_set():
+            if not guest.alive():
+                raise GuestError(
+                    f"guest {guest.name} died while booting" + _tail_suffix(guest.console_tail(15)),
+                    hint=f"libvirt's log: /var/log/libvirt/qemu/{guest.name}.log",
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise GuestError(
+                    f"guest {guest.name} did not answer SSH on 127.0.0.1:{guest.ssh_port} "
+                    f"within {self.ready_timeout:g}s ({last})"
+                    + _tail_suffix(guest.console_tail(15)),
+                    hint="is sshd enabled in the image and the NIC configured by DHCP? "
+                    "raise ready_timeout for slow (TCG) hosts",
+                )
+            try:
+                guest.executor.connect(timeout=min(10.0, max(remaining, 1.0)))
+                guest.executor.run(["true"], timeout=min(30.0, max(remaining, 5.0)))
+                return
+            except HostKeyMismatch:
+                raise
+            except Unreachable as exc:
+                last = exc.message
+            self.stop.wait(1.0)
+        raise KeyboardInterrupt
+
+    def teardown(self) -> list[str]:
+        """Destroy every guest this boot recorded, in parallel; return what failed."""
+        self.stop.set()
+        for executor in self.executors:
+            executor.close()
+        problems: list[str] = []
+
+        def remove(record: registry.GuestRecord) -> None:
+            try:
+                self.lv.destroy(record.domain)
+                registry.forget(record)
+            except KvmpleError as exc:
+                problems.append(f"{record.domain}: {exc.message}")
+
+        if self.records:
+            with ThreadPoolExecutor(len(self.records)) as pool:
+                list(pool.map(remove, list(self.records)))
+        return problems
+
+
+def _tail_suffix(tail: str) -> str:
+    return f"; console tail:\n{tail}" if tail else "; the console log is empty"
+
+
+def verify_placement(guest: Guest) -> None:
+    """Read the vCPU affinity back and fail when it differs from the spec."""
+    actual = guest.affinity()
+    problems = compare_affinity(guest.spec, actual)
+    if problems:
+        raise GuestError(
+            f"guest {guest.name}: placement differs from the spec "
+            f"({summarize(guest.spec.vcpu_pins)}): " + "; ".join(problems),
+            hint="another tool may have re-pinned the QEMU threads; check 'virsh vcpupin'",
+        )
+    guest.readback.setdefault("vcpu_affinity", {str(k): list(v) for k, v in actual.items()})
+
+
+def detach(guests: Sequence[Guest]) -> None:
+    """Leave ``guests`` running after boot_guests exits (``kvmple vm up --detach``).
+
+    Their records lose their owner, so only ``kvmple vm down`` (or ``gc --all``) stops them.
+    """
+    for guest in guests:
+        record = replace(guest.record, detached=True, owner_pid=0, owner_start=None)
+        registry.update(record)
+        guest.record = record
+        guest.detached = True
+
+
+@contextmanager
+def boot_guests(
+    specs: Sequence[VMSpec],
+    *,
+    uri: str = SYSTEM_URI,
+    ready_timeout: float,
+    keep_smt_siblings: bool = False,
+) -> Iterator[list[Guest]]:
+    """Start ``specs`` in parallel, wait for SSH, check placement, yield the guests.
+
+    On exit, whatever the reason, every guest is destroyed and its files and record removed
+    (except guests passed to ``detach``).
+    """
+    _check_specs(specs, keep_smt_siblings=keep_smt_siblings)
+    with connect(uri) as lv:
+        boot = _Boot(lv, ready_timeout)
+        guests: list[Guest] = []
+        try:
+            with ThreadPoolExecutor(len(specs), thread_name_prefix="kvmple-boot") as pool:
+                try:
+                    guests = [f.result() for f in [pool.submit(boot.start, s) for s in specs]]
+                    for future in [pool.submit(boot.wait_ready, g) for g in guests]:
+                        future.result()
+                except BaseException:
+                    boot.stop.set()  # let the other workers give up quickly
+                    raise
+            for guest in guests:
+                verify_placement(guest)
+            yield guests
+        finally:
+            kept = {g.name for g in guests if g.detached}
+            boot.records = [r for r in boot.records if r.domain not in kept]
+            problems = boot.teardown()
+            if problems and sys.exc_info()[0] is not None:
+                warn("cleanup failed for " + "; ".join(problems) + " (run 'kvmple gc')")
+            elif problems:
+                raise GuestError(
+                    "cleanup failed for " + "; ".join(problems),
+                    hint="run 'kvmple gc' to retry the cleanup",
+                )
