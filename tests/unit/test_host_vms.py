@@ -1,0 +1,68 @@
+"""Running-VM discovery: QEMU command lines, a fake /proc, and merging with libvirt."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from kvmple.host.vms import LibvirtListing, merge, qemu_guest_name, scan_processes
+
+
+@pytest.mark.parametrize(
+    ("argv", "name"),
+    [
+        (["qemu-system-x86_64", "-name", "guest=kvmple-a,debug-threads=on"], "kvmple-a"),
+        (["qemu-system-x86_64", "-name", "plain"], "plain"),
+        (["qemu-system-x86_64", "-m", "64"], None),
+        (["qemu-system-x86_64", "-name"], None),
+    ],
+)
+def test_qemu_guest_name(argv: list[str], name: str | None) -> None:
+    assert qemu_guest_name(argv) == name
+
+
+def _proc(root: Path, pid: int, argv: list[str], fds: dict[str, str] | None = None) -> None:
+    d = root / str(pid)
+    (d / "fd").mkdir(parents=True)
+    (d / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+    for fd, target in (fds or {}).items():
+        os.symlink(target, d / "fd" / fd)
+
+
+def test_scan_finds_qemu_and_kvm_holders(tmp_path: Path) -> None:
+    _proc(
+        tmp_path, 10, ["/usr/bin/qemu-system-x86_64", "-name", "guest=kvmple-g1"], {"3": "/dev/kvm"}
+    )
+    _proc(tmp_path, 11, ["qemu-system-x86_64", "-accel", "tcg"], {"0": "/dev/null"})
+    _proc(tmp_path, 12, ["/usr/bin/firecracker"], {"5": "anon_inode:kvm-vm"})
+    _proc(tmp_path, 13, ["/bin/bash"], {"0": "/dev/pts/0"})
+    _proc(tmp_path, 14, ["qemu-system-x86_64", "-S", "-machine", "none,accel=kvm:tcg"])
+    _proc(tmp_path, 15, [])  # kernel thread: empty cmdline
+    (tmp_path / "self").mkdir()
+    vms = scan_processes(tmp_path, skip_pids=frozenset())
+    assert [(v.pid, v.name, v.uses_kvm, v.kvmple_owned) for v in vms] == [
+        (10, "kvmple-g1", True, True),
+        (11, "qemu-system-x86_64[11]", False, False),
+        (12, "firecracker[12]", True, False),
+    ]
+
+
+def test_scan_skips_given_pids(tmp_path: Path) -> None:
+    _proc(tmp_path, 20, ["qemu-system-x86_64"])
+    assert scan_processes(tmp_path, skip_pids=frozenset({20})) == []
+
+
+def test_merge_attaches_processes_to_domains(tmp_path: Path) -> None:
+    _proc(tmp_path, 30, ["qemu-system-x86_64", "-name", "guest=web"], {"3": "/dev/kvm"})
+    _proc(tmp_path, 31, ["qemu-system-x86_64", "-name", "guest=stray"])
+    listing = LibvirtListing("qemu:///system", True, ("web", "paused-one"), None)
+    merged = merge([listing], scan_processes(tmp_path))
+    assert [(v.name, v.source, v.pid, v.uses_kvm) for v in merged] == [
+        ("web", "libvirt qemu:///system", 30, True),
+        ("paused-one", "libvirt qemu:///system", None, False),
+        ("stray", "process", 31, False),
+    ]
+    assert merged[0].describe() == "web (pid 30, holds /dev/kvm)"
+    assert merged[1].describe() == "paused-one (libvirt qemu:///system)"
