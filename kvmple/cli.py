@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ple",
     "report",
     "results",
+    "vm",
     "workload",
 )
 
