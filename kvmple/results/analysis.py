@@ -177,8 +177,8 @@ def _compare(
         cand.cell.values,
         threshold=threshold,
         higher_is_better=hib,
-        n_failed=(base.stats.n_failed, cand.stats.n_failed),
         resamples=resamples,
+        described=(base.stats, cand.stats),
     )
 
 
@@ -207,8 +207,12 @@ def _tables(
                 _compare(off, on, hib, threshold, resamples)
                 for off, on in zip(by_row["off"], by_row["on"], strict=True)
             )
+        # the first column is the reference (ratio 1 by definition): not computed
         costs = tuple(
-            (row, tuple(_compare(cells[0], c, hib, threshold, resamples) for c in cells))
+            (
+                row,
+                (None, *(_compare(cells[0], c, hib, threshold, resamples) for c in cells[1:])),
+            )
             for row, cells in rows
         )
         size = dict(group)["size"]

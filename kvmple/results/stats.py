@@ -204,6 +204,7 @@ def compare(
     resamples: int = RESAMPLES,
     confidence: float = CONFIDENCE,
     seed: int = SEED,
+    described: tuple[CellStats, CellStats] | None = None,
 ) -> Comparison:
     """Candidate vs baseline with a verdict at ``threshold`` (a fraction: 0.02 = 2%).
 
@@ -215,10 +216,19 @@ def compare(
     - otherwise, if the CI still reaches a ``threshold``-sized change in the bad direction,
       a regression cannot be ruled out: inconclusive (more runs would decide);
     - otherwise: no significant change. Fewer than 2 runs on a side: inconclusive.
+
+    ``described`` passes already computed ``describe`` results of the same two samples.
     """
     a, b = _array(baseline), _array(candidate)
-    sa = describe(a, n_failed=n_failed[0], resamples=resamples, confidence=confidence, seed=seed)
-    sb = describe(b, n_failed=n_failed[1], resamples=resamples, confidence=confidence, seed=seed)
+    if described is not None:  # the caller already described both cells (same data)
+        sa, sb = described
+    else:
+        sa = describe(
+            a, n_failed=n_failed[0], resamples=resamples, confidence=confidence, seed=seed
+        )
+        sb = describe(
+            b, n_failed=n_failed[1], resamples=resamples, confidence=confidence, seed=seed
+        )
     ratio = _finite(sb.mean / sa.mean) if sa.mean != 0 else None
     low, high = (None, None)
     if sa.mean != 0:
