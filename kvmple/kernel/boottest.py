@@ -1,0 +1,213 @@
+"""The boot gate: boot a built kernel in QEMU and pass only when user space is reached and
+``uname -r`` there matches the expected release.
+
+The default path is fast: direct kernel boot (-kernel/-initrd) with kvmple's busybox
+initramfs, no firmware devices (-nodefaults), the serial console on stdout, and -no-reboot
+so the guest's ``reboot -f`` ends QEMU at once. KVM is used where the doctor's boot probe says
+it works, TCG elsewhere. The console log is kept; on a hang QEMU is stopped at the
+timeout and the error shows the console's last lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from kvmple.errors import CommandError, CommandTimeout, GuestError
+from kvmple.kernel.initramfs import MARKER, boot_initramfs
+from kvmple.paths import cache_dir
+from kvmple.run import run_logged, which
+
+RECORD = "kvmple-boottest.json"
+
+
+@dataclass(frozen=True)
+class BootResult:
+    passed: bool
+    release: str
+    expected: str
+    seconds_to_userspace: float
+    seconds_total: float
+    accel: str
+    log: str
+    found_lines: tuple[str, ...] = ()
+
+
+def kvm_usable() -> bool:
+    """Ask the doctor's boot probe (cached per host): /dev/kvm alone proves nothing, this
+    project's CI host has a paravirtual kvm_pvm that cannot run ordinary guests."""
+    if not Path("/dev/kvm").exists():
+        return False
+    from kvmple.host.kvmmodule import find_kvm_module
+    from kvmple.host.kvmprobe import boot_probe
+    from kvmple.host.virt import qemu_info
+
+    qemu = qemu_info()
+    if qemu.binary is None or qemu.version is None:
+        return False
+    module = find_kvm_module(Path("/sys"))
+    probe = boot_probe(qemu.binary, qemu.version, module.name if module else None)
+    return probe.kvm_boots
+
+
+def qemu_argv(
+    image: Path,
+    initrd: Path,
+    *,
+    accel: str,
+    token: str,
+    memory_mb: int,
+    cpus: int,
+    append: str = "",
+) -> list[str]:
+    """The QEMU command line of a boot test (pure)."""
+    cmdline = f"console=ttyS0 panic=-1 rdinit=/init kvmple_token={token} {append}".strip()
+    accel_arg = "kvm" if accel == "kvm" else ("tcg,thread=multi" if cpus > 1 else "tcg")
+    return [
+        "qemu-system-x86_64",
+        "-accel",
+        accel_arg,
+        "-m",
+        str(memory_mb),
+        "-smp",
+        str(cpus),
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-kernel",
+        str(image),
+        "-initrd",
+        str(initrd),
+        "-append",
+        cmdline,
+    ]
+
+
+_LINE = re.compile(re.escape(MARKER) + r" release=(\S*) token=(\S*)")
+
+
+def find_marker(console: str, token: str) -> str | None:
+    """The release printed by this boot's init (matching token), or None (pure)."""
+    for match in _LINE.finditer(console):
+        if match.group(2) == token:
+            return match.group(1)
+    return None
+
+
+def _tail(log: Path, lines: int = 15) -> str:
+    try:
+        text = log.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "(no console log)"
+    kept = [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
+    return "\n    ".join(kept)
+
+
+def boot_test(
+    image: Path,
+    expected_release: str,
+    *,
+    initrd: Path | None = None,
+    log: Path | None = None,
+    timeout: float = 120.0,
+    accel: str = "auto",
+    memory_mb: int = 256,
+    cpus: int = 1,
+    expect_lines: Sequence[str] = (),
+) -> BootResult:
+    """Boot ``image``; GuestError unless user space prints ``expected_release``."""
+    if not image.is_file():
+        raise GuestError(f"{image}: no kernel image", hint="run 'kvmple kernel build' first")
+    if which("qemu-system-x86_64") is None:
+        raise GuestError("qemu-system-x86_64 not found", hint="apt-get install qemu-system-x86")
+    chosen = ("kvm" if kvm_usable() else "tcg") if accel == "auto" else accel
+    initrd = initrd or boot_initramfs(cache_dir())
+    log = log or image.parent / "boot-test.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.unlink(missing_ok=True)
+    token = secrets.token_hex(8)
+    argv = qemu_argv(image, initrd, accel=chosen, token=token, memory_mb=memory_mb, cpus=cpus)
+    start = time.monotonic()
+    reached: list[float] = []
+
+    def on_line(line: str) -> None:
+        if not reached and MARKER in line and token in line:
+            reached.append(time.monotonic() - start)
+
+    try:
+        run_logged(argv, log=log, timeout=timeout, on_line=on_line, what="QEMU boot test")
+    except CommandTimeout as exc:
+        raise GuestError(
+            f"boot test: no user space after {timeout:g}s ({chosen}); console tail:\n    "
+            + _tail(log),
+            hint=f"full console log: {log}",
+        ) from exc
+    except CommandError as exc:
+        raise GuestError(
+            f"boot test: QEMU failed ({exc.message}); console tail:\n    " + _tail(log),
+            hint=f"full console log: {log}",
+        ) from exc
+    total = time.monotonic() - start
+    console = log.read_text(encoding="utf-8", errors="replace")
+    release = find_marker(console, token)
+    if release is None:
+        raise GuestError(
+            f"boot test: the guest stopped before user space ({chosen}); console tail:\n    "
+            + _tail(log),
+            hint=f"full console log: {log} (a panic shows above; check the config fragment)",
+        )
+    if release != expected_release:
+        raise GuestError(
+            f"boot test: user space runs release {release!r}, expected {expected_release!r}",
+            hint="the booted image is not the one built from this tree",
+        )
+    missing = [line for line in expect_lines if line not in console]
+    if missing:
+        raise GuestError(
+            f"boot test: console lacks the expected line(s): {'; '.join(missing)}",
+            hint=f"full console log: {log}",
+        )
+    return BootResult(
+        True,
+        release,
+        expected_release,
+        round(reached[0] if reached else total, 2),
+        round(total, 2),
+        chosen,
+        str(log),
+        tuple(expect_lines),
+    )
+
+
+def record_pass(out: Path, result: BootResult, image_sha256: str) -> Path:
+    """Write the pass record the install step insists on (tied to the image's hash)."""
+    data = {
+        **asdict(result),
+        "image_sha256": image_sha256,
+        "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    path = out / RECORD
+    temp = out / f"{RECORD}.tmp"
+    temp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(temp, path)
+    return path
+
+
+def load_pass(out: Path) -> dict[str, object] | None:
+    try:
+        data = json.loads((out / RECORD).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("passed") is True else None

@@ -1,0 +1,208 @@
+"""Host install of a built, boot-tested kernel: a plan of small steps, then its execution.
+
+NOT VERIFIED ON HARDWARE. This project's machines have no VT-x and must not replace their
+own kernel, so the plan is built from gathered host facts (pure function, unit-tested) and
+executed through an ``Executor`` (tested against a recording fake). The steps follow
+Debian's conventions: /boot/vmlinuz-R, /lib/modules/R, update-initramfs, update-grub, a
+one-shot ``grub-reboot`` entry (a hang or a failed boot falls back to the default kernel on
+the next power cycle) or a ``kexec`` load (one-shot by nature), and a resume hook (a systemd
+unit bound to the new release, or an @reboot cron entry) so ``kvmple run --resume ID``
+continues the campaign after the reboot.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvmple.errors import HostError
+from kvmple.executor import Executor
+from kvmple.run import which
+
+NOT_VERIFIED = "not verified on hardware"
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    euid: int
+    has_grub_reboot: bool
+    grub_default_saved: bool
+    has_kexec: bool
+    has_systemd: bool
+    initramfs_tool: str | None  # "update-initramfs" | "dracut" | None
+    distributor: str = "Debian GNU/Linux"
+
+
+def gather_host_facts() -> HostFacts:
+    """Read the facts the plan depends on (the only I/O of planning)."""
+    grub_default = Path("/etc/default/grub")
+    text = grub_default.read_text(errors="replace") if grub_default.is_file() else ""
+    saved = any(line.strip().replace('"', "") == "GRUB_DEFAULT=saved" for line in text.splitlines())
+    tool = next((t for t in ("update-initramfs", "dracut") if which(t)), None)
+    return HostFacts(
+        euid=os.geteuid(),
+        has_grub_reboot=which("grub-reboot") is not None,
+        grub_default_saved=saved,
+        has_kexec=which("kexec") is not None,
+        has_systemd=Path("/run/systemd/system").is_dir(),
+        initramfs_tool=tool,
+    )
+
+
+@dataclass(frozen=True)
+class Step:
+    description: str
+    argv: tuple[str, ...] = ()
+    write_path: str | None = None
+    content: str = ""
+    mode: int = 0o644
+
+    def render(self) -> str:
+        if self.write_path:
+            return f"{self.description}: write {self.write_path}"
+        return f"{self.description}: {shlex.join(self.argv)}"
+
+
+@dataclass
+class InstallPlan:
+    release: str
+    method: str
+    steps: list[Step] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def resume_unit(campaign: str, release: str, kvmple: Sequence[str]) -> str:
+    """A systemd unit that resumes ``campaign`` once, only when ``release`` is running."""
+    command = shlex.join([*kvmple, "run", "--resume", campaign])
+    return (
+        "[Unit]\n"
+        f"Description=kvmple: resume campaign {campaign} on kernel {release}\n"
+        "After=network-online.target libvirtd.service\n"
+        "Wants=network-online.target\n"
+        f"ConditionKernelVersion={release}\n\n"
+        "[Service]\nType=oneshot\n"
+        "ExecStartPre=/bin/systemctl disable kvmple-resume.service\n"
+        f"ExecStart={command}\n\n"
+        "[Install]\nWantedBy=multi-user.target\n"
+    )
+
+
+def plan_install(
+    manifest: dict[str, object],
+    boot_pass: dict[str, object] | None,
+    facts: HostFacts,
+    *,
+    method: str = "auto",
+    reboot: bool = False,
+    campaign: str | None = None,
+    kvmple: Sequence[str] = ("kvmple",),
+) -> InstallPlan:
+    """The install steps for a build (pure). Refuses without root or a passed boot test of
+    exactly this image."""
+    if facts.euid != 0:
+        raise HostError(
+            "kvmple kernel install must run as root", hint="run it with sudo on the host under test"
+        )
+    release = str(manifest["release"])
+    if boot_pass is None or boot_pass.get("image_sha256") != manifest.get("image_sha256"):
+        raise HostError(
+            f"no passed boot test for this image ({release})",
+            hint="run 'kvmple kernel boot-test' on this build first: it is the safety gate",
+        )
+    if method == "auto":
+        method = "grub-reboot" if facts.has_grub_reboot else "kexec"
+    if method == "grub-reboot" and not facts.has_grub_reboot:
+        raise HostError("grub-reboot not found", hint="install grub2-common or use --method kexec")
+    if method == "grub-reboot" and not facts.grub_default_saved:
+        raise HostError(
+            "grub-reboot needs GRUB_DEFAULT=saved in /etc/default/grub",
+            hint="set it and run update-grub, or use --method kexec",
+        )
+    if method == "kexec" and not facts.has_kexec:
+        raise HostError("kexec not found", hint="apt-get install kexec-tools")
+    if method not in ("grub-reboot", "kexec"):
+        raise HostError(f"unknown install method {method!r}", hint="grub-reboot or kexec")
+
+    plan = InstallPlan(release, method, notes=[NOT_VERIFIED])
+    add = plan.steps.append
+    vmlinuz, initrd = f"/boot/vmlinuz-{release}", f"/boot/initrd.img-{release}"
+    add(Step("install the kernel", ("install", "-m", "0644", str(manifest["image"]), vmlinuz)))
+    add(
+        Step(
+            "install its config",
+            ("install", "-m", "0644", str(manifest["config"]), f"/boot/config-{release}"),
+        )
+    )
+    modules = manifest.get("modules")
+    if modules:
+        add(
+            Step(
+                "install the modules",
+                ("cp", "-a", f"{modules}/lib/modules/{release}", "/lib/modules/"),
+            )
+        )
+        add(Step("index the modules", ("depmod", "-a", release)))
+    if facts.initramfs_tool == "update-initramfs":
+        add(Step("build the initramfs", ("update-initramfs", "-c", "-k", release)))
+    elif facts.initramfs_tool == "dracut":
+        add(Step("build the initramfs", ("dracut", "--force", initrd, release)))
+    else:
+        plan.notes.append("no initramfs tool: the kernel must have its root drivers built in")
+    if method == "grub-reboot":
+        add(Step("add the boot entry", ("update-grub",)))
+        entry = (
+            f"Advanced options for {facts.distributor}>{facts.distributor}, with Linux {release}"
+        )
+        add(Step("boot it once (the default entry stays)", ("grub-reboot", entry)))
+    else:
+        load = ["kexec", "-l", vmlinuz, "--reuse-cmdline"]
+        if facts.initramfs_tool:
+            load.append(f"--initrd={initrd}")
+        add(Step("load it for a one-shot kexec", tuple(load)))
+    if campaign:
+        if facts.has_systemd:
+            add(
+                Step(
+                    "resume the campaign after the reboot",
+                    write_path="/etc/systemd/system/kvmple-resume.service",
+                    content=resume_unit(campaign, release, kvmple),
+                )
+            )
+            add(Step("enable the resume unit", ("systemctl", "enable", "kvmple-resume.service")))
+        else:
+            line = shlex.join([*kvmple, "run", "--resume", campaign])
+            add(
+                Step(
+                    "resume the campaign after the reboot",
+                    write_path="/etc/cron.d/kvmple-resume",
+                    content=f"@reboot root rm -f /etc/cron.d/kvmple-resume; {line}\n",
+                )
+            )
+    if reboot:
+        verb = "kexec" if method == "kexec" else "reboot"
+        add(Step(f"{verb} now", ("systemctl", verb)))
+    return plan
+
+
+def execute(plan: InstallPlan, executor: Executor, timeout: float = 900.0) -> None:
+    """Run the plan's steps in order (NOT VERIFIED ON HARDWARE)."""
+    for step in plan.steps:
+        if step.write_path:
+            with tempfile.NamedTemporaryFile("w", delete=False, prefix="kvmple-") as handle:
+                handle.write(step.content)
+            try:
+                executor.put(Path(handle.name), step.write_path, step.mode)
+            finally:
+                os.unlink(handle.name)
+        else:
+            executor.run(list(step.argv), timeout=timeout, what=step.description)
+
+
+def kvmple_command() -> list[str]:
+    """How the resume hook should call kvmple: this interpreter and module."""
+    return [sys.executable, "-m", "kvmple.cli"]
