@@ -46,7 +46,10 @@ def pinned_known_hosts(host: str, port: int, lines: Sequence[str]) -> paramiko.H
     keys = paramiko.HostKeys()
     label = _host_label(host, port)
     for line in lines:
-        entry = paramiko.hostkeys.HostKeyEntry.from_line(f"{label} {line.strip()}")
+        try:
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(f"{label} {line.strip()}")
+        except (paramiko.hostkeys.InvalidHostKey, paramiko.SSHException, ValueError):
+            entry = None
         if entry is None or entry.key is None:
             raise GuestError(
                 f"pinned host key {line[:40]!r}... is not a valid public key line",
@@ -79,6 +82,7 @@ class SSHExecutor:
         self.key = key
         self.pinned_host_keys = tuple(pinned_host_keys)
         self._name = name
+        self._pinned = pinned_known_hosts(host, port, self.pinned_host_keys)  # fail early
         self._client: paramiko.SSHClient | None = None
         self._lock = threading.Lock()
 
@@ -102,8 +106,7 @@ class SSHExecutor:
     def _open(self, timeout: float) -> paramiko.SSHClient:
         client = paramiko.SSHClient()
         label = _host_label(self.host, self.port)
-        pinned = pinned_known_hosts(self.host, self.port, self.pinned_host_keys)
-        for key_type, key in (pinned.lookup(label) or {}).items():
+        for key_type, key in (self._pinned.lookup(label) or {}).items():
             client.get_host_keys().add(label, key_type, key)
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         try:

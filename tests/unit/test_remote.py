@@ -1,0 +1,213 @@
+"""kvmple.remote.SSHExecutor against a real OpenSSH server on loopback (started here).
+
+The fixture runs /usr/sbin/sshd on 127.0.0.1 with a throw-away host key and the
+installation key authorized; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kvmple.errors import CommandError, CommandTimeout, GuestError
+from kvmple.executor import Executor
+from kvmple.keys import installation_key
+from kvmple.remote import HostKeyMismatch, SSHExecutor, Unreachable, free_port
+from kvmple.run import background, run
+from tests.support import need_program, need_root
+
+
+class Sshd:
+    def __init__(self, port: int, host_key_line: str, key: Path) -> None:
+        self.port = port
+        self.host_key_line = host_key_line
+        self.key = key
+
+    def executor(self, pinned: list[str] | None = None) -> SSHExecutor:
+        return SSHExecutor(
+            "127.0.0.1",
+            self.port,
+            "root",
+            self.key,
+            pinned if pinned is not None else [self.host_key_line],
+            name="loopback",
+        )
+
+
+def _keygen(path: Path, kind: str = "ed25519") -> str:
+    run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(path)], timeout=30)
+    fields = Path(f"{path}.pub").read_text().split()
+    return f"{fields[0]} {fields[1]}"
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    need_root()
+    sshd_bin = need_program("sshd")
+    need_program("ssh-keygen")
+    tmp = tmp_path_factory.mktemp("sshd")
+    host_key_line = _keygen(tmp / "host_ed25519.key")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KVMPLE_STATE_DIR", str(tmp / "state"))
+        key = installation_key()
+    (tmp / "authorized_keys").write_text(key.public_line + "\n")
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
+    port = free_port()
+    config = tmp / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp / 'host_ed25519.key'}\n"
+        f"PidFile {tmp / 'sshd.pid'}\nAuthorizedKeysFile {tmp / 'authorized_keys'}\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
+        "Subsystem sftp internal-sftp\n"
+    )
+    with background([sshd_bin, "-D", "-e", "-f", str(config)], log=tmp / "sshd.log") as proc:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"sshd did not start: {(tmp / 'sshd.log').read_text()}")
+                time.sleep(0.1)
+        yield Sshd(port, host_key_line, key.private)
+
+
+def _running(marker: str) -> bool:
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def test_implements_executor(sshd: Sshd) -> None:
+    with sshd.executor() as ex:
+        assert isinstance(ex, Executor)
+        assert "127.0.0.1" in ex.name
+
+
+def test_run_captures_output_and_status(sshd: Sshd) -> None:
+    with sshd.executor() as ex:
+        result = ex.run(["sh", "-c", "echo out; echo err >&2; exit 3"], timeout=30, check=False)
+    assert result.returncode == 3
+    assert result.stdout == "out\n"
+    assert result.stderr == "err\n"
+    assert result.argv == ("sh", "-c", "echo out; echo err >&2; exit 3")
+    assert result.where.startswith("loopback")
+
+
+def test_failed_command_raises_with_command_and_place(sshd: Sshd) -> None:
+    with sshd.executor() as ex, pytest.raises(CommandError) as info:
+        ex.run(["ls", "/no/such/dir"], timeout=30, what="listing")
+    assert "ls /no/such/dir" in info.value.message
+    assert "on loopback" in info.value.message
+
+
+def test_arguments_are_quoted_not_interpreted(sshd: Sshd, tmp_path: Path) -> None:
+    target = tmp_path / "must-not-exist"
+    tricky = ["a b", "'q'", '"d"', "$HOME", f"; touch {target}", "`id`", "*"]
+    with sshd.executor() as ex:
+        result = ex.run(["printf", "%s\\n", *tricky], timeout=30)
+    assert result.stdout.splitlines() == tricky
+    assert not target.exists()
+
+
+def test_input_and_env(sshd: Sshd) -> None:
+    with sshd.executor() as ex:
+        assert ex.run(["cat"], timeout=30, input="hello\nworld\n").stdout == "hello\nworld\n"
+        env = ex.run(
+            ["sh", "-c", 'echo "$KV_A|$KV_B"'], timeout=30, env={"KV_A": "x y", "KV_B": "$z"}
+        )
+    assert env.stdout == "x y|$z\n"
+
+
+def test_timeout_kills_remote_command_and_children(sshd: Sshd) -> None:
+    marker = f"kvmple-timeout-{uuid.uuid4().hex}"
+    with sshd.executor() as ex:
+        start = time.monotonic()
+        with pytest.raises(CommandTimeout) as info:
+            ex.run(["sh", "-c", f"sleep 300 && echo {marker}; true {marker}"], timeout=1.5)
+        assert time.monotonic() - start < 10
+        assert "timed out after 1.5s" in info.value.message
+        deadline = time.monotonic() + 5
+        while _running(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(marker), "the remote command survived its timeout"
+        assert ex.run(["true"], timeout=30).ok  # the connection is still usable
+
+
+def test_stream_hands_over_lines_as_they_come(sshd: Sshd) -> None:
+    seen: list[tuple[float, str]] = []
+    with sshd.executor() as ex:
+        start = time.monotonic()
+        result = ex.stream(
+            ["sh", "-c", "echo one; sleep 1; echo two; printf three"],
+            lambda line: seen.append((time.monotonic() - start, line)),
+            timeout=30,
+        )
+    assert [line for _, line in seen] == ["one", "two", "three"]
+    assert seen[0][0] < seen[1][0] - 0.5  # "one" arrived before the sleep ended
+    assert result.stdout == "one\ntwo\nthree"
+
+
+def test_put_and_get(sshd: Sshd, tmp_path: Path) -> None:
+    local = tmp_path / "payload.bin"
+    local.write_bytes(bytes(range(256)) * 100)
+    remote = str(tmp_path / "remote" / "deep" / "copy.bin")
+    with sshd.executor() as ex:
+        ex.put(local, remote, mode=0o750)
+        assert Path(remote).read_bytes() == local.read_bytes()
+        assert Path(remote).stat().st_mode & 0o777 == 0o750
+        back = tmp_path / "back" / "copy.bin"
+        ex.get(remote, back)
+        assert back.read_bytes() == local.read_bytes()
+        with pytest.raises(CommandError):
+            ex.get(str(tmp_path / "missing"), tmp_path / "x")
+    assert not (tmp_path / ".x.part").exists()
+
+
+def test_wrong_pinned_key_is_refused(sshd: Sshd, tmp_path: Path) -> None:
+    other = _keygen(tmp_path / "other_ed25519")
+    with pytest.raises(HostKeyMismatch) as info:
+        sshd.executor([other]).run(["true"], timeout=30)
+    assert "host key mismatch" in info.value.message
+    assert info.value.exit_code == GuestError.exit_code
+
+
+def test_unpinned_key_type_is_refused(sshd: Sshd, tmp_path: Path) -> None:
+    rsa = _keygen(tmp_path / "other_rsa", "rsa")
+    with pytest.raises(HostKeyMismatch):
+        sshd.executor([rsa]).run(["true"], timeout=30)
+
+
+def test_no_pinned_keys_no_connection(sshd: Sshd) -> None:
+    with pytest.raises(GuestError, match="no pinned host keys"):
+        sshd.executor([])
+
+
+def test_garbage_pinned_key(sshd: Sshd) -> None:
+    with pytest.raises(GuestError, match="not a valid public key"):
+        sshd.executor(["ssh-ed25519 not-base64!!"])
+    with pytest.raises(GuestError, match="not a valid public key"):
+        sshd.executor(["just-one-field"])
+
+
+def test_nobody_listening_is_unreachable(sshd: Sshd) -> None:
+    ex = SSHExecutor("127.0.0.1", free_port(), "root", sshd.key, [sshd.host_key_line], "void")
+    with pytest.raises(Unreachable):
+        ex.connect(timeout=3)
+
+
+def test_argv_must_be_a_list(sshd: Sshd) -> None:
+    with sshd.executor() as ex, pytest.raises(TypeError):
+        ex.run("echo hi", timeout=5)  # type: ignore[arg-type]
