@@ -120,9 +120,9 @@ def test_naive_baseline_on_host(broker: str) -> None:
 
 def test_broker_refusing_connections_is_a_failed_run(broker: str) -> None:
     workload = AmqpPerftest(bin_dir=BIN)
-    with pytest.raises(WorkloadError, match="did not accept connections within 3s.*refused"):
+    with pytest.raises(WorkloadError, match=r"did not accept connections within 3s.*refused"):
         workload.prepare(LocalExecutor(), timeout=3, params={"broker": "127.0.0.1:9"})
-    with pytest.raises(WorkloadError, match="perftest failed on local: .*refused the AMQP"):
+    with pytest.raises(WorkloadError, match=r"perftest failed on local: .*refused the AMQP"):
         workload.measure(LocalExecutor(), {"broker": "127.0.0.1:9", "count": 10}, timeout=30)
 
 
@@ -142,7 +142,7 @@ def _in_background(
     def body() -> None:
         try:
             outcome["value"] = target(*args, **kwargs)  # type: ignore[operator]
-        except BaseException as exc:  # noqa: BLE001 (handed to the test thread)
+        except BaseException as exc:
             outcome["error"] = exc
 
     thread = threading.Thread(target=body, daemon=True)
