@@ -68,8 +68,9 @@ def _diff(tree: Path, relative: str, new_text: str | None) -> str:
         shutil.copyfile(old, scratch / "a" / relative)
     if new_text is not None:
         (scratch / "b" / relative).write_text(new_text)
-    result = run(["diff", "-uN", f"a/{relative}", f"b/{relative}"], timeout=30, check=False,
-                 cwd=scratch)  # fmt: skip
+    result = run(
+        ["diff", "-uN", f"a/{relative}", f"b/{relative}"], timeout=30, check=False, cwd=scratch
+    )
     shutil.rmtree(scratch)
     return result.stdout
 
@@ -123,9 +124,13 @@ def make_series(tree: Path, folder: Path, *, broken: bool = False) -> Path:
 
 
 def git(tree: Path, *args: str) -> str:
-    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org",
-           "GIT_CONFIG_GLOBAL": "/dev/null"}  # fmt: skip
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.org",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.org",
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+    }
     return run(["git", "-C", tree, *args], timeout=60, env=env).stdout
 
 

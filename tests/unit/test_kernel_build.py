@@ -39,8 +39,12 @@ CONFIG_NR_CPUS=4
 
 def test_parse_config() -> None:
     assert parse_config(FINAL) == {
-        "64BIT": "y", "KVM": "m", "LOCALVERSION": '"-x"', "KVM_INTEL": "n", "NR_CPUS": "4",
-    }  # fmt: skip
+        "64BIT": "y",
+        "KVM": "m",
+        "LOCALVERSION": '"-x"',
+        "KVM_INTEL": "n",
+        "NR_CPUS": "4",
+    }
 
 
 def test_fragment_option_that_vanished_is_caught() -> None:
@@ -78,8 +82,18 @@ def test_kconfig_symbols_know_the_arch(tmp_path: Path) -> None:
 
 def test_builtin_boot_fragment_covers_the_boot_gate() -> None:
     options = parse_config(BOOT_TEST_FRAGMENT)
-    for needed in ("64BIT", "PRINTK", "TTY", "SERIAL_8250_CONSOLE", "BLK_DEV_INITRD",
-                   "BINFMT_ELF", "BINFMT_SCRIPT", "DEVTMPFS", "PROC_FS", "SYSFS"):  # fmt: skip
+    for needed in (
+        "64BIT",
+        "PRINTK",
+        "TTY",
+        "SERIAL_8250_CONSOLE",
+        "BLK_DEV_INITRD",
+        "BINFMT_ELF",
+        "BINFMT_SCRIPT",
+        "DEVTMPFS",
+        "PROC_FS",
+        "SYSFS",
+    ):
         assert options[needed] == "y"
 
 
@@ -119,13 +133,19 @@ def test_newc_archive_is_read_by_cpio(tmp_path: Path) -> None:
     if which("cpio") is None:
         pytest.skip("cpio not installed")
     archive = newc_archive(
-        [Entry("dir", 0o040755), Entry("dir/file", 0o100644, b"hello\n"),
-         Entry("link", 0o120777, b"dir/file"), Entry("dev/console", 0o020600, rdev=(5, 1))]
-    )  # fmt: skip
+        [
+            Entry("dir", 0o040755),
+            Entry("dir/file", 0o100644, b"hello\n"),
+            Entry("link", 0o120777, b"dir/file"),
+            Entry("dev/console", 0o020600, rdev=(5, 1)),
+        ]
+    )
     (tmp_path / "a.cpio").write_bytes(archive)
     listing = run(["cpio", "-itv", "-F", tmp_path / "a.cpio"], timeout=30)
-    names = [line.split()[-1] if "->" not in line else line.split()[-3]
-             for line in listing.stdout.splitlines()]  # fmt: skip
+    names = [
+        line.split()[-1] if "->" not in line else line.split()[-3]
+        for line in listing.stdout.splitlines()
+    ]
     assert names == ["dir", "dir/file", "link", "dev/console"]
     assert "5,   1" in listing.stdout or "5, 1" in listing.stdout
 

@@ -23,8 +23,14 @@ MANIFEST: dict[str, object] = {
     "modules": "/cache/out/modules-install",
 }
 PASSED: dict[str, object] = {"passed": True, "image_sha256": "ab" * 32}
-DEBIAN = HostFacts(euid=0, has_grub_reboot=True, grub_default_saved=True, has_kexec=True,
-                   has_systemd=True, initramfs_tool="update-initramfs")  # fmt: skip
+DEBIAN = HostFacts(
+    euid=0,
+    has_grub_reboot=True,
+    grub_default_saved=True,
+    has_kexec=True,
+    has_systemd=True,
+    initramfs_tool="update-initramfs",
+)
 
 
 def test_refuses_without_root() -> None:
@@ -40,8 +46,9 @@ def test_refuses_without_a_boot_test_of_this_image(record: dict[str, object] | N
 
 
 def test_grub_reboot_plan() -> None:
-    plan = plan_install(MANIFEST, PASSED, DEBIAN, reboot=True, campaign="c42",
-                        kvmple=("/usr/bin/kvmple",))  # fmt: skip
+    plan = plan_install(
+        MANIFEST, PASSED, DEBIAN, reboot=True, campaign="c42", kvmple=("/usr/bin/kvmple",)
+    )
     assert plan.method == "grub-reboot" and "not verified on hardware" in plan.notes
     argvs = [s.argv for s in plan.steps if s.argv]
     release = "6.1.192-kvmple-selftest"
@@ -62,14 +69,14 @@ def test_grub_reboot_plan() -> None:
 
 def test_grub_needs_saved_default() -> None:
     with pytest.raises(HostError, match="GRUB_DEFAULT=saved"):
-        plan_install(MANIFEST, PASSED, replace(DEBIAN, grub_default_saved=False),
-                     method="grub-reboot")  # fmt: skip
+        plan_install(
+            MANIFEST, PASSED, replace(DEBIAN, grub_default_saved=False), method="grub-reboot"
+        )
 
 
 def test_kexec_plan_without_systemd_uses_cron() -> None:
     facts = replace(DEBIAN, has_grub_reboot=False, has_systemd=False, initramfs_tool=None)
-    plan = plan_install({**MANIFEST, "modules": None}, PASSED, facts, campaign="c1",
-                        reboot=True)  # fmt: skip
+    plan = plan_install({**MANIFEST, "modules": None}, PASSED, facts, campaign="c1", reboot=True)
     assert plan.method == "kexec"
     load = next(s.argv for s in plan.steps if s.argv and s.argv[0] == "kexec")
     assert "--reuse-cmdline" in load and not any(a.startswith("--initrd") for a in load)
@@ -94,9 +101,16 @@ class RecordingExecutor:
         self.calls: list[tuple[str, ...]] = []
         self.files: dict[str, tuple[str, int]] = {}
 
-    def run(self, argv: Sequence[str], *, timeout: float | None, check: bool = True,
-            input: str | None = None, env: Mapping[str, str] | None = None,
-            what: str | None = None) -> Result:  # fmt: skip
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None,
+        check: bool = True,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+        what: str | None = None,
+    ) -> Result:
         self.calls.append(tuple(argv))
         return Result(tuple(argv), 0, "", "", 0.0, self.name)
 

@@ -33,8 +33,9 @@ def test_shipped_yield_to_manifest() -> None:
     assert folder.name == "yield-to-ple-v7"
     assert len(series.patches) == 7
     assert series.landed_in == "v2.6.39"
-    verified = [i + 1 for i, p in enumerate(series.patches)
-                if p.upstream_status is HashStatus.verified]  # fmt: skip
+    verified = [
+        i + 1 for i, p in enumerate(series.patches) if p.upstream_status is HashStatus.verified
+    ]
     assert verified == [3, 4, 7]
     assert series.patches[3].author == "Mike Galbraith"
     assert series.patches[4].upstream is None  # patch 5: not found upstream, maybe folded
@@ -58,19 +59,25 @@ def test_selftest_series_is_a_quilt_dir() -> None:
 @pytest.mark.parametrize(
     ("posted", "upstream"),
     [
-        ("[RFC -v7 PATCH 7/7] kvm: use yield_to instead of sleep in kvm_vcpu_on_spin",
-         "KVM: use yield_to instead of sleep in kvm_vcpu_on_spin"),
-        ("[PATCH 4/7] sched: Add yield_to(task, preempt) functionality",
-         "sched:  add yield_to(task,   preempt) functionality"),
+        (
+            "[RFC -v7 PATCH 7/7] kvm: use yield_to instead of sleep in kvm_vcpu_on_spin",
+            "KVM: use yield_to instead of sleep in kvm_vcpu_on_spin",
+        ),
+        (
+            "[PATCH 4/7] sched: Add yield_to(task, preempt) functionality",
+            "sched:  add yield_to(task,   preempt) functionality",
+        ),
     ],
-)  # fmt: skip
+)
 def test_subjects_match_case_insensitively_without_prefix(posted: str, upstream: str) -> None:
     assert normalise_subject(posted) == normalise_subject(upstream)
 
 
 def test_find_by_subject_prefers_the_oldest_commit() -> None:
-    entries = [PatchEntry(subject="kvm: use yield_to instead of sleep in kvm_vcpu_on_spin"),
-               PatchEntry(subject="not there")]  # fmt: skip
+    entries = [
+        PatchEntry(subject="kvm: use yield_to instead of sleep in kvm_vcpu_on_spin"),
+        PatchEntry(subject="not there"),
+    ]
     commits = [  # git log order: newest first
         ("c" * 40, "KVM: use yield_to instead of sleep in kvm_vcpu_on_spin"),
         ("b" * 40, "unrelated"),
