@@ -14,8 +14,9 @@ from pathlib import Path
 
 from kvmple.errors import CommandError
 from kvmple.run import run, which
+from kvmple.vm.spec import DOMAIN_PREFIX
 
-KVMPLE_PREFIX = "kvmple-"
+KVMPLE_PREFIX = DOMAIN_PREFIX  # the VM layer names every domain it starts "kvmple-..."
 KNOWN_URIS: tuple[str, ...] = ("qemu:///system",)
 
 
