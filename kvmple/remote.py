@@ -13,6 +13,7 @@ process group ends the command and its children.
 
 from __future__ import annotations
 
+import logging
 import shlex
 import socket
 import threading
@@ -27,6 +28,12 @@ from kvmple.errors import CommandError, CommandTimeout, GuestError
 from kvmple.run import Result, failure
 
 _IDLE_POLL = 0.01
+
+# paramiko's transport thread logs every refused handshake (a booting guest refuses many) as
+# an ERROR with a traceback; kvmple reports failures itself, as one line with a hint.
+_paramiko_log = logging.getLogger("paramiko")
+_paramiko_log.addHandler(logging.NullHandler())
+_paramiko_log.propagate = False
 
 
 class HostKeyMismatch(GuestError):
