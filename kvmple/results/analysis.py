@@ -306,7 +306,11 @@ def analyse(
     vs: list[VsRfc] = []
     if is_rfc_shaped([c.cell for c in cells]):
         tables = _tables(results, hib, threshold, resamples)
-        if meta.primary_metric in {"transfers_per_sec", "throughput"} and hib:
+        reference = meta.notes.get("reference")
+        if hib and (
+            reference == "rfc-v7-amqp"
+            or (reference is None and meta.primary_metric in {"transfers_per_sec", "throughput"})
+        ):
             vs = _vs_rfc(tables, ple_reason)
     return CampaignAnalysis(
         meta=meta,
