@@ -37,7 +37,7 @@ from kvmple.kernel.patchtool import (
     touched_files,
     write_quilt_state,
 )
-from kvmple.kernel.series import Series
+from kvmple.kernel.series import Series, normalise_subject
 from kvmple.kernel.sources import Patch, materialise
 from kvmple.kernel.tree import KernelTree, git_dirty_files, inspect_tree
 from kvmple.kernel.upstream import Presence, check_upstream
@@ -172,8 +172,6 @@ def _is_upstream(patch: Patch, series: Series, upstream: dict[int, Presence]) ->
 
 
 def _entry_index(patch: Patch, series: Series) -> int:
-    from kvmple.kernel.series import normalise_subject
-
     for index, entry in enumerate(series.patches):
         if entry.file and entry.file == patch.name:
             return index
