@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ple",
     "report",
     "results",
+    "run",
     "vm",
     "workload",
 )

@@ -66,17 +66,11 @@ class Plan:
     blocks: tuple[Block, ...]
     seed: int
     unavailable: tuple[tuple[str, str], ...]  # knob -> reason
+    cells: tuple[Cell, ...]  # in matrix order (factors, then axes, as the playbook lists them)
 
     @property
     def runs(self) -> tuple[PlannedRun, ...]:
         return tuple(run for block in self.blocks for run in block.runs)
-
-    @property
-    def cells(self) -> tuple[Cell, ...]:
-        seen: dict[str, Cell] = {}
-        for run in self.runs:
-            seen.setdefault(run.cell.key, run.cell)
-        return tuple(seen.values())
 
     @property
     def knob_changes(self) -> int:
@@ -159,6 +153,7 @@ def build_plan(playbook: Playbook, unavailable: dict[str, str] | None = None) ->
     reps = _chunks(playbook.repetitions, playbook.order.interleave)
 
     blocks: list[Block] = []
+    cells: dict[str, Cell] = {}
     for block_index, rep_range in enumerate(reps):
         for group in groups:
             runs: list[PlannedRun] = []
@@ -166,6 +161,7 @@ def build_plan(playbook: Playbook, unavailable: dict[str, str] | None = None) ->
                 axis_values = dict(zip(axis_names, point, strict=True))
                 params = _workload_params(playbook, axis_values)
                 cell = Cell(values=(*group, *axis_values.items()))
+                cells.setdefault(cell.key, cell)
                 frozen_params = tuple(
                     (role, tuple(sorted(p.items()))) for role, p in sorted(params.items())
                 )
@@ -179,4 +175,5 @@ def build_plan(playbook: Playbook, unavailable: dict[str, str] | None = None) ->
         blocks=tuple(blocks),
         seed=playbook.order.seed,
         unavailable=tuple(sorted(unavailable.items())),
+        cells=tuple(cells.values()),
     )

@@ -1,0 +1,84 @@
+"""``kvmple run PLAYBOOK [--dry-run] [--resume ID] [--db URL] [--allow-unavailable]``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from kvmple import ui
+from kvmple.errors import UsageError
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "run",
+        help="run a campaign (a playbook) end to end",
+        description="Run a playbook: set host knobs per group, boot pinned guests once per "
+        "block, run the workloads, store every run with its provenance as soon as it ends.",
+    )
+    parser.add_argument("playbook", nargs="?", type=Path, help="playbook YAML (not with --resume)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    parser.add_argument("--resume", metavar="ID", help="continue an interrupted campaign")
+    parser.add_argument(
+        "--db", metavar="URL", help="results store (default: SQLite in the data dir)"
+    )
+    parser.add_argument(
+        "--allow-unavailable",
+        action="store_true",
+        help="run the other axes when the host cannot provide a factor (e.g. PLE under TCG) "
+        "and record that factor as unavailable, with the reason",
+    )
+    parser.add_argument(
+        "--no-report", action="store_true", help="do not print the report at the end"
+    )
+    parser.set_defaults(handler=_run)
+
+
+def _say_what_this_host_provides(playbook: Any) -> None:
+    """After a dry run: would this host run the plan as written? (cached doctor, no boot)"""
+    from kvmple.campaign.plan import build_plan
+    from kvmple.host.doctor import diagnose
+
+    report = diagnose(probe_kvm=False)
+    wants_ple = any(f.knob == "ple" for f in playbook.factors)
+    ui.out.print(f"this host: {report.verdict} ({report.reason})")
+    if wants_ple and not report.ple_available:
+        reduced = build_plan(playbook, {"ple": report.ple_reason or report.reason})
+        ui.out.print(
+            "this host cannot provide the PLE factor: 'kvmple run' stops; with "
+            f"--allow-unavailable it runs {len(reduced.runs)} runs with PLE recorded as "
+            "unavailable"
+        )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from kvmple.campaign.describe import describe_plan
+    from kvmple.campaign.plan import build_plan
+    from kvmple.campaign.playbook import load_playbook
+
+    if args.resume and args.playbook:
+        raise UsageError("give either a PLAYBOOK or --resume ID, not both")
+    if not args.resume and not args.playbook:
+        raise UsageError("missing PLAYBOOK", hint="e.g. kvmple run playbooks/smoke.yaml")
+    if args.dry_run:
+        if args.resume:
+            raise UsageError("--dry-run takes a PLAYBOOK, not --resume")
+        loaded = load_playbook(args.playbook)
+        ui.out.print(describe_plan(loaded.playbook, build_plan(loaded.playbook)))
+        _say_what_this_host_provides(loaded.playbook)
+        return 0
+
+    from kvmple.campaign.runner import CampaignOptions, run_campaign
+
+    options = CampaignOptions(db_url=args.db, allow_unavailable=args.allow_unavailable)
+    if args.resume:
+        outcome = run_campaign(None, options, resume_id=args.resume)
+    else:
+        outcome = run_campaign(load_playbook(args.playbook), options)
+    ui.out.print(outcome.summary())
+    if not args.no_report:
+        from kvmple.campaign.runner import print_report
+
+        print_report(outcome, args.db)
+    return 0
