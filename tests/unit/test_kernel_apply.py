@@ -251,3 +251,19 @@ def test_series_model_is_frozen() -> None:
     with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen error type
         series.name = "x"  # type: ignore[misc]
     assert os.sep not in series.name
+
+
+def test_patches_from_a_git_tree_by_subject(tmp_path: Path) -> None:
+    donor = make_git_tree(tmp_path / "donor")
+    folder = make_series(donor, tmp_path / "series")
+    for name in ("0001-count-yields.patch", "0002-mark-preempt.patch"):
+        git(donor, "am", "-q", str(folder / name))
+    git(donor, "commit", "-q", "--allow-empty", "-m", "later unrelated work")
+    tree = make_tree(tmp_path / "linux")
+    series, _ = load_series(str(folder))
+    report = apply_series(series, folder, tree, source=donor)
+    assert [r.status for r in report.results] == [Status.applied, Status.applied]
+    hashes = git(donor, "log", "--format=%H", "-3").split()
+    assert report.results[0].origin == f"git {hashes[2]} in {donor} (by subject)"
+    with pytest.raises(PatchError, match="not found in"):
+        apply_series(series, folder, tree, source=donor, git_range="HEAD~1..HEAD")
