@@ -89,6 +89,7 @@ class CampaignAnalysis:
     n_runs: int
     n_failed: int
     rfc_source: str = field(default="")
+    threshold: float = 0.02
 
     @property
     def rfc_shaped(self) -> bool:
@@ -324,4 +325,5 @@ def analyse(
         n_runs=len(runs),
         n_failed=sum(len(c.failed_runs) for c in cells),
         rfc_source=rfc_figures().source if vs else "",
+        threshold=threshold,
     )

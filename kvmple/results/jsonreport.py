@@ -10,7 +10,7 @@ from typing import Any
 from kvmple.results.analysis import CampaignAnalysis
 from kvmple.results.compare import CampaignComparison
 from kvmple.results.records import RECORD_VERSION
-from kvmple.results.stats import CellStats, Comparison
+from kvmple.results.stats import CellStats, Comparison, runs_needed
 
 
 def _stats(s: CellStats | None) -> dict[str, Any] | None:
@@ -19,6 +19,10 @@ def _stats(s: CellStats | None) -> dict[str, Any] | None:
     data = asdict(s)
     data["halfwidth_pct"] = s.halfwidth_pct
     return data
+
+
+def _runs_needed(s: CellStats | None, change: float) -> int | None:
+    return None if s is None or s.cv is None else runs_needed(s.cv, change, n_limit=10_000)
 
 
 def _comparison(c: Comparison | None) -> dict[str, Any] | None:
@@ -45,6 +49,7 @@ def analysis_dict(a: CampaignAnalysis) -> dict[str, Any]:
         "version": RECORD_VERSION,
         "campaign": a.meta.model_dump(exclude={"playbook_text"}),
         "higher_is_better": a.higher_is_better,
+        "threshold": a.threshold,
         "runs": a.n_runs,
         "failed": a.n_failed,
         "warnings": list(a.warnings),
@@ -53,6 +58,7 @@ def analysis_dict(a: CampaignAnalysis) -> dict[str, Any]:
             {
                 "cell": r.cell.cell,
                 "stats": _stats(r.stats),
+                "runs_per_side_to_detect_threshold": _runs_needed(r.stats, a.threshold),
                 "failures": r.cell.failure_reasons(),
                 "evidence": r.evidence,
             }

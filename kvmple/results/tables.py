@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from kvmple.results.analysis import CampaignAnalysis, RfcTable
 from kvmple.results.compare import CampaignComparison
-from kvmple.results.stats import CellStats, Comparison
+from kvmple.results.stats import CellStats, Comparison, runs_needed
 
 ROW_LABELS = {"off": "no PLE", "on": "PLE", "unavailable": "PLE unavailable"}
 
@@ -104,13 +104,20 @@ def rfc_table(analysis: CampaignAnalysis, table: RfcTable) -> Table:
     return Table(f"{meta.name}: {table.title}", header, tuple(rows), tuple(notes))
 
 
+def power_hint(cv: float | None, change: float) -> str:
+    if cv is None:
+        return "n/a"
+    needed = runs_needed(cv, change, n_limit=10_000)
+    return "> 10,000" if needed is None else str(needed)
+
+
 def cell_table(analysis: CampaignAnalysis) -> Table:
     rows = []
     for result in analysis.cells:
         s = result.stats
         failed = str(len(result.cell.failed_runs))
         if s is None:
-            rows.append((result.label, "0", failed, "no data", "", "", "", "", ""))
+            rows.append((result.label, "0", failed, "no data", "", "", "", "", "", ""))
             continue
         ci = (
             "n/a"
@@ -129,11 +136,26 @@ def cell_table(analysis: CampaignAnalysis) -> Table:
                 "n/a" if s.cv is None else f"{100 * s.cv:.1f}%",
                 ci,
                 outliers,
+                power_hint(s.cv, analysis.threshold),
             )
         )
-    header = ("cell", "n", "failed", "mean", "median", "stddev", "CV", "95% CI", "outliers")
+    pct_label = f"{100 * analysis.threshold:g}%"
+    header = (
+        "cell",
+        "n",
+        "failed",
+        "mean",
+        "median",
+        "stddev",
+        "CV",
+        "95% CI",
+        "outliers",
+        f"runs/side for {pct_label}",
+    )
     notes = (
         "failed runs are listed, never pooled; outliers (Tukey 1.5 IQR) are flagged, not dropped",
+        f"runs/side for {pct_label}: runs per side a comparison needs to detect a {pct_label} "
+        "change at this cell's noise (two-sided t-test, alpha 0.05, power 0.8)",
     )
     return Table(f"{analysis.meta.primary_metric} per cell", header, tuple(rows), notes)
 
@@ -234,12 +256,17 @@ def p_value(p: float | None) -> str:
     return "n/a" if p is None else f"{p:.3g}"
 
 
+def _noisier(comp: Comparison) -> float | None:
+    cvs = [s.cv for s in (comp.baseline, comp.candidate) if s.cv is not None]
+    return max(cvs) if cvs else None
+
+
 def comparison_table(cc: CampaignComparison) -> Table:
     rows = []
     for c in cc.cells:
         comp = c.comparison
         if comp is None:
-            rows.append((c.label, "", "", "n/a", "", "", "", f"inconclusive ({c.missing})"))
+            rows.append((c.label, "", "", "n/a", "", "", "", "", f"inconclusive ({c.missing})"))
             continue
         rows.append(
             (
@@ -250,6 +277,7 @@ def comparison_table(cc: CampaignComparison) -> Table:
                 p_value(comp.mannwhitney_p),
                 p_value(comp.welch_p),
                 "n/a" if comp.cohens_d is None else f"{comp.cohens_d:+.2f}",
+                power_hint(_noisier(comp), cc.threshold),
                 comp.verdict,
             )
         )
@@ -261,6 +289,7 @@ def comparison_table(cc: CampaignComparison) -> Table:
         "Mann-Whitney p",
         "Welch p",
         "Cohen's d",
+        f"runs/side for {100 * cc.threshold:g}%",
         "verdict",
     )
     notes = (

@@ -22,6 +22,7 @@ from kvmple.results.junit import junit_exit_code, report_junit
 from kvmple.results.records import CampaignMeta, RunRecord
 from kvmple.results.report import render
 from kvmple.results.rfc import rfc_figures
+from kvmple.results.stats import runs_needed
 from kvmple.results.store import open_store, sqlite_url
 from kvmple.results.synthetic import synthetic_campaign
 from kvmple.results.tables import render_markdown, render_text
@@ -196,6 +197,10 @@ def test_json_and_html_outputs() -> None:
     data = json.loads(render(a, "json"))
     assert data["kind"] == "kvmple-report" and len(data["cells"]) == 12
     assert data["cells"][0]["stats"]["n"] >= 3
+    first = data["cells"][0]
+    # the power hint: runs per side to detect the threshold (2%) at the cell's noise
+    assert first["runs_per_side_to_detect_threshold"] == runs_needed(first["stats"]["cv"], 0.02)
+    assert "runs/side for 2%" in render(a, "text")
     assert all(c["comparison"] for c in data["comparisons"] if "PLE gain" in c["name"])
     page = render(a, "html")
     assert page.startswith("<!DOCTYPE html>") and "http" not in page.split("<body>")[0]
