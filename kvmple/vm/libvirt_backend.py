@@ -94,7 +94,7 @@ class Libvirt:
             if dom.isActive():
                 dom.destroy()
             if dom.isPersistent():
-                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+                dom.undefine()  # kvmple domains boot a kernel directly: no NVRAM
         except libvirt.libvirtError as exc:
             if _no_domain(exc):
                 return True
