@@ -22,6 +22,7 @@ from kvmple.errors import Interrupted, KvmpleError
 COMMAND_MODULES: tuple[str, ...] = (
     "compare",
     "doctor",
+    "image",
     "kernel",
     "ple",
     "report",

@@ -8,6 +8,6 @@ Public API::
 """
 
 from kvmple.image.artifact import Image
-from kvmple.image.build import build, cached, find_recipe, resolve
+from kvmple.image.builder import build, cached, find_recipe, resolve
 
 __all__ = ["Image", "build", "cached", "find_recipe", "resolve"]

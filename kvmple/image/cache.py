@@ -31,7 +31,7 @@ from kvmple.image.artifact import IMAGE_FILE, Image, load_image
 from kvmple.image.recipe import Recipe, guest_programs_dir
 
 # Bump when the build/configure steps change what ends up in an image.
-BUILDER_FORMAT = 1
+BUILDER_FORMAT = 2
 
 
 def images_dir() -> Path:

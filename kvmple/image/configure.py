@@ -32,11 +32,12 @@ UseDNS no
 """
 
 INTERFACES = """\
-# written by kvmple: DHCP on the (single) virtio NIC
+# written by kvmple: DHCP on the (single) virtio NIC, brought up by udev when it appears
+# ("allow-hotplug", not "auto": nothing waits for "udevadm settle" at boot)
 auto lo
 iface lo inet loopback
 
-auto eth0
+allow-hotplug eth0
 iface eth0 inet dhcp
 """
 

@@ -17,7 +17,7 @@ from kvmple.image.recipe import Recipe
 from kvmple.run import run_logged
 
 TIMEOUT = 30 * 60
-_STEP = re.compile(r"^I: (Retrieving|Validating|Unpacking|Configuring|Extracting) (\S+?)\.*$")
+_STEP = re.compile(r"^I: (Retrieving|Validating|Unpacking|Configuring|Extracting) (\S+?)(\.*| .*)$")
 
 
 def debs_cache() -> Path:

@@ -242,10 +242,16 @@ class BootTimes:
 
 
 def probe(
-    image: Image, workdir: Path, *, amqp: bool, ssh_timeout: float = 180, amqp_timeout: float = 300
+    image: Image,
+    workdir: Path,
+    *,
+    amqp: bool,
+    ssh_timeout: float = 180,
+    amqp_timeout: float = 300,
+    accel: str = "tcg,thread=multi",
 ) -> BootTimes:
     """Boot, log in over SSH with the pinned key, optionally wait for RabbitMQ; then stop."""
-    with booted(image, workdir) as (guest, alive):
+    with booted(image, workdir, accel=accel) as (guest, alive):
         ssh_seconds = wait_ssh(guest, alive, ssh_timeout)
         amqp_seconds = wait_amqp(guest, amqp_timeout) if amqp else None
         guest.ssh(["systemctl", "poweroff", "--no-block"], timeout=30, check=False)

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kvmple.config.loader import load_model
 
@@ -25,7 +25,7 @@ _recipe_dir: ContextVar[Path | None] = ContextVar("_recipe_dir", default=None)
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 # Debian package names (policy 5.6.1), optionally with an architecture qualifier.
 PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?$")
-UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.(service|timer|socket|target|path|mount)$")
+UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.(service|timer|socket|target|path|mount|automount|slice|scope|device|swap)$")
 SIZE_RE = re.compile(r"^([1-9][0-9]*)([MG])$")
 MODULE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -50,6 +50,50 @@ def _existing_file(path: str) -> str:
     if not resolved.is_file():
         raise ValueError(f"no such file: {resolved}")
     return str(resolved)
+
+
+def _package(value: str) -> str:
+    if not PACKAGE_RE.match(value):
+        raise ValueError(f"not a Debian package name: {value!r}")
+    return value
+
+
+def _unit(value: str) -> str:
+    if not UNIT_RE.match(value):
+        raise ValueError(f"not a systemd unit name (e.g. 'ssh.service'): {value!r}")
+    return value
+
+
+def _module(value: str) -> str:
+    if not MODULE_RE.match(value):
+        raise ValueError(f"not a kernel module name: {value!r}")
+    return value
+
+
+def _program(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+        raise ValueError(f"not a program name: {value!r}")
+    if not (guest_programs_dir() / value).is_file():
+        raise ValueError(
+            f"no guest program {value!r} in {guest_programs_dir()} "
+            "(guest programs ship with kvmple's workloads)"
+        )
+    return value
+
+
+def _parameter(value: str) -> str:
+    if not value or any(c.isspace() for c in value):
+        raise ValueError(f"one kernel parameter per item, without spaces: {value!r}")
+    if value.split("=", 1)[0] in ("root", "console"):
+        raise ValueError(f"{value!r}: kvmple sets root= and console= itself")
+    return value
+
+
+Package = Annotated[str, AfterValidator(_package)]
+Unit = Annotated[str, AfterValidator(_unit)]
+KernelModule = Annotated[str, AfterValidator(_module)]
+GuestProgram = Annotated[str, AfterValidator(_program)]
+KernelParameter = Annotated[str, AfterValidator(_parameter)]
 
 
 class Model(BaseModel):
@@ -95,18 +139,10 @@ class FileSpec(Model):
 class Services(Model):
     """systemd units to enable or mask in the image."""
 
-    enable: tuple[str, ...] = Field(default=(), description="units to enable (systemctl enable)")
-    mask: tuple[str, ...] = Field(
+    enable: tuple[Unit, ...] = Field(default=(), description="units to enable (systemctl enable)")
+    mask: tuple[Unit, ...] = Field(
         default=(), description="units masked so boot-to-ready stays short (symlink to /dev/null)"
     )
-
-    @field_validator("enable", "mask")
-    @classmethod
-    def _units(cls, values: tuple[str, ...]) -> tuple[str, ...]:
-        for value in values:
-            if not UNIT_RE.match(value):
-                raise ValueError(f"not a systemd unit name (e.g. 'ssh.service'): {value!r}")
-        return values
 
 
 class BringYourOwn(Model):
@@ -140,23 +176,23 @@ class Recipe(Model):
         description="apt mirror URL; default: the one the host's apt sources name for the suite",
     )
     components: tuple[str, ...] = Field(default=("main",), description="archive components")
-    packages: tuple[str, ...] = Field(
+    packages: tuple[Package, ...] = Field(
         default=(), description="packages installed on top of debootstrap's minbase variant"
     )
     disk_size: str = Field(default="4G", description="root file system size, e.g. 4G or 3000M")
     hostname: str = Field(default="kvmple-guest", description="guest host name")
     services: Services = Field(default_factory=Services, description="units to enable/mask")
     files: tuple[FileSpec, ...] = Field(default=(), description="files put into the image")
-    guest_programs: tuple[str, ...] = Field(
+    guest_programs: tuple[GuestProgram, ...] = Field(
         default=(),
         description="kvmple guest-side programs (kvmple/guest/NAME) installed to /opt/kvmple/bin",
     )
-    initramfs_modules: tuple[str, ...] | None = Field(
+    initramfs_modules: tuple[KernelModule, ...] | None = Field(
         default=None,
         description="if set, a small initrd with only these modules (MODULES=list); "
         "default: Debian's generic initrd",
     )
-    cmdline: tuple[str, ...] = Field(
+    cmdline: tuple[KernelParameter, ...] = Field(
         default=(),
         description="kernel command-line additions after 'root=/dev/vda console=ttyS0'",
     )
@@ -194,14 +230,6 @@ class Recipe(Model):
             raise ValueError("must be a non-empty list of component names like 'main'")
         return values
 
-    @field_validator("packages")
-    @classmethod
-    def _packages(cls, values: tuple[str, ...]) -> tuple[str, ...]:
-        for value in values:
-            if not PACKAGE_RE.match(value):
-                raise ValueError(f"not a Debian package name: {value!r}")
-        return values
-
     @field_validator("disk_size")
     @classmethod
     def _size(cls, value: str) -> str:
@@ -210,39 +238,32 @@ class Recipe(Model):
             raise ValueError(f"must be a size like '4G' or '3000M' (at least 256M), got {value!r}")
         return value
 
-    @field_validator("guest_programs")
-    @classmethod
-    def _programs(cls, values: tuple[str, ...]) -> tuple[str, ...]:
-        for value in values:
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
-                raise ValueError(f"not a program name: {value!r}")
-            if not (guest_programs_dir() / value).is_file():
-                raise ValueError(
-                    f"no guest program {value!r} in {guest_programs_dir()} "
-                    "(guest programs ship with kvmple's workloads)"
-                )
-        return values
-
     @field_validator("initramfs_modules")
     @classmethod
     def _modules(cls, values: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if values is not None:
-            if not values:
-                raise ValueError("list at least one module, or leave the key out")
-            for value in values:
-                if not MODULE_RE.match(value):
-                    raise ValueError(f"not a kernel module name: {value!r}")
+        if values is not None and not values:
+            raise ValueError("list at least one module, or leave the key out")
         return values
 
-    @field_validator("cmdline")
-    @classmethod
-    def _cmdline(cls, values: tuple[str, ...]) -> tuple[str, ...]:
-        for value in values:
-            if not value or any(c.isspace() for c in value):
-                raise ValueError(f"one kernel parameter per item, without spaces: {value!r}")
-            if value.split("=", 1)[0] in ("root", "console") and value != "console=tty0":
-                raise ValueError(f"{value!r}: kvmple sets root= and console= itself")
-        return values
+    @model_validator(mode="after")
+    def _byo_is_not_built(self) -> Recipe:
+        if self.bring_your_own is None:
+            return self
+        build_only = {
+            "packages": bool(self.packages),
+            "files": bool(self.files),
+            "guest_programs": bool(self.guest_programs),
+            "services": bool(self.services.enable or self.services.mask),
+            "initramfs_modules": self.initramfs_modules is not None,
+            "mirror": self.mirror is not None,
+        }
+        given = [key for key, present in build_only.items() if present]
+        if given:
+            raise ValueError(
+                f"a bring_your_own recipe is used as it is; remove {', '.join(given)} "
+                "(those keys only apply to images kvmple builds)"
+            )
+        return self
 
     @property
     def is_byo(self) -> bool:
