@@ -56,6 +56,7 @@ class CampaignOutcome:
     wall_seconds: float = 0.0
     measure_seconds: float = 0.0
     boots: int = 0
+    boot_seconds: float = 0.0  # boot + workload preparation, summed over blocks
     log_path: Path | None = None
     db_url: str | None = None
 
@@ -297,6 +298,7 @@ def _execute(
                 record.figures[meta.primary_metric]
             )
 
+    _reap_crashed_guests(meta.id)
     from kvmple.image import resolve
 
     images = {role: resolve(guest.image) for role, guest in playbook.guests.items()}
@@ -312,6 +314,22 @@ def _execute(
             if all(r.key in done for r in block.runs):
                 continue
             _run_block(context, index, block)
+
+
+def _reap_crashed_guests(campaign_id: str) -> None:
+    """Guests of this campaign left by a killed kvmple (SIGKILL, host crash) are reaped before
+    resuming, so the same domain names can be booted again. Live owners are left alone."""
+    from kvmple.vm import gc, registry
+    from kvmple.vm.spec import domain_name
+
+    prefix = domain_name(campaign_id, "")
+    report = gc.GcReport()
+    for record in registry.all_records():
+        if record.domain.startswith(prefix) and not record.owner_alive:
+            gc.reap(record, report)
+    if report.removed_domains:
+        ui.note(f"reaped guests of the interrupted run: {', '.join(report.removed_domains)}")
+        log.info("reaped leftovers: %s", report.removed_domains)
 
 
 def _cell_key(cell: dict[str, Any]) -> str:
@@ -410,6 +428,8 @@ def _run_block(ctx: _Context, index: int, block: Block) -> None:
             _wait_for_quiet(ctx, shared, ())
             ctx.bar.update(ctx.task, description=f"{block.knob_key}: booting guests")
             log.info("block %d (%s): booting guests", index + 1, block.knob_key)
+            ctx.bar.console.print(f"block {index + 1} ({block.knob_key}): booting guests")
+            boot_start = time.monotonic()
             guests = stack.enter_context(
                 boot_guests(
                     _specs(ctx), ready_timeout=playbook.timeouts.boot, keep_smt_siblings=keep_smt
@@ -418,6 +438,8 @@ def _run_block(ctx: _Context, index: int, block: Block) -> None:
             ctx.outcome.boots += 1
             by_role = {g.spec.role: g for g in guests}
             workloads = _prepare(ctx, by_role)
+            ctx.outcome.boot_seconds += time.monotonic() - boot_start
+            log.info("block %d: guests ready in %.1fs", index + 1, time.monotonic() - boot_start)
             block_facts = {
                 "knobs": knobs,
                 "affinity": {
@@ -603,6 +625,10 @@ def _one_run(
         ctx.values.setdefault(_cell_key(cell), []).append(figures.get(primary, 0.0))
         shown = f"{figures.get(primary, 0):,.0f} {ctx.meta.metric_unit}".strip()
         log.info("run %s ok: %s", run.key, shown)
+        ctx.bar.console.print(
+            f"  run {ctx.outcome.ok + ctx.outcome.resumed_from:>3}/"
+            f"{ctx.outcome.planned}  {label}  rep {run.repetition}: {shown}"
+        )
         ctx.bar.update(ctx.task, advance=1, status=f"last: {shown}")
         return True
     else:

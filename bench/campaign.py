@@ -1,0 +1,56 @@
+"""Campaign overhead on smoke.yaml under TCG (issue 6).
+
+overhead ratio = campaign wall time / sum of measurement windows (goal <= 1.3). For contrast
+it also prints what booting the guests for every run would cost, from the boot time measured
+in the same run: (wall + boot_time_per_block * (runs - boots)) / measuring.
+
+    .venv/bin/python bench/campaign.py [PLAYBOOK]     (root; needs the debian12-amqp image)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    playbook_path = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "playbooks" / "smoke.yaml"
+    workdir = Path(tempfile.mkdtemp(prefix="kvmple-bench-campaign-"))
+    os.environ.setdefault("KVMPLE_DATA_DIR", str(workdir / "data"))
+    os.environ.setdefault("KVMPLE_STATE_DIR", str(workdir / "state"))
+    from kvmple.campaign.playbook import load_playbook
+    from kvmple.campaign.runner import CampaignOptions, run_campaign
+
+    db = f"sqlite://{workdir / 'results.sqlite'}"
+    outcome = run_campaign(
+        load_playbook(playbook_path), CampaignOptions(db_url=db, allow_unavailable=True)
+    )
+    runs = outcome.ok
+    ratio = outcome.wall_seconds / outcome.measure_seconds
+    per_boot = outcome.boot_seconds / max(outcome.boots, 1)
+    reboot_every_run = (
+        outcome.wall_seconds + per_boot * max(runs - outcome.boots, 0)
+    ) / outcome.measure_seconds
+    print(f"playbook:                    {playbook_path.name}")
+    print(f"runs stored (ok):            {runs} ({outcome.failed} failed attempts)")
+    print(f"campaign wall time:          {outcome.wall_seconds:8.1f} s")
+    print(f"sum of measurement windows:  {outcome.measure_seconds:8.1f} s")
+    print(f"guest boots:                 {outcome.boots} ({per_boot:.1f} s each incl. prepare)")
+    print(
+        f"overhead ratio:              {ratio:8.2f}   goal <= 1.3: "
+        + ("MET" if ratio <= 1.3 else "NOT MET")
+    )
+    print(
+        f"if guests booted every run:  {reboot_every_run:8.2f}   "
+        f"({reboot_every_run / ratio:.1f}x worse)"
+    )
+    print(f"campaign {outcome.campaign_id} in {db}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Real tier: the smoke campaign end to end under TCG through real libvirt, SSH, RabbitMQ and
+busy loops, interrupted twice (SIGTERM, then SIGKILL) and resumed to an exact run count.
+
+One campaign serves every check (its guests boot three times: ~10 minutes on 2 cores):
+- SIGTERM midway: exit 130, status interrupted, nothing left running (virsh, registry);
+- SIGKILL midway: leftovers exist; ``--resume`` reaps them and completes;
+- exactly 3 ok runs per cell, no duplicated key, PLE recorded as unavailable with the reason,
+  provenance and evidence on every run, throughput falls as spinners rise;
+- the RFC-style report and the HTML report come out of the stored runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from kvmple.campaign.plan import build_plan
+from kvmple.campaign.playbook import load_playbook
+from kvmple.results import open_store
+from tests.support import need, need_program, need_root
+
+pytestmark = [pytest.mark.real, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "playbooks" / "smoke.yaml"
+KVMPLE = [sys.executable, "-m", "kvmple.cli"]
+
+
+def _virsh_domains(prefix: str) -> list[str]:
+    out = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    return [name for name in out.split() if name.startswith(prefix)]
+
+
+def _ok_runs(db: str, campaign_id: str) -> int:
+    with open_store(db) as store:
+        return sum(1 for r in store.runs(campaign_id) if r.status == "ok")
+
+
+def _campaign_id(db: str) -> str | None:
+    with open_store(db) as store:
+        campaigns = store.campaigns()
+    return campaigns[-1].id if campaigns else None
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*KVMPLE, *args],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        start_new_session=False,
+    )
+
+
+def _wait_for_runs(proc: subprocess.Popen[bytes], db: str, count: int, log: Path) -> str:
+    deadline = time.monotonic() + 1200
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"kvmple exited early ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        campaign = _campaign_id(db) if Path(db.removeprefix("sqlite://")).exists() else None
+        if campaign and _ok_runs(db, campaign) >= count:
+            return campaign
+        time.sleep(2)
+    proc.kill()
+    pytest.fail(f"no {count} runs within 20 minutes:\n{log.read_text()[-3000:]}")
+
+
+def test_smoke_campaign_interrupted_resumed_and_reported(
+    shared_cache: Path, tmp_path: Path
+) -> None:
+    need_root()
+    need_program("virsh")
+    need(
+        subprocess.run(
+            ["virsh", "-c", "qemu:///system", "uri"], check=False, capture_output=True, timeout=30
+        ).returncode
+        == 0,
+        "libvirtd is not answering on qemu:///system (scripts/setup-host.sh starts it)",
+    )
+    db = f"sqlite://{tmp_path / 'results.sqlite'}"
+    log = tmp_path / "kvmple.log"
+    plan = build_plan(load_playbook(SMOKE).playbook, {"ple": "x"})
+
+    # 1. SIGTERM midway: clean interruption.
+    proc = _start(["run", str(SMOKE), "--allow-unavailable", "--db", db, "--no-report"], log)
+    campaign = _wait_for_runs(proc, db, 2, log)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
+    assert "kvmple run --resume" in log.read_text()
+    prefix = f"kvmple-{campaign}-"
+    assert _virsh_domains(prefix) == []
+    with open_store(db) as store:
+        assert store.campaign(campaign).status == "interrupted"
+    after_term = _ok_runs(db, campaign)
+
+    # 2. Resume, then SIGKILL midway: nothing can clean up.
+    proc = _start(["run", "--resume", campaign, "--db", db, "--no-report"], log)
+    _wait_for_runs(proc, db, after_term + 2, log)
+    proc.kill()
+    proc.wait(timeout=60)
+
+    # 3. Resume to the end: leftovers reaped, the exact run count.
+    done = subprocess.run(
+        [*KVMPLE, "run", "--resume", campaign, "--db", db],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=1800,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    assert _virsh_domains(prefix) == []
+    registry_dir = Path(os.environ["KVMPLE_STATE_DIR"])
+    assert not [p for p in registry_dir.rglob(f"{prefix}*.json")], "registry records left"
+
+    with open_store(db) as store:
+        meta = store.campaign(campaign)
+        runs = store.runs(campaign)
+    assert meta.status == "complete"
+    ok = [r for r in runs if r.status == "ok"]
+    assert sorted(r.run_key for r in ok) == sorted(r.key for r in plan.runs)
+    per_cell: dict[str, list[float]] = defaultdict(list)
+    for record in ok:
+        assert record.cell["ple"] == "unavailable"
+        assert record.figures["transfers_per_sec"] > 0
+        assert record.provenance["affinity"]["amqp"] == {"0": [0], "1": [1]}
+        assert record.provenance["knobs"]["ple"]["unavailable"]
+        assert "TCG" in record.evidence["kvm_exits"]["unavailable"]
+        assert set(record.evidence["host_cpu"]["cpus"]) == {0, 1}
+        assert record.raw
+        per_cell[f"{record.cell['size']}/{record.cell['spinners']}"].append(
+            record.figures["transfers_per_sec"]
+        )
+    assert all(len(v) == 3 for v in per_cell.values()) and len(per_cell) == 6
+    assert "PLE" in meta.notes["unavailable"]["ple"] or meta.notes["unavailable"]["ple"]
+
+    # Throughput falls as spinners rise (the overcommit effect is real under TCG).
+    for size in (8, 16):
+        mean = {s: sum(per_cell[f"{size}/{s}"]) / 3 for s in (0, 1, 2)}
+        assert mean[2] < mean[0], f"size {size}: {mean}"
+
+    # The report printed at the end: the RFC-shaped table and the HTML report.
+    assert "overcommit" in done.stdout.lower()
+    html = next(line for line in done.stdout.splitlines() if line.startswith("HTML report: "))
+    html_path = Path(html.removeprefix("HTML report: ").strip())
+    assert html_path.exists() and "<html" in html_path.read_text()[:2000].lower()
+
+    report = subprocess.run(
+        [*KVMPLE, "report", campaign, "--db", db, "--format", "json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        check=True,
+    )
+    assert json.loads(report.stdout)
