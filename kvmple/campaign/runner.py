@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import platform
+import secrets
 import socket
 import time
 from collections.abc import Iterator, Sequence
@@ -101,7 +103,7 @@ def _read_host() -> _Host:
     except OSError:
         cmdline = ""
     facts = {
-        "hostname": socket.gethostname(),
+        "hostname": os.environ.get("KVMPLE_HOSTNAME") or socket.gethostname(),  # fleet tests
         "cpu_model": report.cpu.model_name,
         "cpu_vendor": report.cpu.vendor,
         "kernel_release": report.kernel,
@@ -139,7 +141,8 @@ def _unavailable_factors(playbook: Playbook, host: _Host, allow: bool) -> dict[s
 
 def _campaign_id(name: str) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    return f"{name[:24].rstrip('-')}-{stamp}"
+    # a random tail: fleet hosts starting in the same second write to one shared store
+    return f"{name[:24].rstrip('-')}-{stamp}-{secrets.token_hex(2)}"
 
 
 @contextlib.contextmanager
