@@ -45,8 +45,12 @@ def recipe_dirs() -> list[Path]:
 def find_recipe(ref: str) -> Path:
     """A recipe path, or a name like 'debian12-amqp' looked up in the recipe directories."""
     candidate = Path(ref)
-    if ref.endswith((".yaml", ".yml")) or "/" in ref or candidate.is_file():
-        if not candidate.is_file():
+    try:
+        exists = candidate.is_file()
+    except OSError as exc:
+        raise ConfigError(f"{ref}: cannot read the recipe: {exc.strerror}") from exc
+    if ref.endswith((".yaml", ".yml")) or "/" in ref or exists:
+        if not exists:
             raise ConfigError(f"{ref}: no such recipe file")
         return candidate
     for directory in recipe_dirs():

@@ -25,7 +25,8 @@ _recipe_dir: ContextVar[Path | None] = ContextVar("_recipe_dir", default=None)
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 # Debian package names (policy 5.6.1), optionally with an architecture qualifier.
 PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?$")
-UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.(service|timer|socket|target|path|mount|automount|slice|scope|device|swap)$")
+UNIT_KINDS = "service|timer|socket|target|path|mount|automount|slice|scope|device|swap"
+UNIT_RE = re.compile(rf"^[A-Za-z0-9:_.@\\-]+\.({UNIT_KINDS})$")
 SIZE_RE = re.compile(r"^([1-9][0-9]*)([MG])$")
 MODULE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
