@@ -4,6 +4,7 @@ manifest assembly, configuration file contents, and the Image record."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -226,3 +227,36 @@ def test_image_record_round_trip(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text(json.dumps(image.manifest))
     assert load_image(tmp_path) == image
     assert load_image(tmp_path).manifest == image.manifest
+
+
+def test_disk_too_small_is_a_clear_build_error(tmp_path: Path) -> None:
+    from kvmple.image.disk import make_disk
+    from tests.support import need_program
+
+    need_program("mkfs.ext4")
+    need_program("qemu-img")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "big").write_bytes(os.urandom(6 * 1024 * 1024))
+    log = tmp_path / "build.log"
+    with pytest.raises(BuildError, match="disk_size is too small") as info:
+        make_disk(tree, "4M", tmp_path / "disk.qcow2", log)
+    assert info.value.hint is not None and str(log) in info.value.hint
+    assert not (tmp_path / "disk.raw").exists() and not (tmp_path / "disk.qcow2").exists()
+
+
+def test_disk_from_a_tree(tmp_path: Path) -> None:
+    from kvmple.image.disk import make_disk
+    from kvmple.run import run
+    from tests.support import need_program
+
+    need_program("mkfs.ext4")
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "hostname").write_text("kvmple-guest\n")
+    make_disk(tree, "16M", tmp_path / "disk.qcow2", tmp_path / "build.log")
+    info = json.loads(
+        run(["qemu-img", "info", "--output=json", tmp_path / "disk.qcow2"], timeout=60).stdout
+    )
+    assert info["format"] == "qcow2" and info["virtual-size"] == 16 * 1024 * 1024
+    assert not (tmp_path / "disk.raw").exists()
