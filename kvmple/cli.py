@@ -22,8 +22,10 @@ from kvmple.errors import Interrupted, KvmpleError
 COMMAND_MODULES: tuple[str, ...] = (
     "compare",
     "doctor",
+    "fleet",
     "image",
     "kernel",
+    "nightly",
     "ple",
     "report",
     "results",

@@ -1,0 +1,148 @@
+"""Fan a campaign out to every host of an inventory: copy the playbook over SFTP, run
+``kvmple run`` there with the shared store URL, collect exit codes and campaign ids. One
+thread per host (at most ``parallel``), each with its own SSH connection; a host's output
+goes to a log file per host."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from kvmple.errors import CommandTimeout, GuestError, KvmpleError
+from kvmple.executor import Executor
+from kvmple.fleet.inventory import FleetHost, Inventory
+
+_CAMPAIGN = re.compile(r"^campaign (\S+): ", re.M)
+_RESUME = re.compile(r"kvmple run --resume (\S+)")
+
+
+@dataclass(frozen=True)
+class HostOutcome:
+    host: str
+    exit_code: int  # kvmple's exit code there; -1: never ran (connection/copy failed)
+    campaign_id: str | None
+    seconds: float
+    message: str
+    log: Path
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+def campaign_from_output(stdout: str, stderr: str) -> str | None:
+    """The campaign id from ``kvmple run``'s summary line, else from a resume hint."""
+    found = _CAMPAIGN.findall(stdout)
+    if found:
+        return str(found[-1])
+    hint = _RESUME.findall(stderr + stdout)
+    return str(hint[-1]) if hint else None
+
+
+def remote_argv(
+    host: FleetHost, playbook: str, db_url: str | None, allow_unavailable: bool
+) -> list[str]:
+    """``kvmple run`` as the host runs it (pure)."""
+    argv = [*host.kvmple, "run", playbook, "--no-report"]
+    if db_url:
+        argv += ["--db", db_url]
+    if allow_unavailable:
+        argv.append("--allow-unavailable")
+    return argv
+
+
+ConnectFn = Callable[[str, FleetHost], Executor]
+
+
+def default_connect(name: str, host: FleetHost) -> Executor:
+    from kvmple.keys import installation_key
+    from kvmple.remote import SSHExecutor
+
+    key = host.key or installation_key().private
+    return SSHExecutor(host.address, host.port, host.user, key, host.host_keys, name)
+
+
+def _one_host(
+    name: str,
+    host: FleetHost,
+    *,
+    playbook: Path,
+    db_url: str | None,
+    allow_unavailable: bool,
+    timeout: float,
+    log: Path,
+    connect: ConnectFn,
+) -> HostOutcome:
+    start = time.monotonic()
+    executor: Executor | None = None
+
+    def done(code: int, campaign: str | None, message: str) -> HostOutcome:
+        return HostOutcome(name, code, campaign, round(time.monotonic() - start, 1), message, log)
+
+    with log.open("w", encoding="utf-8") as out:
+        try:
+            executor = connect(name, host)
+            remote_playbook = f"{host.workdir.rstrip('/')}/{playbook.name}"
+            executor.run(["mkdir", "-p", host.workdir], timeout=60, what="mkdir workdir")
+            executor.put(playbook, remote_playbook, 0o644)
+            argv = remote_argv(host, remote_playbook, db_url, allow_unavailable)
+            out.write(f"$ {shlex.join(argv)}  [on {name}]\n")
+            out.flush()
+            result = executor.run(
+                argv, timeout=timeout, check=False, env=host.env or None, what="kvmple run"
+            )
+        except CommandTimeout as exc:
+            out.write(f"TIMEOUT: {exc.message}\n")
+            return done(6, None, f"timed out after {timeout:g}s")
+        except (GuestError, KvmpleError) as exc:
+            out.write(f"FAILED: {exc.message}\n")
+            return done(-1, None, exc.message)
+        finally:
+            close = getattr(executor, "close", None)
+            if callable(close):
+                close()
+        out.write(result.stdout)
+        out.write("\n--- stderr ---\n" + result.stderr)
+    campaign = campaign_from_output(result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("kvmple: error:")]
+    message = lines[-1].removeprefix("kvmple: error: ") if lines else ""
+    return done(result.returncode, campaign, message or ("ok" if result.ok else "failed"))
+
+
+def run_fleet(
+    inventory: Inventory,
+    playbook: Path,
+    *,
+    db_url: str | None = None,
+    allow_unavailable: bool = False,
+    hosts: Sequence[str] | None = None,
+    log_dir: Path,
+    connect: ConnectFn = default_connect,
+) -> list[HostOutcome]:
+    """Run ``playbook`` on every host (or the named ones), in parallel up to
+    ``inventory.parallel``; outcomes in inventory order."""
+    chosen = list(hosts) if hosts else list(inventory.hosts)
+    url = db_url or inventory.store
+    log_dir.mkdir(parents=True, exist_ok=True)
+    workers = min(inventory.parallel or len(chosen), len(chosen))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fleet") as pool:
+        futures = [
+            pool.submit(
+                _one_host,
+                name,
+                inventory.hosts[name],
+                playbook=playbook,
+                db_url=url,
+                allow_unavailable=allow_unavailable,
+                timeout=inventory.timeout,
+                log=log_dir / f"{name}.log",
+                connect=connect,
+            )
+            for name in chosen
+        ]
+        return [f.result() for f in futures]

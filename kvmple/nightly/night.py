@@ -1,0 +1,233 @@
+"""Run one night: load (or create) its state, run every step not yet finished, stop at the
+first failure, then decide the verdict and deliver it. Re-running a finished night changes
+nothing and returns the same verdict; ``retry`` runs its failed step again."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from kvmple import ui
+from kvmple.errors import Interrupted, KvmpleError, UsageError
+from kvmple.nightly import verdict as verdicts
+from kvmple.nightly.config import LoadedConfig
+from kvmple.nightly.notify import compose, send, write_atomic
+from kvmple.nightly.state import (
+    FINISHED,
+    STEPS,
+    NightState,
+    check_night_id,
+    default_night_id,
+    load,
+    night_dir,
+    save,
+)
+from kvmple.nightly.steps import (
+    STEP_FUNCTIONS,
+    RebootPending,
+    Skip,
+    StepContext,
+    host_name,
+    remove_worktree,
+)
+from kvmple.nightly.summary import render_junit, render_markdown
+
+
+@dataclass(frozen=True)
+class NightResult:
+    state: NightState
+    directory: Path
+    verdict: verdicts.Verdict
+    replayed: bool  # the night had already finished: nothing was run again
+    reboot_pending: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.reboot_pending else self.verdict.exit_code
+
+
+@contextlib.contextmanager
+def _exclusive(directory: Path, night: str) -> Iterator[None]:
+    """One process per night: a timer and a manual run must not interleave."""
+    with (directory / ".lock").open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(
+                f"night {night} is being run by another kvmple process",
+                hint=f"wait for it, or look at {directory}",
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run_night(
+    loaded: LoadedConfig, night: str | None = None, *, retry: bool = False
+) -> NightResult:
+    """Run (or continue, or replay) one night of ``loaded``'s job."""
+    config = loaded.config
+    night = check_night_id(night or default_night_id())
+    directory = night_dir(config.name, night)
+    directory.mkdir(parents=True, exist_ok=True)
+    with _exclusive(directory, night):
+        state = load(directory)
+        if state is None:
+            state = NightState(
+                config=config.name,
+                night=night,
+                config_path=str(loaded.path),
+                config_sha256=loaded.sha256,
+                host=host_name(),
+                created=time.time(),
+            )
+            for name in STEPS:
+                state.step(name)
+            save(state, directory)
+        elif state.config_sha256 != loaded.sha256:
+            raise UsageError(
+                f"{loaded.path} changed since night {night} started "
+                f"({state.config_sha256[:12]} -> {loaded.sha256[:12]})",
+                hint="a night runs one config: give the changed config a new --night ID",
+            )
+        if state.verdict is not None and not retry:
+            verdict = verdicts.Verdict(state.verdict, state.exit_code or 0, state.summary)
+            return NightResult(state, directory, verdict, replayed=True)
+        if retry:
+            for name in STEPS:
+                if state.step(name).status == "failed":
+                    state.step(name).status = "pending"
+            state.verdict = state.exit_code = None
+            state.summary = ""
+            save(state, directory)
+        try:
+            verdict = _run_steps(loaded, state, directory)
+        except RebootPending as pending:
+            ui.note(str(pending))
+            return NightResult(
+                state,
+                directory,
+                verdicts.Verdict("reboot pending", 0, str(pending)),
+                replayed=False,
+                reboot_pending=str(pending),
+            )
+        _finish(loaded, state, directory, verdict)
+        return NightResult(state, directory, verdict, replayed=False)
+
+
+def _run_steps(loaded: LoadedConfig, state: NightState, directory: Path) -> verdicts.Verdict:
+    for name in STEPS:
+        step = state.step(name)
+        if step.status in FINISHED:
+            ui.note(f"{name}: {step.status} earlier ({step.detail})")
+            continue
+        step.status = "running"
+        step.started = time.time()
+        step.ended = None
+        step.attempts += 1
+        step.outputs.setdefault("first_started", step.started)
+        save(state, directory)
+        context = StepContext(loaded, state, directory, directory / f"{name}.log")
+        context.log(f"== {name} (attempt {step.attempts}) of night {state.night}")
+        ui.note(f"{name}: running (log {context.log_path})")
+        try:
+            detail, outputs = STEP_FUNCTIONS[name](context)
+            step.status, step.detail = "done", detail
+            step.outputs = {"first_started": step.outputs["first_started"], **outputs}
+        except Skip as skip:
+            step.status, step.detail = "skipped", str(skip)
+        except RebootPending as pending:
+            step.detail = str(pending)
+            step.ended = time.time()
+            save(state, directory)
+            raise
+        except KeyboardInterrupt:
+            step.status, step.detail = "pending", "interrupted; the next run repeats this step"
+            step.ended = time.time()
+            save(state, directory)
+            raise Interrupted(
+                f"night {state.night} interrupted during {name}",
+                hint=f"continue it with: kvmple nightly {loaded.path} --night {state.night}",
+            ) from None
+        except KvmpleError as exc:
+            step.status, step.detail, step.hint = "failed", exc.message, exc.hint or ""
+            step.exit_code = exc.exit_code
+            step.ended = time.time()
+            context.log(f"FAILED (exit {exc.exit_code}): {exc.message}\nhint: {exc.hint}")
+            save(state, directory)
+            ui.warn(f"{name} failed: {exc.message}")
+            return verdicts.failed_step(name, exc.exit_code, exc.message)
+        step.ended = time.time()
+        context.log(f"== {name}: {step.status}: {step.detail}")
+        ui.note(f"{name}: {step.status}: {step.detail}")
+        save(state, directory)
+    compare = state.step("compare").outputs
+    candidate = str(compare["candidate"])
+    if not compare.get("baseline_campaign"):
+        return verdicts.first_night(candidate)
+    return verdicts.from_comparison(
+        str(compare["outcome"]),
+        compare.get("cell_verdicts", []),
+        str(compare["baseline_campaign"]),
+        candidate,
+    )
+
+
+def _read(directory: Path, name: object) -> str:
+    if not name:
+        return ""
+    path = directory / str(name)
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+
+def _finish(
+    loaded: LoadedConfig, state: NightState, directory: Path, verdict: verdicts.Verdict
+) -> None:
+    """Record the verdict, write the JUnit file and the markdown summary, notify."""
+    config = loaded.config
+    state.verdict, state.exit_code, state.summary = verdict.name, verdict.exit_code, verdict.summary
+    state.finished = time.time()
+    compare = state.step("compare").outputs
+    junit = render_junit(state, _read(directory, compare.get("junit_cases")) or None)
+    markdown = render_markdown(state, _read(directory, compare.get("details")))
+    outputs = [
+        write_atomic(directory / "junit.xml", junit),
+        write_atomic(directory / "summary.md", markdown),
+    ]
+    if config.notify.junit:
+        outputs.append(write_atomic(config.notify.junit, junit))
+    if config.notify.markdown:
+        outputs.append(write_atomic(config.notify.markdown, markdown))
+    email = config.notify.email
+    if email is not None and (email.when == "always" or verdict.name in verdicts.PROBLEM_VERDICTS):
+        subject = f"{config.name} night {state.night}: {verdict.name}"
+        try:
+            send(email, compose(email, subject, markdown, ("junit.xml", junit)))
+            state.summary += f" (mailed to {', '.join(email.to)})"
+        except KvmpleError as exc:  # a mail problem must not hide the verdict
+            ui.warn(f"notify: e-mail not sent: {exc.message}")
+            state.summary += f" (e-mail NOT sent: {exc.message})"
+    apply = state.step("apply").outputs
+    if (
+        not config.keep_tree
+        and apply.get("worktree")
+        and state.step("campaign").status == "done"
+        and Path(str(apply["worktree"])).exists()
+    ):
+        context = StepContext(loaded, state, directory, directory / "apply.log")
+        context.log("the night is over: removing the patched worktree (keep_tree: false)")
+        remove_worktree(
+            context,
+            Path(str(state.output("fetch", "source"))),
+            Path(str(apply["worktree"])),
+            apply.get("branch"),
+        )
+    save(state, directory)
+    for path in outputs:
+        os.chmod(path, 0o644)
