@@ -22,7 +22,7 @@ from kvmple import paths, ui
 from kvmple.errors import BuildError, ConfigError, HostError
 from kvmple.image import byo, cache, manifest
 from kvmple.image.artifact import IMAGE_FILE, Image, cmdline_for, host_key_lines, load_image
-from kvmple.image.configure import CMDLINE, configure, kernel_release
+from kvmple.image.configure import CMDLINE, before_packages, configure, kernel_release
 from kvmple.image.debootstrap import debootstrap
 from kvmple.image.disk import copy_boot_files, make_disk
 from kvmple.image.mirror import check_suite, default_mirror
@@ -151,7 +151,14 @@ def _build(recipe: Recipe, source: Path, inputs: dict[str, Any], key: str) -> Im
                 count["n"] += 1
                 status(f"{action} {package} ({count['n']})")
 
-            debootstrap(recipe, tree, mirror, log, on_event)
+            debootstrap(
+                recipe,
+                tree,
+                mirror,
+                log,
+                on_event=on_event,
+                between=lambda: before_packages(recipe, tree),
+            )
         with steps.step("configure"):
             configure(recipe, tree, installation_key().public_line, log)
             release = kernel_release(tree)

@@ -29,9 +29,10 @@ from kvmple import paths
 from kvmple.errors import StoreError, UsageError
 from kvmple.image.artifact import IMAGE_FILE, Image, load_image
 from kvmple.image.recipe import Recipe, guest_programs_dir
+from kvmple.run import run
 
 # Bump when the build/configure steps change what ends up in an image.
-BUILDER_FORMAT = 2
+BUILDER_FORMAT = 3
 
 
 def images_dir() -> Path:
@@ -115,14 +116,43 @@ def staging(name: str, key: str) -> Iterator[Path]:
     """
     prefix = f".build-{entry_name(name, key)}-"
     for stale in images_dir().glob(prefix + "*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        remove_tree(stale)
     directory = images_dir() / f"{prefix}{os.getpid()}"
     directory.mkdir()
     try:
         yield directory
     finally:
         if directory.exists():
-            shutil.rmtree(directory, ignore_errors=True)
+            remove_tree(directory)
+
+
+def mounts_under(directory: Path, mountinfo: str) -> list[Path]:
+    """Mount points inside ``directory``, deepest first (pure; from /proc/self/mountinfo)."""
+    inside = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 4:
+            point = Path(fields[4].replace("\\040", " "))
+            if point == directory or directory in point.parents:
+                inside.append(point)
+    return sorted(inside, key=lambda p: len(p.parts), reverse=True)
+
+
+def remove_tree(directory: Path) -> None:
+    """Delete a build tree; first detach anything a killed debootstrap left mounted in it
+    (/proc, /sys), so deleting can never reach into a live file system."""
+    try:
+        mountinfo = Path("/proc/self/mountinfo").read_text(encoding="utf-8")
+    except OSError:
+        mountinfo = ""
+    for point in mounts_under(directory.resolve(), mountinfo):
+        run(["umount", "--lazy", point], timeout=60, check=False, what="umount")
+    if mounts_under(directory.resolve(), Path("/proc/self/mountinfo").read_text()):
+        raise StoreError(
+            f"{directory} still has mounts inside; not deleting it",
+            hint=f"unmount them (findmnt -R {directory}) and remove the directory",
+        )
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def publish(staged: Path, name: str, key: str) -> Path:

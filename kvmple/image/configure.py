@@ -170,7 +170,16 @@ def kernel_release(tree: Path) -> str:
     return releases[0]
 
 
-def _initramfs(recipe: Recipe, tree: Path, log: Path) -> None:
+DPKG_UNSAFE_IO = "/etc/dpkg/dpkg.cfg.d/kvmple-unsafe-io"
+
+
+def before_packages(recipe: Recipe, tree: Path) -> None:
+    """Between debootstrap's stages: settings that shape how packages get installed."""
+    write(tree, DPKG_UNSAFE_IO, "# build time only (removed by kvmple)\nforce-unsafe-io\n")
+    _initramfs_config(recipe, tree)
+
+
+def _initramfs_config(recipe: Recipe, tree: Path) -> None:
     if recipe.initramfs_modules is None:
         return
     write(tree, "/etc/initramfs-tools/conf.d/kvmple", "MODULES=list\n")
@@ -180,7 +189,18 @@ def _initramfs(recipe: Recipe, tree: Path, log: Path) -> None:
         "# written by kvmple: what a virtio guest needs to mount its root\n"
         + "".join(f"{name}\n" for name in recipe.initramfs_modules),
     )
+
+
+def _initramfs(recipe: Recipe, tree: Path, log: Path) -> None:
+    """Make sure the initrd matches the recipe (normally built so by the kernel's postinst)."""
+    if recipe.initramfs_modules is None:
+        return
+    config = guest_path(tree, "/etc/initramfs-tools/conf.d/kvmple")
     release = kernel_release(tree)
+    initrd = guest_path(tree, f"/boot/initrd.img-{release}")
+    if config.is_file() and initrd.is_file() and initrd.stat().st_mtime >= config.stat().st_mtime:
+        return
+    _initramfs_config(recipe, tree)
     run_logged(
         ["chroot", tree, "update-initramfs", "-u", "-k", release],
         log=log,
@@ -190,6 +210,7 @@ def _initramfs(recipe: Recipe, tree: Path, log: Path) -> None:
 
 
 def _clean(tree: Path) -> None:
+    guest_path(tree, DPKG_UNSAFE_IO).unlink(missing_ok=True)
     for pattern in ("var/cache/apt/archives/*.deb", "var/cache/apt/*.bin", "var/lib/apt/lists/*"):
         for path in tree.glob(pattern):
             if path.is_dir():

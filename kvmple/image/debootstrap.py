@@ -3,6 +3,11 @@
 No loop mounts and no network inside the guest: debootstrap runs on the host (as root) into a
 plain directory. Downloaded .debs are kept in a shared download cache under the cache dir, so
 a rebuild with a different recipe does not fetch the same packages again.
+
+It runs in two stages (``--foreign``, then ``--second-stage`` in a chroot) so configuration
+that shapes package installation is in place before dpkg runs: ``force-unsafe-io`` (a
+throw-away tree needs no fsync after every file) and the recipe's small-initrd settings (the
+kernel's postinst then builds the small initrd once instead of a generic one first).
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ def debs_cache() -> Path:
 
 
 def argv(recipe: Recipe, tree: Path, mirror: str, cache: Path) -> list[str]:
-    """The debootstrap command line for a recipe (pure)."""
+    """The first-stage debootstrap command line for a recipe (pure)."""
     args = [
         "debootstrap",
+        "--foreign",
         "--variant=minbase",
         f"--components={','.join(recipe.components)}",
         f"--cache-dir={cache}",
@@ -61,28 +67,36 @@ def explain_failure(log_tail: str) -> str:
     return lines[-1] if lines else "no output"
 
 
+def second_stage_argv(tree: Path) -> list[str]:
+    return ["chroot", str(tree), "/debootstrap/debootstrap", "--second-stage"]
+
+
 def debootstrap(
     recipe: Recipe,
     tree: Path,
     mirror: str,
     log: Path,
+    *,
     on_event: Callable[[str, str], None] | None = None,
+    between: Callable[[], None] | None = None,
 ) -> None:
-    """Run debootstrap; failures become a BuildError naming the cause and the log."""
+    """Run both debootstrap stages (``between`` runs in between); failures become a
+    BuildError naming the cause and the log."""
 
     def on_line(line: str) -> None:
         event = progress_event(line)
         if event is not None and on_event is not None:
             on_event(*event)
 
+    _stage(argv(recipe, tree, mirror, debs_cache()), log, on_line)
+    if between is not None:
+        between()
+    _stage(second_stage_argv(tree), log, on_line)
+
+
+def _stage(args: list[str], log: Path, on_line: Callable[[str], None]) -> None:
     try:
-        run_logged(
-            argv(recipe, tree, mirror, debs_cache()),
-            log=log,
-            timeout=TIMEOUT,
-            on_line=on_line,
-            what="debootstrap",
-        )
+        run_logged(args, log=log, timeout=TIMEOUT, on_line=on_line, what="debootstrap")
     except CommandTimeout as exc:
         raise BuildError(
             f"step debootstrap timed out after {TIMEOUT}s", hint=f"full log: {log}"

@@ -188,3 +188,17 @@ def test_build_needs_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(HostError, match="needs root"):
         build(recipe)
     assert cache.entries() == []
+
+
+def test_mounts_under_a_build_tree_deepest_first() -> None:
+    mountinfo = (
+        "22 1 0:21 / / rw - ext4 /dev/vda rw\n"
+        "40 22 0:5 / /c/images/.build-x/tree/proc rw - proc proc rw\n"
+        "41 40 0:6 / /c/images/.build-x/tree/proc/sys/fs/binfmt_misc rw - binfmt_misc b rw\n"
+        "42 22 0:7 / /c/images/.build-xy/tree/sys rw - sysfs sysfs rw\n"
+    )
+    assert cache.mounts_under(Path("/c/images/.build-x"), mountinfo) == [
+        Path("/c/images/.build-x/tree/proc/sys/fs/binfmt_misc"),
+        Path("/c/images/.build-x/tree/proc"),
+    ]
+    assert cache.mounts_under(Path("/elsewhere"), mountinfo) == []

@@ -106,6 +106,7 @@ def test_debootstrap_argv() -> None:
     argv = debootstrap.argv(recipe, Path("/t/tree"), "http://m/debian", Path("/c"))
     assert argv == [
         "debootstrap",
+        "--foreign",
         "--variant=minbase",
         "--components=main,contrib",
         "--cache-dir=/c",
