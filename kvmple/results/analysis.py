@@ -256,7 +256,7 @@ def _vs_rfc(tables: Sequence[RfcTable], ple_reason: str | None) -> list[VsRfc]:
             if published is None:
                 continue
             gain = table.gains[i] if table.gains else None
-            note = "" if table.gains else f"PLE unavailable here: {ple_reason or 'no PLE row'}"
+            note = "" if table.gains else ("PLE unavailable here" if ple_reason else "no PLE row")
             lines.append(
                 VsRfc(size, f"PLE gain at {column:g}x (PLE / no PLE)", gain, published, note)
             )

@@ -66,7 +66,9 @@ def ratio_cell(comp: Comparison | None) -> str:
 
 def _column_label(overcommit: float, spinners: object) -> str:
     label = f"{overcommit:g}x overcommit"
-    return label if spinners is None else f"{label} ({spinners} spinners)"
+    if spinners is None:
+        return label
+    return f"{label} ({spinners} spinner{'' if spinners == 1 else 's'})"
 
 
 def rfc_table(analysis: CampaignAnalysis, table: RfcTable) -> Table:
@@ -166,13 +168,19 @@ def vs_rfc_table(analysis: CampaignAnalysis) -> Table | None:
     rows = []
     for line in analysis.vs_rfc:
         agrees = {True: "yes", False: "no", None: "n/a"}[line.agrees]
-        ours = ratio_cell(line.ours) if line.ours else "unavailable"
+        if line.ours is not None:
+            ours = ratio_cell(line.ours)
+        else:
+            ours = "unavailable" if line.note == "PLE unavailable here" else "no data"
         rows.append((str(line.size), line.what, ours, f"{line.rfc:.3f}", agrees, line.note))
+    notes = [f"RFC figures: {analysis.rfc_source}"]
+    if analysis.ple_unavailable:
+        notes.append(f"PLE unavailable here: {analysis.ple_unavailable}")
     return Table(
         "vs RFC (ratios: absolute throughput depends on the hardware)",
         ("size", "ratio", "ours [95% CI]", "RFC", "RFC in our CI", "note"),
         tuple(rows),
-        (f"RFC figures: {analysis.rfc_source}",),
+        tuple(notes),
     )
 
 
