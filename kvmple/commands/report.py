@@ -60,7 +60,15 @@ def register(sub: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("campaign", nargs="?", metavar="CAMPAIGN", help="default: latest")
+    parser.add_argument(
+        "campaign", nargs="*", metavar="CAMPAIGN", help="default: latest (with --hosts: several)"
+    )
+    parser.add_argument(
+        "--hosts",
+        action="store_true",
+        help="hosts side by side: the CAMPAIGNs (default: the newest of each host that ran "
+        "the newest playbook), one column per host, ratios to the first (text/markdown)",
+    )
     parser.add_argument(
         "--format",
         choices=("text", "markdown", "html", "json", "junit"),
@@ -81,9 +89,16 @@ def _report(args: argparse.Namespace) -> int:
     from kvmple.results.store import open_store
 
     threshold = parse_threshold(args.threshold)
+    if args.hosts:
+        return _report_hosts(args, threshold)
+    if len(args.campaign) > 1:
+        raise UsageError("one CAMPAIGN per report", hint="several hosts' campaigns: --hosts")
     with open_store(args.db, create=False) as store:
         analysis = load_analysis(
-            store, args.campaign, allow_mixed=args.pool_anyway, threshold=threshold
+            store,
+            args.campaign[0] if args.campaign else None,
+            allow_mixed=args.pool_anyway,
+            threshold=threshold,
         )
     text = render(analysis, args.format)
     output = args.output
@@ -100,3 +115,17 @@ def _report(args: argparse.Namespace) -> int:
     for warning in analysis.warnings:
         ui.warn(warning)
     return junit_exit_code(text) if args.format == "junit" else 0
+
+
+def _report_hosts(args: argparse.Namespace, threshold: float) -> int:
+    from kvmple.results.hosts import render_hosts
+    from kvmple.results.report import write_report
+    from kvmple.results.store import open_store
+
+    with open_store(args.db, create=False) as store:
+        text = render_hosts(store, args.campaign, args.format, threshold)
+    if args.output is None or str(args.output) == "-":
+        sys.stdout.write(text)
+    else:
+        ui.note(f"wrote {write_report(text, args.output)}")
+    return 0
