@@ -60,6 +60,7 @@ class Guest:
     executor: SSHExecutor
     _lv: Libvirt = field(repr=False)
     readback: dict[str, object] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds since boot_guests began
     detached: bool = False
 
     @property
@@ -145,6 +146,7 @@ class _Boot:
     def __init__(self, lv: Libvirt, ready_timeout: float) -> None:
         self.lv = lv
         self.ready_timeout = ready_timeout
+        self.t0 = time.monotonic()
         self.key = installation_key().private
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -214,7 +216,9 @@ class _Boot:
         )
         with self.lock:
             self.executors.append(executor)
-        return Guest(spec, record, executor, self.lv)
+        guest = Guest(spec, record, executor, self.lv)
+        guest.timings["started_s"] = time.monotonic() - self.t0
+        return guest
 
     def wait_ready(self, guest: Guest) -> None:
         """Wait until SSH answers and a command runs; GuestError with the console tail."""
@@ -238,6 +242,7 @@ class _Boot:
             try:
                 guest.executor.connect(timeout=min(10.0, max(remaining, 1.0)))
                 guest.executor.run(["true"], timeout=min(30.0, max(remaining, 5.0)))
+                guest.timings["ssh_ready_s"] = time.monotonic() - self.t0
                 return
             except HostKeyMismatch:
                 raise
