@@ -190,12 +190,16 @@ def load_config(path: Path) -> LoadedConfig:
     if tree.path is not None:
         tree = tree.model_copy(update={"path": _absolute(base, tree.path)})
     series = config.series
-    if series and ("/" in series or series.startswith(".")):
-        series = str(_absolute(base, Path(series)))
+    if series and ("/" in series or series.startswith(".") or (base / series).is_dir()):
+        series = str(_absolute(base, Path(series)))  # a folder, not a name from patches/
+    email = config.notify.email
+    if email is not None:
+        email = email.model_copy(update={"sendmail": _absolute(base, email.sendmail)})
     notify = config.notify.model_copy(
         update={
             "junit": _absolute(base, config.notify.junit),
             "markdown": _absolute(base, config.notify.markdown),
+            "email": email,
         }
     )
     resolved = config.model_copy(
