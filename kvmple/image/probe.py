@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmple.errors import GuestError
+from kvmple.errors import CommandTimeout, GuestError
 from kvmple.image.artifact import Image
 from kvmple.keys import installation_key
 from kvmple.run import Result, background, run
@@ -191,9 +191,16 @@ def wait_ssh(guest: Guest, alive: Iterator[None], timeout: float) -> float:
     last = ""
     while time.monotonic() < deadline:
         next(alive)
-        result = run(
-            guest.ssh_argv(["true"], connect_timeout=3), timeout=15, check=False, what="ssh probe"
-        )
+        try:
+            result = run(
+                guest.ssh_argv(["true"], connect_timeout=10),
+                timeout=60,
+                check=False,
+                what="ssh probe",
+            )
+        except CommandTimeout:  # the port answered, the guest is still too busy to log in
+            last = "login did not finish within 60s"
+            continue
         if result.ok:
             return time.monotonic() - guest.started
         output = (result.stderr or result.stdout).strip().splitlines()
