@@ -12,6 +12,7 @@ import importlib.machinery
 import importlib.util
 import io
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -231,3 +232,20 @@ def test_spin_never_counts_a_reused_pid(tmp_path: Path) -> None:
     """A recorded pid whose start time differs (pid reuse) is not 'our' loop."""
     me = {"pid": 1, "cpu": 0, "start": -5}
     assert not spin.alive(me)
+
+
+def test_cpu_window_splits_capacity_between_clients_and_the_rest() -> None:
+    """Fractions of (online CPUs x wall time): a busy client shows up, and they sum to 1."""
+    window = perftest.CpuWindow([])
+    end = time.monotonic() + 0.3
+    while time.monotonic() < end:
+        pass  # this process is the "client": its CPU time must be counted
+    split = window.finish()
+    assert split["ncpu"] >= 1 and split["window_s"] >= 0.3
+    assert split["clients_s"] > 0 and split["clients"] > 0
+    total = split["broker"] + split["clients"] + split["other"] + split["idle"]
+    # "other" is the remainder, so the total is 1 unless idle + measured use overshoot the
+    # capacity (rounding of jiffies): never by much.
+    assert 0.999 <= total <= 1.1
+    for key in ("broker", "clients", "other", "idle"):
+        assert 0.0 <= split[key] <= 1.0
