@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kvmple import paths
-from kvmple.errors import CampaignError, HostError, KvmpleError, PatchError
+from kvmple.errors import CampaignError, ConfigError, HostError, KvmpleError, PatchError
 from kvmple.nightly.config import LoadedConfig, NightlyConfig
 from kvmple.nightly.state import NightState
 from kvmple.run import Result, run
@@ -114,7 +114,7 @@ def fetch(ctx: StepContext) -> tuple[str, dict[str, Any]]:
     mirror = _mirror_dir(ctx.config)
     if tree.path is not None:
         if not (tree.path / ".git").exists():
-            raise PatchError(
+            raise ConfigError(
                 f"tree.path {tree.path}: not a git checkout",
                 hint="nightly needs a git tree (git init && git add -A && git commit, or a URL)",
             )
@@ -129,7 +129,7 @@ def fetch(ctx: StepContext) -> tuple[str, dict[str, Any]]:
             check=False,
         )
         if not found.ok:
-            raise PatchError(
+            raise ConfigError(
                 f"tree.ref {tree.ref!r} is not a commit in {tree.path}",
                 hint=f"step log: {ctx.log_path}",
             )

@@ -241,7 +241,7 @@ def test_fetch_variants(job: tuple[Path, Path, StandIns], tmp_path: Path) -> Non
         .replace("ref: main", "ref: no-such-branch")
     )
     result = run_night(load_config(bad), "b1")
-    assert result.verdict.name == "fetch failed" and result.exit_code == 10
+    assert result.verdict.name == "fetch failed" and result.exit_code == 3
     assert "no-such-branch" in result.state.step("fetch").detail
 
 
