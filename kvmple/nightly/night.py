@@ -23,6 +23,7 @@ from kvmple.nightly.state import (
     NightState,
     check_night_id,
     default_night_id,
+    jobs_dir,
     load,
     night_dir,
     save,
@@ -52,14 +53,15 @@ class NightResult:
 
 
 @contextlib.contextmanager
-def _exclusive(directory: Path, night: str) -> Iterator[None]:
-    """One process per night: a timer and a manual run must not interleave."""
+def _exclusive(directory: Path, job: str) -> Iterator[None]:
+    """One night of a job at a time: a timer and a manual run must not interleave, and the
+    nights of a job share its work area (worktree, build directory)."""
     with (directory / ".lock").open("a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UsageError(
-                f"night {night} is being run by another kvmple process",
+                f"nightly job {job} is being run by another kvmple process",
                 hint=f"wait for it, or look at {directory}",
             ) from None
         try:
@@ -76,7 +78,7 @@ def run_night(
     night = check_night_id(night or default_night_id())
     directory = night_dir(config.name, night)
     directory.mkdir(parents=True, exist_ok=True)
-    with _exclusive(directory, night):
+    with _exclusive(jobs_dir(config.name), config.name):
         state = load(directory)
         if state is None:
             state = NightState(

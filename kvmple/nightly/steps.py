@@ -212,6 +212,25 @@ def _same_commit(ctx: StepContext, source: Path, commit: str) -> None:
         )
 
 
+def work_dir(config: NightlyConfig) -> Path:
+    """The job's work area (patched worktree, build directory), reused night after night."""
+    return paths.cache_dir() / "nightly" / "work" / config.name
+
+
+def _branch_exists(ctx: StepContext, source: Path, branch: str) -> bool:
+    found = _git(
+        ctx,
+        source,
+        "rev-parse",
+        "--verify",
+        "-q",
+        f"refs/heads/{branch}",
+        check=False,
+        what="git rev-parse",
+    )
+    return found.ok
+
+
 def remove_worktree(ctx: StepContext, source: Path, target: Path, branch: str | None) -> None:
     """Remove a worktree (and its branch) that apply created for this night."""
     if target.exists():
@@ -241,10 +260,11 @@ def apply(ctx: StepContext) -> tuple[str, dict[str, Any]]:
     _same_commit(ctx, source, commit)
     if not ctx.config.series:
         return "no series configured: the tree is built as fetched", {"tree": str(source)}
-    # apply names the branch after this folder: unique per job and night
-    into = ctx.directory / f"linux-{ctx.config.name}-{ctx.state.night}"
-    if ctx.state.step("apply").attempts > 1:  # a crash or reboot mid-apply
-        ctx.log(f"removing what an earlier attempt may have left: {into}")
+    # One worktree path per job, the same every night (apply names the branch after the
+    # folder): the build then sees the same paths every night, so ccache hits.
+    into = work_dir(ctx.config) / f"linux-{ctx.config.name}"
+    if into.exists() or _branch_exists(ctx, source, f"kvmple/{into.name}"):
+        ctx.log(f"removing an earlier night's (or attempt's) worktree {into}")
         remove_worktree(ctx, source, into, f"kvmple/{into.name}")
     name = ctx.config.series
     folder = Path(name)
@@ -295,7 +315,7 @@ def build(ctx: StepContext) -> tuple[str, dict[str, Any]]:
         fragments = tuple(spec.fragments or ())
         allowed = frozenset(spec.allow_vanish)
     tree = Path(str(ctx.state.output("apply", "tree")))
-    out = ctx.directory / "build"
+    out = work_dir(ctx.config) / "build"  # the same every night: ccache and make reuse it
     ctx.log(
         f"building {tree} into {out} (config {spec.config}, fragments {list(fragments)}); "
         f"full make output: {out / 'build.log'}"
@@ -318,6 +338,12 @@ def build(ctx: StepContext) -> tuple[str, dict[str, Any]]:
         raise
     keys = ("release", "image", "image_sha256", "config_sha256", "seconds", "ccache", "log")
     outputs = {key: manifest.get(key) for key in keys} | {"out": str(out)}
+    # the build directory is reused by the next night: keep this night's kernel with it
+    kept = ctx.directory / "kernel"
+    kept.mkdir(exist_ok=True)
+    for path in (Path(str(manifest["image"])), out / ".config", out / "kvmple-build.json"):
+        shutil.copyfile(path, kept / path.name)
+    outputs["kept"] = str(kept)
     ctx.log(f"built {manifest['release']} in {manifest['seconds']} s")
     return (
         f"{manifest['release']} in {manifest['seconds']} s "

@@ -18,7 +18,7 @@ from kvmple.errors import Interrupted, UsageError
 from kvmple.nightly import steps as steps_mod
 from kvmple.nightly.config import load_config
 from kvmple.nightly.night import _exclusive, run_night
-from kvmple.nightly.state import load, night_dir, save
+from kvmple.nightly.state import jobs_dir, load, night_dir, save
 from kvmple.nightly.steps import StepContext
 from kvmple.results import open_store
 from kvmple.results.synthetic import synthetic_campaign
@@ -205,9 +205,10 @@ def test_changed_config_and_concurrent_runs_are_refused(job: tuple[Path, Path, S
     config.write_text(config.read_text().replace("threshold: 2%", "threshold: 3%"))
     with pytest.raises(UsageError, match="changed since night n started"):
         run_night(load_config(config), "n")
-    directory = night_dir("unit-job", "m")
-    directory.mkdir(parents=True)
-    with _exclusive(directory, "m"), pytest.raises(UsageError, match="another kvmple process"):
+    with (
+        _exclusive(jobs_dir("unit-job"), "unit-job"),
+        pytest.raises(UsageError, match="another kvmple process"),
+    ):
         run_night(load_config(config), "m")
 
 
