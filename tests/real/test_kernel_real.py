@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from kvmple.cli import main
-from kvmple.errors import GuestError
+from kvmple.errors import BuildError, GuestError
 from kvmple.kernel.apply import Status, apply_series
 from kvmple.kernel.boottest import boot_test, load_pass
 from kvmple.kernel.build import BuildRequest, build_kernel, load_manifest
@@ -185,3 +185,18 @@ def test_release_mismatch_fails_the_gate(built: dict[str, object]) -> None:
             timeout=120,
             log=Path(str(built["out"])) / "mismatch.log",
         )
+
+
+def test_fragment_option_that_olddefconfig_drops_fails_before_compiling(
+    pristine: Path, tmp_path: Path
+) -> None:
+    fragment = tmp_path / "kvm-host.config"
+    # KVM_INTEL needs KVM (and VIRTUALIZATION), which this fragment forgets on purpose
+    fragment.write_text("CONFIG_64BIT=y\nCONFIG_KVM_INTEL=y\nCONFIG_PARAVIRT_SPINLOCKS=y\n")
+    out = tmp_path / "out"
+    with pytest.raises(BuildError) as caught:
+        build_kernel(BuildRequest(tree=pristine, out=out, fragments=(str(fragment),)))
+    assert "did not survive olddefconfig" in caught.value.message
+    assert f"CONFIG_KVM_INTEL=y (from {fragment}) is not set" in caught.value.message
+    assert not (out / "vmlinux").exists() and not (out / "kvmple-build.json").exists()
+    assert not (pristine / ".config").exists()  # the shared pristine tree was not written
