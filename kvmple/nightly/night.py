@@ -144,6 +144,7 @@ def _run_steps(loaded: LoadedConfig, state: NightState, directory: Path) -> verd
             step.outputs = {"first_started": step.outputs["first_started"], **outputs}
         except Skip as skip:
             step.status, step.detail = "skipped", str(skip)
+            step.outputs = {"first_started": step.outputs["first_started"], **skip.outputs}
         except RebootPending as pending:
             step.detail = str(pending)
             step.ended = time.time()

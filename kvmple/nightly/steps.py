@@ -26,7 +26,12 @@ NOT_VERIFIED = "not verified on hardware"
 
 
 class Skip(Exception):
-    """The step does not apply here; the message says why (recorded as 'skipped')."""
+    """The step does not apply here; the message says why (recorded as 'skipped', with
+    ``outputs``: e.g. the install plan that would have run)."""
+
+    def __init__(self, message: str, outputs: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.outputs = outputs or {}
 
 
 class RebootPending(Exception):
@@ -398,6 +403,7 @@ def install(ctx: StepContext) -> tuple[str, dict[str, Any]]:
     from kvmple.kernel.boottest import load_pass
     from kvmple.kernel.build import load_manifest
     from kvmple.kernel.install import execute, gather_host_facts, plan_install
+    from kvmple.nightly.resume import resume_steps, with_resume
 
     out = Path(str(ctx.state.output("build", "out")))
     release = str(ctx.state.output("build", "release"))
@@ -410,15 +416,17 @@ def install(ctx: StepContext) -> tuple[str, dict[str, Any]]:
             "the reboot (the one-shot boot entry fell back: the new kernel may not boot here)",
             hint="see the host's boot log; the night stops here",
         )
+    facts = gather_host_facts()
     try:
         plan = plan_install(
             load_manifest(out),
             load_pass(out),
-            gather_host_facts(),
+            facts,
             method=ctx.config.install.method,
             reboot=True,
-            kvmple=resume_command(ctx),
         )
+        resume = resume_steps(resume_command(ctx), ctx.state.night, has_systemd=facts.has_systemd)
+        plan.steps = with_resume(plan.steps, resume)
         outputs["plan"] = [step.render() for step in plan.steps]
         ctx.log(
             "install plan:\n" + "\n".join(f"  {i}. {s}" for i, s in enumerate(outputs["plan"], 1))
@@ -431,12 +439,14 @@ def install(ctx: StepContext) -> tuple[str, dict[str, Any]]:
     if report.accelerator != "kvm":
         raise Skip(
             f"skipped: {NOT_VERIFIED} / no VT-x host ({report.reason}); the campaign "
-            f"runs on the running kernel {platform.release()}"
+            f"runs on the running kernel {platform.release()}",
+            outputs,
         )
     if not ctx.config.install.enabled:
         raise Skip(
             f"skipped: install.enabled is false; the campaign runs on the running "
-            f"kernel {platform.release()}"
+            f"kernel {platform.release()}",
+            outputs,
         )
     if plan is None:
         raise HostError(f"cannot install {release}: {outputs['plan_refused']}")

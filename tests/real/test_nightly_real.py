@@ -109,6 +109,7 @@ def test_two_nights_in_a_row_compare_the_second_with_the_first(
     release = steps["build"]["outputs"]["release"]
     assert release.startswith("6.1.") and release.endswith("-kvmple-selftest")
     assert steps["boot-test"]["outputs"]["release"] == release
+    assert (Path(steps["build"]["outputs"]["kept"]) / "bzImage").is_file()  # the night's kernel
     assert steps["boot-test"]["outputs"]["accel"] == "tcg"
     assert steps["install"]["status"] == "skipped"
     assert "not verified on hardware / no VT-x host" in steps["install"]["detail"]
@@ -153,4 +154,4 @@ def test_two_nights_in_a_row_compare_the_second_with_the_first(
     assert len(list(junit_two.iter("testcase"))) == 7 + 2
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert f"**Verdict: {two['verdict']}**" in summary and compare["baseline_campaign"] in summary
-    assert "kvmple/" not in git(repo, "branch", "--list")
+    assert "kvmple/linux-nightly-real" not in git(repo, "branch", "--list")  # removed
