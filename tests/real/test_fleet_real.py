@@ -102,8 +102,12 @@ def test_two_hosts_write_one_postgresql_store_and_report_side_by_side(
             timeout=2400,
             cwd=ROOT,
             check=False,
+            env={**os.environ, "KVMPLE_DATA_DIR": str(tmp_path / "controller")},
         )
-    logs = "\n".join(p.read_text()[-3000:] for p in tmp_path.rglob("lab-*.log"))
+    logs = "\n".join(
+        p.read_text()[-3000:] for p in (tmp_path / "controller").rglob("fleet/*/lab-*.log")
+    )
+    assert len(logs.split("--- stderr ---")) == 3, logs  # one log per host
     assert done.returncode == 0, done.stdout + done.stderr + logs
     print("\n" + done.stdout)
     with open_store(pg_url) as store:
