@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,14 @@ from rich.table import Table
 from kvmple import ui
 from kvmple.errors import GuestError, UsageError
 from kvmple.vm import gc, registry
-from kvmple.vm.spec import Accelerator, SpecArgs, VMSpec, expand_pins, parse_spec_arg
+from kvmple.vm.spec import (
+    Accelerator,
+    GuestImage,
+    SpecArgs,
+    VMSpec,
+    expand_pins,
+    parse_spec_arg,
+)
 
 UP_EPILOG = """\
 SPEC is ROLE=IMAGE[,vcpus=N][,mem=MiB][,pins=CPUS/CPUS...][,emulator=CPUS][,append=A+B]
@@ -77,13 +85,33 @@ def register(sub: Any) -> None:
 # -- vm up ------------------------------------------------------------------------------------
 
 
-def build_spec(
-    args: SpecArgs, *, campaign: str, accelerator: Accelerator, online: list[int]
-) -> VMSpec:
-    """Turn a command-line guest description into a VMSpec (resolving the image)."""
-    from kvmple.image import resolve
+@dataclass(frozen=True)
+class _UnresolvedImage:
+    """Stands in for the image while the cheap checks run (before a possible image build)."""
 
-    image = resolve(args.image)
+    name: str
+    qcow2: Path = Path("/nonexistent")
+    kernel: Path = Path("/nonexistent")
+    initrd: Path = Path("/nonexistent")
+    cmdline: str = ""
+    ssh_user: str = "root"
+    host_keys: tuple[str, ...] = ()
+
+
+def build_spec(
+    args: SpecArgs,
+    *,
+    campaign: str,
+    accelerator: Accelerator,
+    online: list[int],
+    image: GuestImage | None = None,
+) -> VMSpec:
+    """Turn a command-line guest description into a VMSpec (resolving the image unless
+    ``image`` is given)."""
+    if image is None:
+        from kvmple.image import resolve
+
+        image = resolve(args.image)
     pins = expand_pins(args.vcpu_pins or (tuple(online),), args.vcpus)
     emulator = args.emulator_pins or tuple(sorted({c for p in pins for c in p}))
     return VMSpec(
@@ -101,11 +129,21 @@ def build_spec(
 
 def _up(args: argparse.Namespace) -> int:
     from kvmple.vm.lifecycle import boot_guests, default_accelerator, detach
-    from kvmple.vm.pinning import read_host_cpus
+    from kvmple.vm.pinning import check_pinning, read_host_cpus
 
     parsed = [parse_spec_arg(text) for text in args.specs]
     accelerator: Accelerator = default_accelerator() if args.accel == "auto" else args.accel
-    online = sorted(read_host_cpus().online)
+    host = read_host_cpus()
+    online = sorted(host.online)
+    for p in parsed:  # names and pins first: resolving an image may build it for minutes
+        draft = build_spec(
+            p,
+            campaign=args.campaign,
+            accelerator=accelerator,
+            online=online,
+            image=_UnresolvedImage(p.image),
+        )
+        check_pinning(draft, host, keep_smt_siblings=args.keep_smt_siblings)
     specs = [
         build_spec(p, campaign=args.campaign, accelerator=accelerator, online=online)
         for p in parsed
@@ -245,21 +283,26 @@ def _list(args: argparse.Namespace) -> int:
 # -- gc ---------------------------------------------------------------------------------------
 
 
+def _say(message: str) -> None:
+    # one unwrapped line per item: people read it, scripts and tests grep it
+    ui.err.print(message, soft_wrap=True, markup=False, highlight=False)
+
+
 def _print_report(report: gc.GcReport) -> None:
     for name in report.removed_domains:
-        ui.note(f"removed domain {name}")
+        _say(f"removed domain {name}")
     for path in report.removed_dirs:
-        ui.note(f"removed overlay dir {path}")
+        _say(f"removed overlay dir {path}")
     for name in report.removed_records:
-        ui.note(f"forgot record {name}")
+        _say(f"forgot record {name}")
     for line in report.kept:
-        ui.note(f"kept {line}")
+        _say(f"kept {line}")
     for line in report.foreign:
-        ui.warn(f"not started by kvmple here (no record), left alone: {line}")
+        _say(f"warning: not started by kvmple here (no record), left alone: {line}")
     for line in report.errors:
-        ui.warn(f"could not clean: {line}")
+        _say(f"warning: could not clean: {line}")
     if report.nothing_done and not report.errors:
-        ui.note("nothing to clean")
+        _say("nothing to clean")
 
 
 def _gc(args: argparse.Namespace) -> int:

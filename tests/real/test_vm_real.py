@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from kvmple.errors import GuestError
 from kvmple.image import Image, resolve
 from kvmple.run import run
-from kvmple.vm import registry
+from kvmple.vm import lifecycle, registry
+from kvmple.vm.libvirt_backend import connect
 from kvmple.vm.lifecycle import boot_guests
 from kvmple.vm.spec import VMSpec
 from tests.support import need, need_program, need_root
@@ -95,6 +98,14 @@ def test_two_pinned_guests(image: Image, tmp_path: Path) -> None:
             for g in guests
         }
         assert len(boot_ids) == 2, ids
+
+        # a guest that dies mid-run: alive() says so, commands fail with one GuestError
+        victim = guests[1]
+        run(["virsh", "-c", URI, "destroy", victim.name], timeout=60)
+        assert not victim.alive()
+        with pytest.raises(GuestError):
+            victim.executor.run(["true"], timeout=30)
+        assert guests[0].executor.run(["true"], timeout=60).ok
     assert_nothing_left(names)
     assert image.qcow2.stat().st_mtime_ns == base_before, "the base image was written"
 
@@ -175,3 +186,26 @@ def test_sigkill_after_ready_then_gc(image: Image, reaper: list[subprocess.Popen
     assert_nothing_left(names)
     again = run([sys.executable, "-m", "kvmple.cli", "gc"], timeout=120)
     assert "nothing to clean" in again.stderr
+
+
+def test_ssh_port_taken_meanwhile_is_retried(image: Image, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process grabs the port between kvmple picking it and QEMU binding it: QEMU
+    refuses to start, kvmple retries with a new port (real QEMU, real libvirt)."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        offered = iter([taken])
+        real_free_port = lifecycle.free_port
+        monkeypatch.setattr(lifecycle, "free_port", lambda: next(offered, 0) or real_free_port())
+        guest_spec = spec(image, "port", "porttest")
+        with connect(URI) as lv:
+            boot = lifecycle._Boot(lv, ready_timeout=5)
+            try:
+                guest = boot.start(guest_spec)
+                assert guest.ssh_port != taken
+                assert guest.alive()
+                assert registry.load(guest.name).ssh_port == guest.ssh_port  # type: ignore[union-attr]
+            finally:
+                assert boot.teardown() == []
+    assert_nothing_left({guest_spec.domain_name})
