@@ -4,7 +4,9 @@ directories and its own host name, both writing their campaigns to one real Post
 store; then 'kvmple report --hosts' shows them side by side.
 
 The playbook is nightly-mini with one run per cell (2 runs per host: PLE is unavailable
-under TCG); both hosts run at once, each booting its two guests through real libvirt."""
+under TCG). The hosts run one after the other (``parallel: 1``): four TCG guests at once on
+this 2-CPU machine (already shared with other tests) made guest SSH logins time out; the
+fan-out's parallel path is covered by the unit tier (tests/unit/test_fleet_fanout.py)."""
 
 from __future__ import annotations
 
@@ -73,7 +75,7 @@ def test_two_hosts_write_one_postgresql_store_and_report_side_by_side(
     text = text.replace("name: nightly-mini", "name: fleet-mini").replace(
         "repetitions: 2", "repetitions: 1"
     )
-    text = text.replace("timeouts: {boot: 300,", "timeouts: {boot: 900,")  # 4 guests, 2 cores
+    text = text.replace("timeouts: {boot: 300,", "timeouts: {boot: 900,")  # a loaded host
     assert "repetitions: 1" in text and "boot: 900" in text
     playbook.write_text(text)
     with ExitStack() as stack:
@@ -94,7 +96,7 @@ def test_two_hosts_write_one_postgresql_store_and_report_side_by_side(
             }
             entries[host.name] = inventory_entry(host, [sys.executable, "-m", "kvmple.cli"], env)
         inventory = tmp_path / "fleet.yaml"
-        inventory.write_text(yaml.safe_dump({"store": pg_url, "parallel": 2, "hosts": entries}))
+        inventory.write_text(yaml.safe_dump({"store": pg_url, "parallel": 1, "hosts": entries}))
         done = subprocess.run(
             [*KVMPLE, "fleet", "run", str(inventory), str(playbook), "--allow-unavailable"],
             capture_output=True,
