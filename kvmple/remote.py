@@ -237,7 +237,13 @@ class SSHExecutor:
         command = f"echo $$; exec {shlex.join(full)}"
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
-        channel = self._transport().open_session(timeout=30)
+        try:
+            channel = self._transport().open_session(timeout=30)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise GuestError(
+                f"{self.name}: SSH connection lost before running {shlex.join(args)}: {exc}",
+                hint="the guest may have crashed: see its console log",
+            ) from exc
         try:
             channel.exec_command(command)
             if input is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import sys
 import threading
 import time
@@ -151,6 +152,7 @@ class _Boot:
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.records: list[registry.GuestRecord] = []
+        self.created: set[str] = set()  # domains this boot created: the only ones it destroys
         self.executors: list[SSHExecutor] = []
 
     def start(self, spec: VMSpec) -> Guest:
@@ -174,7 +176,9 @@ class _Boot:
         registry.claim(record)  # raises if the name is taken: then it is not ours to clean
         with self.lock:
             self.records.append(record)
-        run_dir.mkdir(parents=True, exist_ok=False)
+        # We hold the record now, so a run directory of that name is an orphan of a crash.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
         overlay = run_dir / "overlay.qcow2"
         run(
             ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
@@ -188,8 +192,16 @@ class _Boot:
                 raise KeyboardInterrupt
             xml = domain_xml(spec, overlay=overlay, console_log=console, ssh_port=record.ssh_port)
             (run_dir / "domain.xml").write_text(xml)
+            if self.lv.exists(spec.domain_name):
+                raise GuestError(
+                    f"a domain named {spec.domain_name} exists in {self.lv.uri} but kvmple has "
+                    "no record of starting it: leaving it alone",
+                    hint="pick another campaign id or role, or remove that domain yourself",
+                )
             try:
                 self.lv.create(xml, spec.domain_name)
+                with self.lock:
+                    self.created.add(spec.domain_name)
                 break
             except GuestError as exc:
                 # Another process took the port between free_port() and QEMU's bind: retry.
@@ -252,7 +264,21 @@ class _Boot:
         raise KeyboardInterrupt
 
     def teardown(self) -> list[str]:
-        """Destroy every guest this boot recorded, in parallel; return what failed."""
+        """Destroy every guest this boot created and forget its records, in parallel; return
+        what failed. A Ctrl-C/SIGTERM arriving meanwhile does not cut the cleanup short: it is
+        finished first, then the interrupt is raised again."""
+        interrupted = False
+        while True:
+            try:
+                problems = self._teardown_once()
+                break
+            except KeyboardInterrupt:
+                interrupted = True
+        if interrupted:
+            raise KeyboardInterrupt
+        return problems
+
+    def _teardown_once(self) -> list[str]:
         self.stop.set()
         for executor in self.executors:
             executor.close()
@@ -260,7 +286,8 @@ class _Boot:
 
         def remove(record: registry.GuestRecord) -> None:
             try:
-                self.lv.destroy(record.domain)
+                if record.domain in self.created:
+                    self.lv.destroy(record.domain)
                 registry.forget(record)
             except KvmpleError as exc:
                 problems.append(f"{record.domain}: {exc.message}")

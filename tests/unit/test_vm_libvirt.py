@@ -210,3 +210,33 @@ def test_gc_reaps_dead_runs_and_nothing_else(lv: Libvirt) -> None:
     assert lv.names("kvmple-t-") == ["kvmple-t-foreign", "kvmple-t-live"]
     assert [r.domain for r in registry.all_records()] == ["kvmple-t-live"]
     registry.forget(live)
+
+
+def test_foreign_domain_with_our_name_is_never_destroyed(lv: Libvirt, image: FileImage) -> None:
+    """A kvmple-* domain kvmple has no record of (hand-made, other installation) is left alone
+    even when a boot wants its name."""
+    lv.create(_xml(), "kvmple-c1-a")
+    with (
+        pytest.raises(GuestError, match="no record of starting it"),
+        boot_guests(
+            [make_spec(role="a", image=image), make_spec(role="b", image=image)],
+            uri=TEST_URI,
+            ready_timeout=5,
+        ),
+    ):
+        pass
+    assert lv.names("kvmple-") == ["kvmple-c1-a"]
+    assert registry.all_records() == []
+    assert list(registry.guests_dir().iterdir()) == []
+
+
+def test_orphan_run_dir_does_not_block_a_boot(lv: Libvirt, image: FileImage) -> None:
+    orphan = registry.guests_dir() / "kvmple-c1-a"
+    orphan.mkdir()
+    (orphan / "overlay.qcow2").write_text("stale")
+    with (
+        pytest.raises(GuestError, match="did not answer SSH"),
+        boot_guests([make_spec(role="a", image=image)], uri=TEST_URI, ready_timeout=2),
+    ):
+        pass
+    _nothing_left(lv)
