@@ -5,15 +5,17 @@ goes to a log file per host."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmple.errors import CommandTimeout, GuestError, KvmpleError
+from kvmple.errors import CommandTimeout, GuestError, Interrupted, KvmpleError
 from kvmple.executor import Executor
 from kvmple.fleet.inventory import FleetHost, Inventory
 
@@ -114,6 +116,35 @@ def _one_host(
     return done(result.returncode, campaign, message or ("ok" if result.ok else "failed"))
 
 
+class _Connections:
+    """The hosts' live SSH connections, so Ctrl-C can cut them all (threads cannot be
+    interrupted otherwise)."""
+
+    def __init__(self, connect: ConnectFn) -> None:
+        self._connect = connect
+        self._live: list[Executor] = []
+        self._lock = threading.Lock()
+        self.cancelled = False
+
+    def __call__(self, name: str, host: FleetHost) -> Executor:
+        with self._lock:
+            if self.cancelled:
+                raise Interrupted(f"{name}: not started (interrupted)")
+            executor = self._connect(name, host)
+            self._live.append(executor)
+            return executor
+
+    def cut(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            live, self._live = self._live, []
+        for executor in live:
+            close = getattr(executor, "close", None)
+            if callable(close):
+                with contextlib.suppress(Exception):
+                    close()
+
+
 def run_fleet(
     inventory: Inventory,
     playbook: Path,
@@ -125,12 +156,20 @@ def run_fleet(
     connect: ConnectFn = default_connect,
 ) -> list[HostOutcome]:
     """Run ``playbook`` on every host (or the named ones), in parallel up to
-    ``inventory.parallel``; outcomes in inventory order."""
+    ``inventory.parallel``; outcomes in inventory order.
+
+    Ctrl-C cuts every SSH connection and raises Interrupted. The remote commands are not
+    killed: a campaign already running on a host loses its connection and may go on or stop
+    at its next output; either way its stored runs stay in the shared store and
+    ``kvmple run --resume ID`` on that host continues it.
+    """
     chosen = list(hosts) if hosts else list(inventory.hosts)
     url = db_url or inventory.store
     log_dir.mkdir(parents=True, exist_ok=True)
     workers = min(inventory.parallel or len(chosen), len(chosen))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fleet") as pool:
+    connections = _Connections(connect)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fleet")
+    try:
         futures = [
             pool.submit(
                 _one_host,
@@ -141,8 +180,18 @@ def run_fleet(
                 allow_unavailable=allow_unavailable,
                 timeout=inventory.timeout,
                 log=log_dir / f"{name}.log",
-                connect=connect,
+                connect=connections,
             )
             for name in chosen
         ]
         return [f.result() for f in futures]
+    except KeyboardInterrupt:
+        connections.cut()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise Interrupted(
+            "fleet run interrupted: every SSH connection was cut",
+            hint=f"per-host logs in {log_dir}; on a host whose campaign stopped, "
+            "'kvmple run --resume ID' continues it",
+        ) from None
+    finally:
+        pool.shutdown(wait=True)

@@ -121,3 +121,35 @@ def test_cli_summary_and_exit_code(
     assert "1 of 2 hosts failed: beta: guest amqp did not boot" in captured.err
     assert main(["fleet", "run", str(path), str(playbook), "--host", "gamma"]) == 2
     assert main(["fleet", "run", str(path), str(tmp_path / "absent.yaml")]) == 3
+
+
+def test_ctrl_c_cuts_every_connection_promptly(hosts: list[LoopbackHost], tmp_path: Path) -> None:
+    import os
+    import signal
+    import threading
+    import time
+
+    from kvmple.errors import Interrupted
+
+    program = tmp_path / "slow-kvmple"
+    program.write_text(f"#!/bin/sh\necho $$ > {tmp_path}/pid-$FAKE_NAME\nexec sleep 60\n")
+    program.chmod(0o755)
+    entries = {h.name: inventory_entry(h, [str(program)], {"FAKE_NAME": h.name}) for h in hosts}
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump({"hosts": entries}))
+    playbook = tmp_path / "mini.yaml"
+    playbook.write_text("name: mini\n")
+
+    def interrupt_when_running() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if all((tmp_path / f"pid-{h.name}").exists() for h in hosts):
+                break
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does
+
+    threading.Thread(target=interrupt_when_running, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(Interrupted, match="every SSH connection was cut"):
+        run_fleet(load_inventory(path), playbook, log_dir=tmp_path / "logs")
+    assert time.monotonic() - started < 30  # not the remote command's 60 s
