@@ -32,7 +32,7 @@ from kvmple.image.recipe import Recipe, guest_programs_dir
 from kvmple.run import run
 
 # Bump when the build/configure steps change what ends up in an image.
-BUILDER_FORMAT = 3
+BUILDER_FORMAT = 4
 
 
 def images_dir() -> Path:

@@ -203,6 +203,11 @@ def wait_ssh(guest: Guest, alive: Iterator[None], timeout: float) -> float:
             continue
         if result.ok:
             return time.monotonic() - guest.started
+        if "Kernel panic" in guest.console_tail(40):
+            raise GuestError(
+                f"{guest.image.name}: the guest kernel panicked: {guest.console_tail(3)}",
+                hint=f"full console log: {guest.console}",
+            )
         output = (result.stderr or result.stdout).strip().splitlines()
         last = output[-1] if output else last
         if "REMOTE HOST IDENTIFICATION HAS CHANGED" in result.stderr or (
