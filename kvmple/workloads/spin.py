@@ -111,7 +111,8 @@ class SpinLoops:
         if problems:
             raise WorkloadError(
                 f"busy loops on {executor.name} not running as asked: {'; '.join(problems)}",
-                hint="is the guest's vCPU count at least the number of loops?",
+                hint="something else competes for those vCPUs (other guest services; under "
+                "TCG a busy host), or min_busy is too strict for this machine",
             )
         return status
 
