@@ -25,7 +25,7 @@ from kvmple.results import open_store
 from tests.real.fleet_sshd import inventory_entry, loopback_host
 from tests.support import need, need_program, need_root
 
-pytestmark = [pytest.mark.real, pytest.mark.slow]
+pytestmark = [pytest.mark.real, pytest.mark.slow, pytest.mark.timeout(3000)]
 
 ROOT = Path(__file__).resolve().parents[2]
 KVMPLE = [sys.executable, "-m", "kvmple.cli"]

@@ -23,7 +23,7 @@ from kvmple.results import open_store
 from tests.real.nightly_tree import TARBALL, cached_git_tree, git, move_tree, reset_branch
 from tests.support import need, need_program, need_root
 
-pytestmark = [pytest.mark.real, pytest.mark.slow]
+pytestmark = [pytest.mark.real, pytest.mark.slow, pytest.mark.timeout(4800)]
 
 ROOT = Path(__file__).resolve().parents[2]
 KVMPLE = [sys.executable, "-m", "kvmple.cli"]
