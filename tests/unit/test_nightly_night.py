@@ -258,3 +258,22 @@ def test_cli_status_and_exit_code(
     assert main(["nightly", str(config), "--night", "c", "--status"]) == 0
     assert "baseline recorded" in capsys.readouterr().out
     assert main(["nightly", str(config), "--night", "../x"]) == 2
+
+
+def test_a_campaign_cut_short_is_found_for_resuming(tmp_path: Path) -> None:
+    db = f"sqlite://{tmp_path / 'r.sqlite'}"
+    with open_store(db) as store:
+        for campaign, host, created in (
+            ("older", "h1", 100.0),
+            ("other-host", "h2", 205.0),
+            ("mine", "h1", 201.0),
+        ):
+            meta, _ = synthetic_campaign(campaign, runs_per_cell=1)
+            meta = meta.model_copy(
+                update={"host": {"hostname": host}, "created": created, "name": "mini"}
+            )
+            store.create_campaign(meta)
+        found = steps_mod._find_started_campaign(store, "mini", "h1", since=200.0)
+        assert found is not None and found.id == "mine"
+        assert steps_mod._find_started_campaign(store, "mini", "h1", since=300.0) is None
+        assert steps_mod._find_started_campaign(store, "other", "h1", since=0.0) is None
