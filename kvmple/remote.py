@@ -40,6 +40,10 @@ class HostKeyMismatch(GuestError):
     """The guest presented a host key that is not one of the image's pinned keys."""
 
 
+class LoginRefused(GuestError):
+    """sshd answered but refused the installation key."""
+
+
 class Unreachable(GuestError):
     """SSH did not answer (yet): connection refused, reset, or no SSH banner."""
 
@@ -138,7 +142,7 @@ class SSHExecutor:
             ) from exc
         except paramiko.AuthenticationException as exc:
             client.close()
-            raise GuestError(
+            raise LoginRefused(
                 f"{self.name}: SSH login as {self.user} with {self.key} was refused",
                 hint="the image must authorize the installation key (rebuild the image)",
             ) from exc

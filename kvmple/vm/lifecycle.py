@@ -22,9 +22,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from kvmple.errors import ConfigError, GuestError, HostError, KvmpleError, UsageError
+from kvmple.errors import (
+    CommandError,
+    ConfigError,
+    GuestError,
+    HostError,
+    KvmpleError,
+    UsageError,
+)
 from kvmple.keys import installation_key
-from kvmple.remote import HostKeyMismatch, SSHExecutor, Unreachable, free_port
+from kvmple.remote import HostKeyMismatch, LoginRefused, SSHExecutor, free_port
 from kvmple.run import run
 from kvmple.ui import warn
 from kvmple.vm import registry
@@ -256,10 +263,13 @@ class _Boot:
                 guest.executor.run(["true"], timeout=min(30.0, max(remaining, 5.0)))
                 guest.timings["ssh_ready_s"] = time.monotonic() - self.t0
                 return
-            except HostKeyMismatch:
-                raise
-            except Unreachable as exc:
+            except (HostKeyMismatch, LoginRefused):
+                raise  # retrying cannot help
+            except (GuestError, CommandError) as exc:
+                # Not up yet (refused, no banner), or sshd up but the guest too busy to run a
+                # command in time (TCG on a loaded host): close and try again until the deadline.
                 last = exc.message
+                guest.executor.close()
             self.stop.wait(1.0)
         raise KeyboardInterrupt
 

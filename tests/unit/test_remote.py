@@ -17,7 +17,7 @@ import pytest
 from kvmple.errors import CommandError, CommandTimeout, GuestError
 from kvmple.executor import Executor
 from kvmple.keys import installation_key
-from kvmple.remote import HostKeyMismatch, SSHExecutor, Unreachable, free_port
+from kvmple.remote import HostKeyMismatch, LoginRefused, SSHExecutor, Unreachable, free_port
 from kvmple.run import background, run
 from tests.support import need_program, need_root
 
@@ -211,3 +211,12 @@ def test_nobody_listening_is_unreachable(sshd: Sshd) -> None:
 def test_argv_must_be_a_list(sshd: Sshd) -> None:
     with sshd.executor() as ex, pytest.raises(TypeError):
         ex.run("echo hi", timeout=5)  # type: ignore[arg-type]
+
+
+def test_unauthorized_key_is_refused(sshd: Sshd, tmp_path: Path) -> None:
+    _keygen(tmp_path / "stranger")
+    ex = SSHExecutor(
+        "127.0.0.1", sshd.port, "root", tmp_path / "stranger", [sshd.host_key_line], "loopback"
+    )
+    with pytest.raises(LoginRefused, match="was refused"):
+        ex.connect(timeout=10)
