@@ -16,80 +16,24 @@ import platform
 import secrets
 import socket
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from kvmple import __version__, paths, ui
-from kvmple.campaign import evidence, quiet
-from kvmple.campaign.plan import UNAVAILABLE, Block, Plan, PlannedRun, build_plan
+from kvmple.campaign.execute import execute
+from kvmple.campaign.model import CampaignOptions, CampaignOutcome, HostFacts
+from kvmple.campaign.plan import UNAVAILABLE, build_plan
 from kvmple.campaign.playbook import LoadedPlaybook, Playbook, parse_playbook
-from kvmple.errors import (
-    CampaignError,
-    GuestError,
-    HostError,
-    Interrupted,
-    KvmpleError,
-    WorkloadError,
-)
-from kvmple.results import CampaignMeta, RunRecord, Store, open_store
+from kvmple.errors import CampaignError, HostError, Interrupted, KvmpleError
+from kvmple.results import CampaignMeta, Store, open_store
+
+__all__ = ["CampaignOptions", "CampaignOutcome", "print_report", "run_campaign"]
 
 log = logging.getLogger("kvmple.campaign")
 
-MAX_ATTEMPTS = 2  # per planned run: a failed attempt is stored, then retried once
-MAX_BLOCK_BOOTS = 3  # guests that die mid-block are rebooted at most this often
 
-
-@dataclass(frozen=True)
-class CampaignOptions:
-    db_url: str | None = None
-    allow_unavailable: bool = False
-
-
-@dataclass
-class CampaignOutcome:
-    campaign_id: str
-    planned: int
-    ok: int = 0
-    failed: int = 0
-    skipped_adaptive: int = 0
-    resumed_from: int = 0
-    wall_seconds: float = 0.0
-    measure_seconds: float = 0.0
-    boots: int = 0
-    boot_seconds: float = 0.0  # boot + workload preparation, summed over blocks
-    log_path: Path | None = None
-    db_url: str | None = None
-
-    def summary(self) -> str:
-        overhead = self.wall_seconds / self.measure_seconds if self.measure_seconds else 0.0
-        parts = [
-            f"campaign {self.campaign_id}: {self.ok} ok runs",
-            f"{self.failed} failed attempts" if self.failed else "",
-            f"{self.resumed_from} already stored" if self.resumed_from else "",
-            f"{self.skipped_adaptive} skipped (precise enough)" if self.skipped_adaptive else "",
-            f"{self.boots} guest boot(s)",
-            f"wall {self.wall_seconds:.0f}s, measuring {self.measure_seconds:.0f}s "
-            f"(overhead ratio {overhead:.2f})",
-        ]
-        return ", ".join(p for p in parts if p)
-
-
-@dataclass
-class _Host:
-    """What the doctor found, reduced to what a campaign records and decides on."""
-
-    accelerator: str
-    verdict: str
-    reason: str
-    ple_available: bool
-    ple_reason: str | None
-    kvm_module: str | None
-    facts: dict[str, Any] = field(default_factory=dict)
-
-
-def _read_host() -> _Host:
+def _read_host() -> HostFacts:
     from kvmple.host.doctor import diagnose
 
     report = diagnose()
@@ -113,7 +57,7 @@ def _read_host() -> _Host:
         "kvm_module": report.kvm_module.name if report.kvm_module else None,
         "machine": platform.machine(),
     }
-    return _Host(
+    return HostFacts(
         accelerator=report.accelerator,
         verdict=report.verdict,
         reason=report.reason,
@@ -124,7 +68,7 @@ def _read_host() -> _Host:
     )
 
 
-def _unavailable_factors(playbook: Playbook, host: _Host, allow: bool) -> dict[str, str]:
+def _unavailable_factors(playbook: Playbook, host: HostFacts, allow: bool) -> dict[str, str]:
     missing: dict[str, str] = {}
     for factor in playbook.factors:
         if factor.knob == "ple" and not host.ple_available:
@@ -142,7 +86,7 @@ def _unavailable_factors(playbook: Playbook, host: _Host, allow: bool) -> dict[s
 def _campaign_id(name: str) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     # a random tail: fleet hosts starting in the same second write to one shared store
-    return f"{name[:24].rstrip('-')}-{stamp}-{secrets.token_hex(2)}"
+    return f"{name[:18].rstrip('-')}-{stamp}-{secrets.token_hex(2)}"
 
 
 @contextlib.contextmanager
@@ -194,7 +138,7 @@ def run_campaign(
             start = time.monotonic()
             store.set_status(meta.id, "running")
             try:
-                _execute(store, meta=meta, playbook=playbook, plan=plan, host=host, outcome=outcome)
+                execute(store, meta=meta, playbook=playbook, plan=plan, host=host, outcome=outcome)
             except KeyboardInterrupt:
                 store.set_status(meta.id, "interrupted")
                 log.info("interrupted")
@@ -218,7 +162,7 @@ def run_campaign(
 
 
 def _new_campaign(
-    store: Store, loaded: LoadedPlaybook, host: _Host, unavailable: dict[str, str]
+    store: Store, loaded: LoadedPlaybook, host: HostFacts, unavailable: dict[str, str]
 ) -> CampaignMeta:
     playbook = loaded.playbook
     from kvmple.workloads import get_workload
@@ -253,7 +197,7 @@ def _new_campaign(
     return meta
 
 
-def _resume(store: Store, campaign_id: str, host: _Host) -> tuple[CampaignMeta, LoadedPlaybook]:
+def _resume(store: Store, campaign_id: str, host: HostFacts) -> tuple[CampaignMeta, LoadedPlaybook]:
     meta = store.campaign(campaign_id)
     if meta.status == "complete":
         raise CampaignError(
@@ -275,387 +219,6 @@ def _resume(store: Store, campaign_id: str, host: _Host) -> tuple[CampaignMeta, 
 
 
 # --- execution ------------------------------------------------------------------------------
-
-
-def _execute(
-    store: Store,
-    *,
-    meta: CampaignMeta,
-    playbook: Playbook,
-    plan: Plan,
-    host: _Host,
-    outcome: CampaignOutcome,
-) -> None:
-    stored = store.runs(meta.id)
-    done = {r.run_key for r in stored if r.status == "ok"}
-    failures: dict[str, int] = {}
-    for record in stored:
-        if record.status == "failed":
-            base = record.run_key.split("@", 1)[0]
-            failures[base] = failures.get(base, 0) + 1
-    outcome.resumed_from = len(done)
-    values: dict[str, list[float]] = {}
-    for record in stored:
-        if record.status == "ok" and meta.primary_metric in record.figures:
-            values.setdefault(_cell_key(record.cell), []).append(
-                record.figures[meta.primary_metric]
-            )
-
-    _reap_crashed_guests(meta.id)
-    from kvmple.image import resolve
-
-    images = {role: resolve(guest.image) for role, guest in playbook.guests.items()}
-    remaining = sum(1 for r in plan.runs if r.key not in done)
-    if remaining == 0:
-        return
-    with ui.progress() as bar:
-        task = bar.add_task(playbook.name, total=len(plan.runs), status="", completed=len(done))
-        context = _Context(
-            store, meta, playbook, host, images, outcome, done, failures, values, bar, task
-        )
-        for index, block in enumerate(plan.blocks):
-            if all(r.key in done for r in block.runs):
-                continue
-            _run_block(context, index, block)
-
-
-def _reap_crashed_guests(campaign_id: str) -> None:
-    """Guests of this campaign left by a killed kvmple (SIGKILL, host crash) are reaped before
-    resuming, so the same domain names can be booted again. Live owners are left alone."""
-    from kvmple.vm import gc, registry
-    from kvmple.vm.spec import domain_name
-
-    prefix = domain_name(campaign_id, "")
-    report = gc.GcReport()
-    for record in registry.all_records():
-        if record.domain.startswith(prefix) and not record.owner_alive:
-            gc.reap(record, report)
-    if report.removed_domains:
-        ui.note(f"reaped guests of the interrupted run: {', '.join(report.removed_domains)}")
-        log.info("reaped leftovers: %s", report.removed_domains)
-
-
-def _cell_key(cell: dict[str, Any]) -> str:
-    return ",".join(f"{k}={v}" for k, v in cell.items() if k != "overcommit")
-
-
-@dataclass
-class _Context:
-    store: Store
-    meta: CampaignMeta
-    playbook: Playbook
-    host: _Host
-    images: dict[str, Any]
-    outcome: CampaignOutcome
-    done: set[str]
-    failures: dict[str, int]
-    values: dict[str, list[float]]
-    bar: Any
-    task: Any
-
-
-def _specs(ctx: _Context) -> list[Any]:
-    from kvmple.vm.spec import VMSpec
-
-    specs = []
-    for role, guest in ctx.playbook.guests.items():
-        emulator = guest.emulator_pin or tuple(sorted(guest.host_cpus))
-        specs.append(
-            VMSpec(
-                role=role,
-                image=ctx.images[role],
-                vcpus=guest.vcpus,
-                memory_mib=guest.memory_mib,
-                vcpu_pins=guest.pin,
-                emulator_pins=emulator,
-                accelerator="kvm" if ctx.host.accelerator == "kvm" else "tcg",
-                extra_kernel_args=tuple(guest.kernel_args.split()),
-                campaign_id=ctx.meta.id,
-            )
-        )
-    return specs
-
-
-@contextlib.contextmanager
-def _knobs(ctx: _Context, block: Block) -> Iterator[dict[str, Any]]:
-    """Apply the block's host knob settings; yield the values read back."""
-    read_back: dict[str, Any] = {}
-    with contextlib.ExitStack() as stack:
-        for knob, value in block.knobs:
-            if value == UNAVAILABLE:
-                reason = ctx.meta.notes.get("unavailable", {}).get(knob, "unavailable")
-                read_back[knob] = {"unavailable": reason}
-                continue
-            if knob == "ple":
-                from kvmple.host import ple
-                from kvmple.host.seam import real_seam
-
-                ui.note(f"host: PLE {value} (module reload; not verified on hardware)")
-                mode: ple.Mode = "on" if value == "on" else "off"
-                knobs = stack.enter_context(ple.ple_setting(real_seam(), mode))
-                read_back[knob] = {"setting": value, **knobs.to_json()}
-        yield read_back
-
-
-def _wait_for_quiet(ctx: _Context, cpus: frozenset[int], own_pids: Sequence[int]) -> dict[str, Any]:
-    policy = ctx.playbook.quiet
-    deadline = time.monotonic() + policy.wait_max
-    while True:
-        reading = quiet.measure(cpus, own_pids, window=1.0)
-        if reading.foreign_cpus <= policy.max_foreign_load:
-            return {"foreign_cpus": reading.foreign_cpus, "quiet": True}
-        if policy.action == "warn" or time.monotonic() >= deadline:
-            ui.warn(f"host not quiet: {reading.describe()} (limit {policy.max_foreign_load})")
-            log.warning("host not quiet: %s", reading.describe())
-            return {"foreign_cpus": reading.foreign_cpus, "quiet": False}
-        ctx.bar.update(ctx.task, status=f"waiting for quiet: {reading.describe()}")
-        time.sleep(2)
-
-
-def _run_block(ctx: _Context, index: int, block: Block) -> None:
-    from kvmple.vm.lifecycle import boot_guests
-
-    playbook = ctx.playbook
-    shared = playbook.guests[playbook.measured_role].host_cpus
-    keep_smt = any(g.keep_smt_siblings for g in playbook.guests.values())
-    boots = 0
-    while any(r.key not in ctx.done for r in block.runs):
-        boots += 1
-        if boots > MAX_BLOCK_BOOTS:
-            raise CampaignError(
-                f"block {index + 1} ({block.knob_key}): guests failed {MAX_BLOCK_BOOTS} times",
-                hint=f"see the campaign log {ctx.outcome.log_path}",
-            )
-        with contextlib.ExitStack() as stack:
-            knobs = stack.enter_context(_knobs(ctx, block))
-            _wait_for_quiet(ctx, shared, ())
-            ctx.bar.update(ctx.task, description=f"{block.knob_key}: booting guests")
-            log.info("block %d (%s): booting guests", index + 1, block.knob_key)
-            ctx.bar.console.print(f"block {index + 1} ({block.knob_key}): booting guests")
-            boot_start = time.monotonic()
-            guests = stack.enter_context(
-                boot_guests(
-                    _specs(ctx), ready_timeout=playbook.timeouts.boot, keep_smt_siblings=keep_smt
-                )
-            )
-            ctx.outcome.boots += 1
-            by_role = {g.spec.role: g for g in guests}
-            workloads = _prepare(ctx, by_role)
-            ctx.outcome.boot_seconds += time.monotonic() - boot_start
-            log.info("block %d: guests ready in %.1fs", index + 1, time.monotonic() - boot_start)
-            block_facts = {
-                "knobs": knobs,
-                "affinity": {
-                    role: {str(k): list(v) for k, v in g.affinity().items()}
-                    for role, g in by_role.items()
-                },
-                "threads": {role: g.readback.get("vcpu_threads") for role, g in by_role.items()},
-            }
-            # Failed attempts go to the back of the queue and are retried with the same guests
-            # (at most MAX_ATTEMPTS per run: _one_run raises past that).
-            queue = [(pos, r) for pos, r in enumerate(block.runs) if r.key not in ctx.done]
-            try:
-                while queue:
-                    position, run = queue.pop(0)
-                    if _precise_enough(ctx, run):
-                        ctx.done.add(run.key)
-                        ctx.outcome.skipped_adaptive += 1
-                        ctx.bar.advance(ctx.task)
-                        continue
-                    if not _one_run(
-                        ctx,
-                        block_index=index,
-                        position=position,
-                        run=run,
-                        guests=by_role,
-                        workloads=workloads,
-                        block_facts=block_facts,
-                        shared=shared,
-                    ):
-                        queue.append((position, run))
-            except GuestError as exc:
-                # A guest died or stopped answering: the failed attempt is stored; reboot the
-                # block's guests and continue with the runs still missing.
-                ui.warn(f"{exc.message}; rebooting the guests of this block")
-                log.warning("guest failure, rebooting block: %s", exc.message)
-                continue
-
-
-def _prepare(ctx: _Context, guests: dict[str, Any]) -> dict[str, Any]:
-    from kvmple.workloads import ensure_programs, get_workload
-
-    workloads: dict[str, Any] = {}
-    for role, spec in ctx.playbook.workloads.items():
-        workload = get_workload(spec.name)
-        executor = guests[role].executor
-        ctx.bar.update(ctx.task, description=f"preparing {spec.name} in {role}")
-        ensure_programs(executor)
-        workload.prepare(executor, timeout=ctx.playbook.timeouts.prepare, params=dict(spec.params))
-        workloads[role] = workload
-    return workloads
-
-
-def _precise_enough(ctx: _Context, run: PlannedRun) -> bool:
-    adaptive = ctx.playbook.adaptive
-    if adaptive is None:
-        return False
-    from kvmple.results.stats import enough_runs
-
-    values = ctx.values.get(_cell_key(run.cell.as_dict()), [])
-    return enough_runs(
-        values, adaptive.ci_halfwidth_pct, adaptive.min_runs, ctx.playbook.repetitions
-    )
-
-
-def _guest_facts(ctx: _Context) -> dict[str, Any]:
-    return {
-        role: {
-            "image": g.image,
-            "vcpus": g.vcpus,
-            "memory_mib": g.memory_mib,
-            "pin": [list(p) for p in g.pin],
-            "emulator_pin": list(g.emulator_pin or sorted(g.host_cpus)),
-            "kernel_args": g.kernel_args,
-            "accelerator": ctx.host.accelerator,
-        }
-        for role, g in ctx.playbook.guests.items()
-    }
-
-
-def _one_run(
-    ctx: _Context,
-    *,
-    block_index: int,
-    position: int,
-    run: PlannedRun,
-    guests: dict[str, Any],
-    workloads: dict[str, Any],
-    block_facts: dict[str, Any],
-    shared: frozenset[int],
-) -> bool:
-    """Run once and store the record; True when it succeeded."""
-    playbook = ctx.playbook
-    measured_role = playbook.measured_role
-    cell = {**run.cell.as_dict(), "overcommit": run.overcommit}
-    label = " ".join(f"{k}={v}" for k, v in cell.items())
-    attempt = ctx.failures.get(run.key, 0) + 1
-    ctx.bar.update(ctx.task, description=label)
-    exits = evidence.exit_evidence_source(ctx.host.accelerator, ctx.host.kvm_module)
-    provenance: dict[str, Any] = {
-        "host": {
-            k: ctx.host.facts.get(k)
-            for k in ("hostname", "cpu_model", "accelerator", "doctor_verdict", "kvm_module")
-        },
-        "kernel": {k: ctx.host.facts.get(k) for k in ("kernel_release", "cmdline")},
-        "knobs": block_facts["knobs"],
-        "guest": _guest_facts(ctx),
-        "image": {
-            role: {
-                "name": img.name,
-                "key": img.key,
-                "kernel_release": img.manifest.get("kernel_release"),
-            }
-            for role, img in ctx.images.items()
-        },
-        "affinity": block_facts["affinity"],
-        "vcpu_threads": block_facts["threads"],
-        "kvmple_version": __version__,
-        "playbook_hash": ctx.meta.playbook_hash,
-        "seed": playbook.order.seed,
-        "block": block_index,
-        "position": position,
-        "attempt": attempt,
-        "params": {role: run.params_for(role) for role in playbook.workloads},
-        "overcommit": run.overcommit,
-    }
-    started = time.time()
-    quietness = quiet.measure(shared, _qemu_pids(guests), window=0.5)
-    status, reason, figures, raw, window = "failed", "", {}, "", 0.0
-    run_evidence: dict[str, Any] = {"quiet_before": {"foreign_cpus": quietness.foreign_cpus}}
-    guest_error: GuestError | None = None
-    try:
-        measured = workloads[measured_role]
-        executor = guests[measured_role].executor
-        measured.between_runs(executor, run.params_for(measured_role))
-        with contextlib.ExitStack() as loads:
-            for role, workload in workloads.items():
-                if role == measured_role:
-                    continue
-                load_executor = guests[role].executor
-                workload.start(load_executor, run.params_for(role))
-                loads.callback(workload.stop, load_executor)
-                status_read = workload.verify(load_executor)
-                run_evidence.setdefault("load", {})[role] = status_read.to_json()
-            with evidence.collect(shared, exits) as collected:
-                measurement = measured.measure(
-                    executor, run.params_for(measured_role), timeout=playbook.timeouts.run
-                )
-            run_evidence.update(collected)
-        figures = {k: float(v) for k, v in measurement.figures.items()}
-        raw = measurement.raw_output
-        window = measurement.window_s
-        if measurement.cpu is not None:
-            run_evidence["guest_cpu"] = measurement.to_json()["cpu"]
-        status = "ok"
-    except WorkloadError as exc:
-        reason = exc.message
-    except GuestError as exc:
-        reason = exc.message
-        guest_error = exc
-    ended = time.time()
-    key = run.key if status == "ok" else f"{run.key}@fail{attempt}"
-    record = RunRecord(
-        campaign_id=ctx.meta.id,
-        run_key=key,
-        cell=cell,
-        run_index=run.repetition,
-        status=status,  # type: ignore[arg-type]
-        reason=reason,
-        figures=figures,
-        raw=raw,
-        started=started,
-        ended=ended,
-        measure_seconds=window,
-        provenance=provenance,
-        evidence=run_evidence,
-    )
-    ctx.store.add_run(record)
-    if status == "ok":
-        ctx.done.add(run.key)
-        ctx.outcome.ok += 1
-        ctx.outcome.measure_seconds += window
-        primary = ctx.meta.primary_metric
-        ctx.values.setdefault(_cell_key(cell), []).append(figures.get(primary, 0.0))
-        shown = f"{figures.get(primary, 0):,.0f} {ctx.meta.metric_unit}".strip()
-        log.info("run %s ok: %s", run.key, shown)
-        ctx.bar.console.print(
-            f"  run {ctx.outcome.ok + ctx.outcome.resumed_from:>3}/"
-            f"{ctx.outcome.planned}  {label}  rep {run.repetition}: {shown}"
-        )
-        ctx.bar.update(ctx.task, advance=1, status=f"last: {shown}")
-        return True
-    else:
-        ctx.failures[run.key] = attempt
-        ctx.outcome.failed += 1
-        log.warning("run %s failed (attempt %d): %s", run.key, attempt, reason)
-        ui.warn(f"run {label} failed: {reason}")
-        if guest_error is not None:
-            raise guest_error
-        if attempt >= MAX_ATTEMPTS:
-            raise WorkloadError(
-                f"run {label} failed {attempt} times, last: {reason}",
-                hint=f"see the campaign log {ctx.outcome.log_path}",
-            )
-        return False
-
-
-def _qemu_pids(guests: dict[str, Any]) -> list[int]:
-    pids = []
-    for guest in guests.values():
-        pid = guest.readback.get("qemu_pid")
-        if isinstance(pid, int):
-            pids.append(pid)
-    return pids
 
 
 def print_report(outcome: CampaignOutcome, db_url: str | None) -> None:

@@ -123,3 +123,13 @@ def test_minimal_playbook_parses() -> None:
 def test_bad_playbooks_name_line_and_key(change: tuple[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_playbook(BASE.replace(*change), "t.yaml")
+
+
+def test_campaign_ids_fit_domain_names() -> None:
+    from kvmple.campaign.runner import _campaign_id
+    from kvmple.vm.spec import check_name_part
+
+    for name in ("rfc-v7-ple-overcommit", "smoke", "a" * 41):
+        campaign = _campaign_id(name)
+        check_name_part("campaign id", campaign)
+        assert campaign != _campaign_id(name)  # random tail: same-second starts differ
