@@ -64,3 +64,29 @@ def test_list_and_gc_report(capsys: pytest.CaptureFixture[str]) -> None:
     assert registry.all_records() == []
     assert main(["gc"]) == 0
     assert "nothing to clean" in capsys.readouterr().err
+
+
+def test_vm_down_stops_detached_guests_but_not_live_runs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from kvmple.vm.libvirt_backend import connect
+    from tests.unit.test_vm_libvirt import _xml
+
+    live = make_record("kvmple-t-live")
+    detached = registry.GuestRecord(
+        **{**make_record("kvmple-t-det").to_json(), "detached": True, "owner_pid": 0}
+    )
+    with connect("test:///default") as lv:
+        for record in (live, detached):
+            registry.claim(record)
+            Path(record.run_dir).mkdir()
+            lv.create(_xml().replace("kvmple-c1-a", record.domain), record.domain)
+        assert main(["vm", "down", "--all"]) == 0
+        err = capsys.readouterr().err
+        assert "removed domain kvmple-t-det" in err
+        assert "kvmple-t-live: owned by running process" in err
+        assert lv.names("kvmple-t-") == ["kvmple-t-live"]
+        assert [r.domain for r in registry.all_records()] == ["kvmple-t-live"]
+        assert main(["vm", "down", "det"]) == 2  # gone now: unknown name
+        lv.destroy("kvmple-t-live")
+    registry.forget(live)

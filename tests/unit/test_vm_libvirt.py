@@ -245,3 +245,21 @@ def test_orphan_run_dir_does_not_block_a_boot(lv: Libvirt, image: FileImage) -> 
     ):
         pass
     _nothing_left(lv)
+
+
+def test_detach_hands_guests_over_to_vm_down(lv: Libvirt, image: FileImage) -> None:
+    from kvmple.remote import SSHExecutor
+    from kvmple.vm.lifecycle import Guest, detach
+
+    record = make_record("kvmple-c1-a")
+    registry.claim(record)
+    executor = SSHExecutor("127.0.0.1", 1, "root", Path("/k"), image.host_keys, "a")
+    guest = Guest(make_spec(role="a", image=image), record, executor, lv)
+    detach([guest])
+    stored = registry.load("kvmple-c1-a")
+    assert stored is not None and stored.detached and not stored.owner_alive
+    assert guest.detached and guest.record == stored
+    report = gc.collect(uris=(TEST_URI,))
+    assert any("kvmple-c1-a: detached" in k for k in report.kept)
+    assert registry.load("kvmple-c1-a") == stored
+    registry.forget(stored)
