@@ -4,6 +4,7 @@ The cold paths kept cheap here are the failures: they must leave nothing in the 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -173,3 +174,14 @@ def test_not_root_is_a_host_error(request: pytest.FixtureRequest) -> None:
     assert "building an image needs root" in result.stderr
     assert "Traceback" not in result.stderr
     assert not list((home / "cache" / "images").glob("*-*"))
+
+
+def test_cli_warm_build_and_list(shared_cache: Path) -> None:
+    prerequisites()
+    image = build(RECIPE)  # cached by now (or built once here)
+    env = {"KVMPLE_CACHE_DIR": str(shared_cache), "KVMPLE_KEY_DIR": str(shared_cache / "ssh")}
+    cli = [sys.executable, "-m", "kvmple.cli", "image"]
+    built = run([*cli, "build", "debian12-amqp", "--json"], timeout=120, cwd=ROOT, env=env)
+    assert json.loads(built.stdout)["key"] == image.key
+    listed = json.loads(run([*cli, "list", "--json"], timeout=120, cwd=ROOT, env=env).stdout)
+    assert image.key in [row["key"] for row in listed]
