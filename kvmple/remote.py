@@ -142,6 +142,8 @@ class SSHExecutor:
             ) from exc
         except paramiko.AuthenticationException as exc:
             client.close()
+            if "timeout" in str(exc).lower():  # a guest too busy to finish auth: not a refusal
+                raise Unreachable(f"{self.name}: SSH authentication timed out: {exc}") from exc
             raise LoginRefused(
                 f"{self.name}: SSH login as {self.user} with {self.key} was refused",
                 hint="the image must authorize the installation key (rebuild the image)",
