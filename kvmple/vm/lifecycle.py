@@ -259,7 +259,8 @@ class _Boot:
                     "raise ready_timeout for slow (TCG) hosts",
                 )
             try:
-                guest.executor.connect(timeout=min(10.0, max(remaining, 1.0)))
+                # generous per-attempt timeouts: TCG guests on a loaded host answer slowly
+                guest.executor.connect(timeout=min(30.0, max(remaining, 1.0)))
                 guest.executor.run(["true"], timeout=min(30.0, max(remaining, 5.0)))
                 guest.timings["ssh_ready_s"] = time.monotonic() - self.t0
                 return
