@@ -136,6 +136,9 @@ def _params(pairs: list[str]) -> dict[str, Any]:
 def _run(args: argparse.Namespace) -> int:
     executor = LocalExecutor()
     raw = _params(args.param)
+    if args.workload == "spin":
+        # on this host, never stop services unless asked to (-p stop_services=[...])
+        raw.setdefault("stop_services", [])
     # On this host the programs run straight from the installed package (nothing copied).
     workload = get_workload(args.workload, bin_dir=str(guest_dir()))
     params = parse_params(workload.params_model, raw, where=f"-p for {args.workload}")
