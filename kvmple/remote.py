@@ -312,8 +312,11 @@ class SSHExecutor:
             if channel.recv_stderr_ready():
                 err += channel.recv_stderr(65536)
                 busy = True
+            # Done only at EOF: sshd may send the exit status before the last output (seen
+            # here as an empty stdout from a busy guest), so the status alone is not enough.
             if (
                 channel.exit_status_ready()
+                and (channel.eof_received or channel.closed)
                 and not channel.recv_ready()
                 and not channel.recv_stderr_ready()
             ):

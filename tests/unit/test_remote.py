@@ -220,3 +220,10 @@ def test_unauthorized_key_is_refused(sshd: Sshd, tmp_path: Path) -> None:
     )
     with pytest.raises(LoginRefused, match="was refused"):
         ex.connect(timeout=10)
+
+
+def test_output_is_never_lost_on_quick_commands(sshd: Sshd) -> None:
+    """Regression: the exit status can arrive before the last output; wait for EOF."""
+    with sshd.executor() as ex:
+        for i in range(15):
+            assert ex.run(["echo", f"line-{i}"], timeout=30).stdout == f"line-{i}\n"
