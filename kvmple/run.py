@@ -147,7 +147,7 @@ def run_logged(
     start = time.monotonic()
     deadline = None if timeout is None else start + timeout
     tail: list[str] = []
-    with log.open("a", encoding="utf-8") as sink:
+    with log.open("a", encoding="utf-8", buffering=1) as sink:  # line-buffered: tail -f works
         sink.write(f"$ {shlex.join(args)}\n")
         sink.flush()
         try:
