@@ -23,7 +23,7 @@ from kvmple.results import open_store
 from tests.real.nightly_tree import TARBALL, cached_git_tree, git, move_tree, reset_branch
 from tests.support import need, need_program, need_root
 
-pytestmark = [pytest.mark.real, pytest.mark.slow, pytest.mark.timeout(4800)]
+pytestmark = [pytest.mark.real, pytest.mark.slow, pytest.mark.timeout(7200)]
 
 ROOT = Path(__file__).resolve().parents[2]
 KVMPLE = [sys.executable, "-m", "kvmple.cli"]
@@ -37,7 +37,7 @@ def _night(config: Path, night: str, log: Path) -> subprocess.CompletedProcess[s
         [*KVMPLE, "nightly", str(config), "--night", night],
         capture_output=True,
         text=True,
-        timeout=2400,
+        timeout=3600,  # a loaded 2-CPU host took >40 min for a cold build
         cwd=ROOT,
         check=False,
     )
