@@ -110,9 +110,10 @@ class LoopStatus:
     pid: int
     cpu: int
     running: bool
-    busy: float
+    busy: float  # CPU time / wall time over the sample (low when the host starves the vCPU)
     affinity: tuple[int, ...]
     last_cpu: int | None
+    share: float = 0.0  # CPU time / time its vCPU accounted (~1.0: the vCPU is the loop's)
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,9 @@ def loop(
     affinity: tuple[int, ...] | None = None,
     running: bool = True,
 ) -> LoopStatus:
-    return LoopStatus(pid, cpu, running, busy, affinity if affinity is not None else (cpu,), cpu)
+    return LoopStatus(
+        pid, cpu, running, busy, affinity if affinity is not None else (cpu,), cpu, share=busy
+    )
 
 
 def test_check_loops() -> None:
@@ -115,7 +117,7 @@ def test_check_loops() -> None:
     problems = check_loops(bad, expected=2, min_busy=0.85)
     assert problems == [
         "3 loops recorded, 2 expected",
-        "loop 10 (vCPU 0) used 40% of its vCPU (< 85%)",
+        "loop 10 (vCPU 0) got 40% of its vCPU's time (< 85%; 40% of wall time)",
         "loop 11 (vCPU 1) is pinned to [0, 1], not [1]",
         "loop 12 (vCPU 2) is not running",
     ]
