@@ -40,6 +40,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p_check.add_argument("recipe", help="recipe file, or a name from guest-images/")
     p_check.add_argument("--accel", default="tcg,thread=multi", help="QEMU -accel value")
     p_check.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="seconds allowed for SSH, and again for RabbitMQ (TCG on a busy host is slow)",
+    )
+    p_check.add_argument(
         "--amqp",
         action="store_true",
         help="also wait for RabbitMQ (default: only if the built image has rabbitmq-server)",
@@ -110,7 +116,14 @@ def _check(args: argparse.Namespace) -> int:
     image = build(find_recipe(args.recipe))
     amqp = args.amqp or "rabbitmq-server" in image.manifest.get("packages", {})
     with tempfile.TemporaryDirectory(prefix="kvmple-image-check-") as tmp:
-        times = probe(image, Path(tmp), amqp=amqp, accel=args.accel)
+        times = probe(
+            image,
+            Path(tmp),
+            amqp=amqp,
+            accel=args.accel,
+            ssh_timeout=args.timeout,
+            amqp_timeout=2 * args.timeout,
+        )
     ui.out.print(f"{image.name}: ssh {times.ssh_seconds:.1f}s after start", end="")
     if times.amqp_seconds is not None:
         ui.out.print(f", RabbitMQ {times.amqp_seconds:.1f}s", end="")
