@@ -438,13 +438,13 @@ def install(ctx: StepContext) -> tuple[str, dict[str, Any]]:
     report = diagnose(probe_kvm=False)
     if report.accelerator != "kvm":
         raise Skip(
-            f"skipped: {NOT_VERIFIED} / no VT-x host ({report.reason}); the campaign "
+            f"{NOT_VERIFIED} / no VT-x host ({report.reason}); the campaign "
             f"runs on the running kernel {platform.release()}",
             outputs,
         )
     if not ctx.config.install.enabled:
         raise Skip(
-            f"skipped: install.enabled is false; the campaign runs on the running "
+            f"install.enabled is false; the campaign runs on the running "
             f"kernel {platform.release()}",
             outputs,
         )

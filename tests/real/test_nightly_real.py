@@ -107,7 +107,8 @@ def test_two_nights_in_a_row_compare_the_second_with_the_first(
     assert steps["fetch"]["outputs"]["commit"] == base
     assert steps["apply"]["outputs"]["counts"] == {"applied": 2}
     release = steps["build"]["outputs"]["release"]
-    assert release.startswith("6.1.") and release.endswith("-kvmple-selftest")
+    # kbuild appends "+" to a release built from a git tree not at a tag
+    assert release.startswith("6.1.") and "-kvmple-selftest" in release
     assert steps["boot-test"]["outputs"]["release"] == release
     assert (Path(steps["build"]["outputs"]["kept"]) / "bzImage").is_file()  # the night's kernel
     assert steps["boot-test"]["outputs"]["accel"] == "tcg"
