@@ -247,7 +247,7 @@ def test_spin_loops_on_host(spin: SpinLoops, count: int) -> None:
     executor = LocalExecutor()
     # The host's 2 CPUs are shared with other jobs (load 8 was seen), so "busy" is only
     # checked to be measurable here; in a guest (part 2) the loops own their vCPUs and the
-    # default 75% applies.
+    # default 60% share applies.
     params = {"count": count, "min_busy": 0.01, "sample_s": 1.0}
     spin.start(executor, params)
     status = spin.verify(executor)
@@ -390,7 +390,7 @@ def test_perftest_in_guest_drops_with_busy_loops_in_the_other_guest(
             with loops.running(other, {"count": count}) as status:
                 assert len(status.loops) == count
                 for loop in status.loops:
-                    assert loop.affinity == (loop.cpu,) and loop.share >= 0.75
+                    assert loop.affinity == (loop.cpu,) and loop.share >= 0.6
                 busy.extend((loop.share, loop.busy) for loop in status.loops)
                 for size in (8, 16):
                     params = {"npubs": 1, "nsubs": 1, "count": 1500, "size": size}
