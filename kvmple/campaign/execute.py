@@ -165,72 +165,79 @@ def _wait_for_quiet(ctx: _Context, cpus: frozenset[int], own_pids: Sequence[int]
 
 
 def _run_block(ctx: _Context, index: int, block: Block) -> None:
+    """Run a block's missing runs; guests that fail to boot or die mid-block are rebooted
+    (at most MAX_BLOCK_BOOTS boots), the runs already stored are never repeated."""
+    boots = 0
+    last_error = ""
+    while any(r.key not in ctx.done for r in block.runs):
+        boots += 1
+        if boots > MAX_BLOCK_BOOTS:
+            raise CampaignError(
+                f"block {index + 1} ({block.knob_key}): guests failed {MAX_BLOCK_BOOTS} times, "
+                f"last: {last_error}",
+                hint=f"see the campaign log {ctx.outcome.log_path}",
+            )
+        try:
+            _boot_and_run(ctx, index, block)
+        except GuestError as exc:
+            # The failed attempt (if a run was going) is stored; reboot and carry on.
+            last_error = exc.message
+            ui.warn(f"{exc.message}; rebooting the guests of this block")
+            log.warning("guest failure, rebooting block: %s", exc.message)
+
+
+def _boot_and_run(ctx: _Context, index: int, block: Block) -> None:
     from kvmple.vm.lifecycle import boot_guests
 
     playbook = ctx.playbook
     shared = playbook.guests[playbook.measured_role].host_cpus
     keep_smt = any(g.keep_smt_siblings for g in playbook.guests.values())
-    boots = 0
-    while any(r.key not in ctx.done for r in block.runs):
-        boots += 1
-        if boots > MAX_BLOCK_BOOTS:
-            raise CampaignError(
-                f"block {index + 1} ({block.knob_key}): guests failed {MAX_BLOCK_BOOTS} times",
-                hint=f"see the campaign log {ctx.outcome.log_path}",
+    with contextlib.ExitStack() as stack:
+        knobs = stack.enter_context(_knobs(ctx, block))
+        _wait_for_quiet(ctx, shared, ())
+        ctx.bar.update(ctx.task, description=f"{block.knob_key}: booting guests")
+        log.info("block %d (%s): booting guests", index + 1, block.knob_key)
+        ctx.bar.console.print(f"block {index + 1} ({block.knob_key}): booting guests")
+        boot_start = time.monotonic()
+        guests = stack.enter_context(
+            boot_guests(
+                _specs(ctx), ready_timeout=playbook.timeouts.boot, keep_smt_siblings=keep_smt
             )
-        with contextlib.ExitStack() as stack:
-            knobs = stack.enter_context(_knobs(ctx, block))
-            _wait_for_quiet(ctx, shared, ())
-            ctx.bar.update(ctx.task, description=f"{block.knob_key}: booting guests")
-            log.info("block %d (%s): booting guests", index + 1, block.knob_key)
-            ctx.bar.console.print(f"block {index + 1} ({block.knob_key}): booting guests")
-            boot_start = time.monotonic()
-            guests = stack.enter_context(
-                boot_guests(
-                    _specs(ctx), ready_timeout=playbook.timeouts.boot, keep_smt_siblings=keep_smt
-                )
-            )
-            ctx.outcome.boots += 1
-            by_role = {g.spec.role: g for g in guests}
-            workloads = _prepare(ctx, by_role)
-            ctx.outcome.boot_seconds += time.monotonic() - boot_start
-            log.info("block %d: guests ready in %.1fs", index + 1, time.monotonic() - boot_start)
-            block_facts = {
-                "knobs": knobs,
-                "affinity": {
-                    role: {str(k): list(v) for k, v in g.affinity().items()}
-                    for role, g in by_role.items()
-                },
-                "threads": {role: g.readback.get("vcpu_threads") for role, g in by_role.items()},
-            }
-            # Failed attempts go to the back of the queue and are retried with the same guests
-            # (at most MAX_ATTEMPTS per run: _one_run raises past that).
-            queue = [(pos, r) for pos, r in enumerate(block.runs) if r.key not in ctx.done]
-            try:
-                while queue:
-                    position, run = queue.pop(0)
-                    if _precise_enough(ctx, run):
-                        ctx.done.add(run.key)
-                        ctx.outcome.skipped_adaptive += 1
-                        ctx.bar.advance(ctx.task)
-                        continue
-                    if not _one_run(
-                        ctx,
-                        block_index=index,
-                        position=position,
-                        run=run,
-                        guests=by_role,
-                        workloads=workloads,
-                        block_facts=block_facts,
-                        shared=shared,
-                    ):
-                        queue.append((position, run))
-            except GuestError as exc:
-                # A guest died or stopped answering: the failed attempt is stored; reboot the
-                # block's guests and continue with the runs still missing.
-                ui.warn(f"{exc.message}; rebooting the guests of this block")
-                log.warning("guest failure, rebooting block: %s", exc.message)
+        )
+        ctx.outcome.boots += 1
+        by_role = {g.spec.role: g for g in guests}
+        workloads = _prepare(ctx, by_role)
+        ctx.outcome.boot_seconds += time.monotonic() - boot_start
+        log.info("block %d: guests ready in %.1fs", index + 1, time.monotonic() - boot_start)
+        block_facts = {
+            "knobs": knobs,
+            "affinity": {
+                role: {str(k): list(v) for k, v in g.affinity().items()}
+                for role, g in by_role.items()
+            },
+            "threads": {role: g.readback.get("vcpu_threads") for role, g in by_role.items()},
+        }
+        # Failed attempts go to the back of the queue and are retried with the same guests
+        # (at most MAX_ATTEMPTS per run: _one_run raises past that).
+        queue = [(pos, r) for pos, r in enumerate(block.runs) if r.key not in ctx.done]
+        while queue:
+            position, run = queue.pop(0)
+            if _precise_enough(ctx, run):
+                ctx.done.add(run.key)
+                ctx.outcome.skipped_adaptive += 1
+                ctx.bar.advance(ctx.task)
                 continue
+            if not _one_run(
+                ctx,
+                block_index=index,
+                position=position,
+                run=run,
+                guests=by_role,
+                workloads=workloads,
+                block_facts=block_facts,
+                shared=shared,
+            ):
+                queue.append((position, run))
 
 
 def _prepare(ctx: _Context, guests: dict[str, Any]) -> dict[str, Any]:
