@@ -21,9 +21,14 @@ import pytest
 
 from kvmple.results import open_store
 from tests.real.nightly_tree import TARBALL, cached_git_tree, git, move_tree, reset_branch
-from tests.support import need, need_program, need_root
+from tests.support import need, need_program, need_root, unproven
 
-pytestmark = [pytest.mark.real, pytest.mark.slow, pytest.mark.timeout(7200)]
+pytestmark = [
+    pytest.mark.real,
+    pytest.mark.slow,
+    pytest.mark.timeout(7200),
+    unproven(9, "two nights have not yet passed end to end here (~50 min on a loaded host)"),
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 KVMPLE = [sys.executable, "-m", "kvmple.cli"]
