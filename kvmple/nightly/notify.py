@@ -4,33 +4,23 @@ the host's sendmail program (``sendmail -t -oi``; kvmple never speaks SMTP itsel
 from __future__ import annotations
 
 import os
-import tempfile
 from email.message import EmailMessage
 from pathlib import Path
 
+from kvmple import fsutil
 from kvmple.errors import ConfigError, StoreError
 from kvmple.nightly.config import Email
 from kvmple.run import run
 
 
 def write_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file and a rename (world-readable)."""
+    """Write ``text`` to ``path`` atomically (world-readable); errors name the file."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        return fsutil.write_atomic(path, text)
     except OSError as exc:
         raise StoreError(
             f"cannot write {path}: {exc.strerror}", hint="check the notify paths in the config"
         ) from exc
-    return path
 
 
 def compose(email: Email, subject: str, body: str, attachment: tuple[str, str] | None) -> str:

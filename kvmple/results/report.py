@@ -9,11 +9,9 @@ runner at the end of ``kvmple run``:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
-from kvmple import paths
+from kvmple import fsutil, paths
 from kvmple.errors import StoreError, UsageError
 from kvmple.results.analysis import CampaignAnalysis, analyse
 from kvmple.results.html import render_html
@@ -56,16 +54,7 @@ def default_report_path(analysis: CampaignAnalysis, fmt: str) -> Path:
 def write_report(text: str, path: Path) -> Path:
     """Write atomically (temp file + rename): a reader never sees half a report."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        fsutil.write_atomic(path, text)
     except OSError as exc:
         raise StoreError(
             f"cannot write the report to {path}: {exc.strerror}",
