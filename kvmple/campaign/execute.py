@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kvmple import __version__, ui
@@ -25,7 +25,10 @@ from kvmple.results import CampaignMeta, RunRecord, Store
 
 log = logging.getLogger("kvmple.campaign")
 
-MAX_ATTEMPTS = 2  # per planned run: a failed attempt is stored, then retried once
+# Per planned run and invocation: a failed attempt is stored, then retried once. A resume
+# starts the count afresh (whoever resumes has usually fixed something), while the stored
+# "@failN" keys keep numbering across invocations so no attempt overwrites another.
+MAX_ATTEMPTS = 2
 MAX_BLOCK_BOOTS = 3  # guests that die mid-block are rebooted at most this often
 
 
@@ -100,10 +103,11 @@ class _Context:
     images: dict[str, Any]
     outcome: CampaignOutcome
     done: set[str]
-    failures: dict[str, int]
+    failures: dict[str, int]  # stored failed attempts per run key, all invocations
     values: dict[str, list[float]]
     bar: Any
     task: Any
+    tries: dict[str, int] = field(default_factory=dict)  # this invocation
 
 
 def _specs(ctx: _Context) -> list[Any]:
@@ -395,14 +399,15 @@ def _one_run(
         return True
     else:
         ctx.failures[run.key] = attempt
+        ctx.tries[run.key] = tries = ctx.tries.get(run.key, 0) + 1
         ctx.outcome.failed += 1
         log.warning("run %s failed (attempt %d): %s", run.key, attempt, reason)
         ui.warn(f"run {label} failed: {reason}")
         if guest_error is not None:
             raise guest_error
-        if attempt >= MAX_ATTEMPTS:
+        if tries >= MAX_ATTEMPTS:
             raise WorkloadError(
-                f"run {label} failed {attempt} times, last: {reason}",
+                f"run {label} failed {tries} times, last: {reason}",
                 hint=f"see the campaign log {ctx.outcome.log_path}",
             )
         return False

@@ -202,6 +202,36 @@ def test_broker_dropping_connections_mid_run_is_a_failed_run(broker: str) -> Non
     AmqpPerftest(bin_dir=BIN).between_runs(LocalExecutor(), {})
 
 
+def _broker_pids() -> list[int]:
+    result = run(["pgrep", "-u", "rabbitmq", "-f", "beam"], timeout=10, check=False)
+    return [int(pid) for pid in result.stdout.split()]
+
+
+def test_broker_stalling_mid_run_is_survived(broker: str) -> None:
+    """A broker that stops reading for seconds (a starved vCPU under the very overcommit we
+    measure) must slow the run down, not kill it: py-amqp's default TCP_USER_TIMEOUT of 1 s
+    turned such a stall into 'publisher 0: TimeoutError: [Errno 110]' (CI, spinners=2)."""
+    workload = AmqpPerftest(bin_dir=BIN)
+    params = {"count": 400_000, "size": 16, "client_timeout": 120}
+    thread, outcome = _in_background(workload.measure, LocalExecutor(), params, timeout=180)
+    _wait_for_clients(3)
+    time.sleep(1.0)
+    beams = _broker_pids()
+    assert beams, "no RabbitMQ beam process to stall"
+    try:
+        for pid in beams:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(4.0)
+    finally:
+        for pid in beams:
+            os.kill(pid, signal.SIGCONT)
+    thread.join(180)
+    assert "error" not in outcome, outcome.get("error")
+    measurement = outcome["value"]
+    assert measurement.value * measurement.window_s == pytest.approx(2 * 400_000, rel=1e-6)  # type: ignore[attr-defined]
+    AmqpPerftest(bin_dir=BIN).between_runs(LocalExecutor(), {})
+
+
 def test_lost_messages_fail_the_run(broker: str) -> None:
     """A foreign consumer on the perftest's queue takes messages: the count check fails."""
     import_amqp = run(["/usr/bin/python3", "-c", "import amqp"], timeout=30, check=False)

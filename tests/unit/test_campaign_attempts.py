@@ -1,0 +1,127 @@
+"""How a campaign counts failed attempts: stored under unique "@failN" keys across
+invocations, but limited per invocation, so a resume gets a fresh retry.
+
+Drives execute._one_run with a real SQLite store and a workload that always fails; guests
+and images are plain records (booting real ones is the real tier's job).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from kvmple import ui
+from kvmple.campaign import execute
+from kvmple.campaign.model import CampaignOutcome, HostFacts
+from kvmple.campaign.plan import build_plan
+from kvmple.campaign.playbook import load_playbook
+from kvmple.errors import WorkloadError
+from kvmple.executor import LocalExecutor
+from kvmple.results import CampaignMeta, RunRecord, open_store
+
+SMOKE = Path(__file__).resolve().parents[2] / "playbooks" / "smoke.yaml"
+
+
+class AlwaysFails:
+    def between_runs(self, executor: Any, params: Any) -> None:
+        pass
+
+    def measure(self, executor: Any, params: Any, timeout: float) -> Any:
+        raise WorkloadError("perftest failed on guest amqp: publisher 0: broker went quiet")
+
+
+def _context(tmp_path: Path, store: Any, meta: CampaignMeta, bar: Any, task: Any) -> Any:
+    loaded = load_playbook(SMOKE)
+    host = HostFacts(
+        accelerator="tcg",
+        verdict="tcg",
+        reason="test",
+        ple_available=False,
+        ple_reason="test",
+        kvm_module=None,
+    )
+    stored = store.runs(meta.id)
+    failures: dict[str, int] = {}
+    for record in stored:
+        if record.status == "failed":
+            base = record.run_key.split("@", 1)[0]
+            failures[base] = failures.get(base, 0) + 1
+    image = SimpleNamespace(name="debian12-amqp", key="k", manifest={})
+    return execute._Context(
+        store,
+        meta,
+        loaded.playbook,
+        host,
+        {role: image for role in loaded.playbook.guests},
+        CampaignOutcome(campaign_id=meta.id, planned=1, log_path=tmp_path / "campaign.log"),
+        set(),
+        failures,
+        {},
+        bar,
+        task,
+    )
+
+
+def _attempt(ctx: Any, run: Any) -> bool:
+    guests = {
+        role: SimpleNamespace(executor=LocalExecutor(), readback={}) for role in ctx.playbook.guests
+    }
+    workloads = {ctx.playbook.measured_role: AlwaysFails()}
+    facts = {"knobs": {}, "affinity": {}, "threads": {}}
+    return bool(
+        execute._one_run(
+            ctx,
+            block_index=0,
+            position=0,
+            run=run,
+            guests=guests,
+            workloads=workloads,
+            block_facts=facts,
+            shared=frozenset({0}),
+        )
+    )
+
+
+def test_a_resume_retries_a_run_that_failed_before_and_keys_stay_unique(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'results.db'}")
+    playbook = load_playbook(SMOKE).playbook
+    run = build_plan(playbook, {"ple": "test host"}).runs[0]
+    meta = CampaignMeta(
+        id="smoke-attempts",
+        name="smoke",
+        playbook_hash="0" * 64,
+        playbook_text="",
+        created=time.time(),
+        status="running",
+        kvmple_version="test",
+        primary_metric="transfers_per_sec",
+    )
+    store.create_campaign(meta)
+    # A previous invocation stored one failed attempt, then was interrupted.
+    store.add_run(
+        RunRecord(
+            campaign_id=meta.id,
+            run_key=f"{run.key}@fail1",
+            cell={},
+            run_index=0,
+            status="failed",
+            reason="earlier",
+            started=1.0,
+            ended=2.0,
+        )
+    )
+    with ui.progress() as bar:
+        task = bar.add_task("t", total=1)
+        ctx = _context(tmp_path, store, meta, bar, task)
+        assert _attempt(ctx, run) is False  # first try of this invocation: queued again
+        with pytest.raises(WorkloadError, match=r"failed 2 times, last: .*broker went quiet"):
+            _attempt(ctx, run)
+    keys = sorted(r.run_key for r in store.runs(meta.id))
+    assert keys == [f"{run.key}@fail1", f"{run.key}@fail2", f"{run.key}@fail3"]
+    stored = {r.run_key: r for r in store.runs(meta.id)}
+    assert stored[f"{run.key}@fail3"].provenance["attempt"] == 3
+    assert "broker went quiet" in stored[f"{run.key}@fail3"].reason
