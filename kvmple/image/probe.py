@@ -42,6 +42,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class DirectBoot:
+    """What QEMU boots directly: by default the image's own kernel, initrd and command line;
+    the kernel boot test (``kvmple kernel boot-test --image``) puts a built kernel here,
+    possibly without an initrd."""
+
+    kernel: Path
+    initrd: Path | None
+    cmdline: str
+
+    @classmethod
+    def of(cls, image: Image) -> DirectBoot:
+        return cls(image.kernel, image.initrd, image.cmdline)
+
+
 def qemu_argv(
     image: Image,
     overlay: Path,
@@ -51,8 +66,11 @@ def qemu_argv(
     cpus: int,
     memory_mib: int,
     accel: str,
+    boot: DirectBoot | None = None,
 ) -> list[str]:
     """The QEMU command line for a direct-kernel-boot probe (pure)."""
+    boot = boot or DirectBoot.of(image)
+    initrd = ["-initrd", str(boot.initrd)] if boot.initrd is not None else []
     return [
         "qemu-system-x86_64",
         "-accel",
@@ -68,11 +86,10 @@ def qemu_argv(
         "-serial",
         f"file:{console}",
         "-kernel",
-        str(image.kernel),
-        "-initrd",
-        str(image.initrd),
+        str(boot.kernel),
+        *initrd,
         "-append",
-        image.cmdline,
+        boot.cmdline,
         "-drive",
         f"file={overlay},if=virtio,format=qcow2,cache=unsafe",
         "-netdev",
@@ -151,8 +168,10 @@ def booted(
     cpus: int = 2,
     memory_mib: int = 2048,
     accel: str = "tcg,thread=multi",
+    boot: DirectBoot | None = None,
 ) -> Iterator[tuple[Guest, Iterator[None]]]:
-    """Boot ``image`` from an overlay in ``workdir``; stopped and removed on exit."""
+    """Boot ``image`` (or ``boot``'s kernel with the image as root) from an overlay in
+    ``workdir``; stopped and removed on exit."""
     workdir.mkdir(parents=True, exist_ok=True)
     overlay = workdir / "overlay.qcow2"
     run(
@@ -164,7 +183,9 @@ def booted(
     known_hosts = workdir / "known_hosts"
     known_hosts.write_text(image.known_hosts("127.0.0.1", port), encoding="utf-8")
     console = workdir / "console.log"
-    argv = qemu_argv(image, overlay, console, port, cpus=cpus, memory_mib=memory_mib, accel=accel)
+    argv = qemu_argv(
+        image, overlay, console, port, cpus=cpus, memory_mib=memory_mib, accel=accel, boot=boot
+    )
     started = time.monotonic()
     try:
         with background(argv, log=workdir / "qemu.log") as process:

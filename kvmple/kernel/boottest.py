@@ -18,11 +18,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kvmple.errors import CommandError, CommandTimeout, GuestError
 from kvmple.kernel.initramfs import MARKER, boot_initramfs
 from kvmple.paths import cache_dir
 from kvmple.run import run_logged, which
+
+if TYPE_CHECKING:
+    from kvmple.kernel.imageboot import ImageBootResult
 
 RECORD = "kvmple-boottest.json"
 
@@ -191,10 +195,14 @@ def boot_test(
     )
 
 
-def record_pass(out: Path, result: BootResult, image_sha256: str) -> Path:
-    """Write the pass record the install step insists on (tied to the image's hash)."""
+def record_pass(
+    out: Path, result: BootResult | ImageBootResult, image_sha256: str, *, kind: str = "initramfs"
+) -> Path:
+    """Write the pass record the install step insists on (tied to the image's hash); ``kind``
+    says which boot test passed: the initramfs gate or a full guest image."""
     data = {
         **asdict(result),
+        "kind": kind,
         "image_sha256": image_sha256,
         "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -26,6 +26,7 @@ from kvmple.kernel.apply import read_record
 from kvmple.kernel.configs import (
     BOOT_TEST_ALLOWED_TO_VANISH,
     BOOT_TEST_FRAGMENT,
+    IMAGE_BOOT_FRAGMENT,
     FragmentCheck,
     check_fragments,
     kconfig_symbols,
@@ -37,6 +38,8 @@ from kvmple.run import run, run_logged, which
 
 MANIFEST = "kvmple-build.json"
 BUILTIN_FRAGMENT = "kvmple-boot"  # name of BOOT_TEST_FRAGMENT on the command line
+IMAGE_FRAGMENT = "kvmple-image"  # name of IMAGE_BOOT_FRAGMENT (boot-test --image)
+BUILTIN_FRAGMENTS = {BUILTIN_FRAGMENT: BOOT_TEST_FRAGMENT, IMAGE_FRAGMENT: IMAGE_BOOT_FRAGMENT}
 
 
 @dataclass(frozen=True)
@@ -63,11 +66,11 @@ def _arch() -> str:
 
 
 def resolve_fragment(name: str, tree: Path, out: Path) -> Path:
-    """A fragment path, an in-tree fragment name (kernel/configs, arch/*/configs), or the
-    built-in ``kvmple-boot`` fragment."""
-    if name == BUILTIN_FRAGMENT:
-        path = out / f"{BUILTIN_FRAGMENT}.config"
-        path.write_text(BOOT_TEST_FRAGMENT, encoding="utf-8")
+    """A fragment path, an in-tree fragment name (kernel/configs, arch/*/configs), or a
+    built-in fragment (``kvmple-boot``, ``kvmple-image``)."""
+    if name in BUILTIN_FRAGMENTS:
+        path = out / f"{name}.config"
+        path.write_text(BUILTIN_FRAGMENTS[name], encoding="utf-8")
         return path
     candidates = [
         Path(name),
@@ -79,7 +82,7 @@ def resolve_fragment(name: str, tree: Path, out: Path) -> Path:
             return candidate.resolve()
     raise ConfigError(
         f"config fragment {name!r} not found (looked at {', '.join(map(str, candidates))})",
-        hint=f"pass a file path, a name from kernel/configs/, or {BUILTIN_FRAGMENT}",
+        hint=f"pass a file path, a name from kernel/configs/, or {' or '.join(BUILTIN_FRAGMENTS)}",
     )
 
 

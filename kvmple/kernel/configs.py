@@ -32,6 +32,48 @@ CONFIG_PROC_FS=y
 CONFIG_SYSFS=y
 """
 
+# What ``boot-test --image`` needs on top of tinyconfig + kvm_guest.config + kvmple-boot: the
+# image's root and network drivers built in (its modules are for its own kernel), and what
+# systemd (Debian 12's 252) and its user space need of the kernel (systemd's README lists
+# the required options), plus AF_PACKET for the image's DHCP client and initrd
+# decompressors for an --initrd.
+IMAGE_BOOT_FRAGMENT = """\
+# kvmple image-boot fragment: on top of tinyconfig + kvm_guest.config + kvmple-boot
+# root and network of the guest image, built in
+CONFIG_VIRTIO_PCI=y
+CONFIG_VIRTIO_BLK=y
+CONFIG_VIRTIO_NET=y
+CONFIG_EXT4_FS=y
+CONFIG_PACKET=y
+CONFIG_UNIX=y
+# systemd
+CONFIG_MULTIUSER=y
+CONFIG_CGROUPS=y
+CONFIG_INOTIFY_USER=y
+CONFIG_SIGNALFD=y
+CONFIG_TIMERFD=y
+CONFIG_EPOLL=y
+CONFIG_EVENTFD=y
+CONFIG_FHANDLE=y
+CONFIG_FUTEX=y
+CONFIG_POSIX_TIMERS=y
+CONFIG_FILE_LOCKING=y
+CONFIG_SHMEM=y
+CONFIG_TMPFS=y
+CONFIG_TMPFS_POSIX_ACL=y
+CONFIG_TMPFS_XATTR=y
+CONFIG_AUTOFS_FS=y
+CONFIG_PROC_SYSCTL=y
+CONFIG_SECCOMP=y
+CONFIG_NAMESPACES=y
+CONFIG_SYSVIPC=y
+CONFIG_ADVISE_SYSCALLS=y
+CONFIG_UNIX98_PTYS=y
+# an --initrd (Debian's are zstd)
+CONFIG_RD_GZIP=y
+CONFIG_RD_ZSTD=y
+"""
+
 # kvm_guest.config asks for these, but tinyconfig has no SCSI and no DRM: the boot gate does
 # not need them, so the minimal preset allows them to vanish (and reports that they did).
 BOOT_TEST_ALLOWED_TO_VANISH = frozenset({"SCSI_LOWLEVEL", "SCSI_VIRTIO", "DRM_VIRTIO_GPU"})
