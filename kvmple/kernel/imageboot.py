@@ -28,6 +28,7 @@ from pathlib import Path
 from kvmple.errors import CommandError, ConfigError, GuestError, HostError, UsageError
 from kvmple.image.artifact import Image
 from kvmple.image.probe import DirectBoot, Guest, booted, wait_ssh
+from kvmple.kernel.boottest import kvm_usable
 from kvmple.run import which
 
 # Said in every failure's hint and in docs/kernel.md: what a kernel booted this way needs.
@@ -150,11 +151,15 @@ def _failure(
     )
 
 
-def _uname(guest: Guest) -> str:
+def _uname(guest: Guest, log: Path) -> str:
     try:
         result = guest.ssh(["uname", "-r"], timeout=60)
-    except CommandError as exc:
-        raise GuestError(f"SSH worked but 'uname -r' failed: {exc.message}") from exc
+    except CommandError as exc:  # CommandTimeout included
+        raise GuestError(
+            f"image boot test ({guest.image.name}): SSH login worked but 'uname -r' failed: "
+            f"{exc.message}",
+            hint=f"full console log: {log}",
+        ) from exc
     return result.stdout.strip()
 
 
@@ -186,8 +191,6 @@ def image_boot_test(
             hint="run scripts/setup-host.sh (qemu-system-x86, qemu-utils, openssh-client)",
         )
     if accel == "auto":
-        from kvmple.kernel.boottest import kvm_usable
-
         accel = "kvm" if kvm_usable() else "tcg"
     cmdline = boot_cmdline(image.cmdline, append)
     root = root_parameter(cmdline)
@@ -207,9 +210,9 @@ def image_boot_test(
         ) as (guest, alive):
             try:
                 seconds_to_ssh = wait_ssh(guest, alive, timeout)
-                release = _uname(guest)
             except GuestError as exc:
                 raise _failure(exc, guest, workdir, root=root, accel=accel, log=log) from exc
+            release = _uname(guest, log)
     finally:
         # keep the console, drop the rest (the overlay is already gone: booted() removed it)
         if (workdir / "console.log").is_file():
