@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -27,7 +26,7 @@ from kvmple.executor import LocalExecutor
 from kvmple.run import run, which
 from kvmple.workloads import AmqpPerftest, Hackbench, SpinLoops
 from kvmple.workloads.programs import guest_dir
-from tests.support import need, need_program, need_root, unproven
+from tests.support import need, need_program, need_root
 
 pytestmark = pytest.mark.real
 
@@ -361,7 +360,8 @@ def guests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, o
             )
             for role, memory in (("amqp", 1536), ("spin", 1024))
         ]
-        yield from _booted(boot_guests, specs)
+        with boot_guests(specs, uri=URI, ready_timeout=READY_TIMEOUT) as booted:
+            yield booted[0], booted[1]
     finally:
         for key, value in saved.items():
             if value is None:
@@ -370,29 +370,6 @@ def guests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, o
                 os.environ[key] = value
 
 
-def _booted(boot_guests: Any, specs: list[Any]) -> Iterator[tuple[object, object]]:
-    """boot_guests, retried when SSH login "was refused" during boot.
-
-    Workaround, to be removed: on a heavily loaded host paramiko raises "Authentication
-    timeout." (an AuthenticationException) and kvmple/remote.py reports that as a refused
-    login instead of "not answering yet", which ends the boot (seen twice at load 17-20).
-    """
-    from kvmple.errors import GuestError
-
-    for attempt in range(3):
-        try:
-            with boot_guests(specs, uri=URI, ready_timeout=READY_TIMEOUT) as booted:
-                yield booted[0], booted[1]
-            return
-        except GuestError as exc:
-            if "was refused" not in exc.message or attempt == 2:
-                raise
-            print(f"boot attempt {attempt + 1}: {exc.message}; retrying")
-
-
-@unproven(
-    5, "the two-guest workload test has not yet passed end to end here (its boot errored at load)"
-)
 def test_perftest_in_guest_drops_with_busy_loops_in_the_other_guest(
     guests: tuple[object, object],
 ) -> None:
