@@ -53,4 +53,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    from kvmple.cli import unwind_on_sigterm
+
+    unwind_on_sigterm()  # SIGTERM cleans up the guests like Ctrl-C
     sys.exit(main())

@@ -53,14 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM unwinds like Ctrl-C so every context manager (VMs, PLE changes) cleans up.
     raise KeyboardInterrupt
+
+
+def unwind_on_sigterm() -> None:
+    """Make SIGTERM unwind like Ctrl-C, so every context manager (VMs, PLE changes) cleans
+    up; scripts that boot guests without going through main() (bench/) call it too."""
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    unwind_on_sigterm()
     try:
         code = args.handler(args)
         return int(code or 0)

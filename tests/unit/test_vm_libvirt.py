@@ -143,7 +143,11 @@ def test_interrupt_while_booting_cleans_up(lv: Libvirt, image: FileImage) -> Non
         time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGINT)
 
-    specs = [make_spec(role=r, image=image) for r in ("a", "b")]
+    # on separate host CPUs, so both boot at once (boot_waves)
+    specs = [
+        make_spec(role="a", image=image, vcpus=1, vcpu_pins=((0,),)),
+        make_spec(role="b", image=image, vcpus=1, vcpu_pins=((1,),)),
+    ]
     interrupter = threading.Thread(target=interrupt_soon)
     interrupter.start()
     start = time.monotonic()
