@@ -92,7 +92,8 @@ def register(sub: Any) -> None:
         "--fragment",
         action="append",
         metavar="F",
-        help="config fragment (file, kernel/configs name, or kvmple-boot); "
+        help="config fragment (file, kernel/configs name, kvmple-boot, or kvmple-image for "
+        "boot-test --image); "
         "default with tinyconfig: kvm_guest.config + kvmple-boot",
     )
     build.add_argument(
