@@ -48,8 +48,41 @@ def main() -> int:
         f"if guests booted every run:  {reboot_every_run:8.2f}   "
         f"({reboot_every_run / ratio:.1f}x worse)"
     )
+    print_breakdown(db, outcome.campaign_id, outcome.wall_seconds, outcome.boot_seconds)
     print(f"campaign {outcome.campaign_id} in {db}")
     return 0
+
+
+def print_breakdown(db: str, campaign_id: str, wall: float, boot: float) -> None:
+    """Where the wall time went: boots, measurement windows, and the rest of every run
+    (starting and stopping the workloads, checks, evidence) by overcommit level."""
+    from kvmple.results import open_store
+
+    with open_store(db) as store:
+        runs = [r for r in store.runs(campaign_id) if r.status == "ok"]
+    by_level: dict[float, list[tuple[float, float]]] = {}
+    for r in runs:
+        level = float(r.cell.get("overcommit", 0) or 0)
+        by_level.setdefault(level, []).append((r.ended - r.started, r.measure_seconds))
+    pairs_all = [pair for pairs in by_level.values() for pair in pairs]
+    in_runs = sum(d for d, _ in pairs_all)
+    print("where the wall time went:")
+    print(f"  guest boots + workload preparation {boot:8.1f} s  ({boot / wall:.0%})")
+    windows = sum(w for _, w in pairs_all)
+    print(f"  measurement windows                {windows:8.1f} s  ({windows / wall:.0%})")
+    print(
+        f"  rest of each run (start/stop)      {in_runs - windows:8.1f} s  "
+        f"({(in_runs - windows) / wall:.0%})"
+    )
+    rest = wall - boot - in_runs
+    print(f"  between runs, knobs, bookkeeping   {rest:8.1f} s  ({rest / wall:.0%})")
+    for level, pairs in sorted(by_level.items()):
+        mean_window = sum(w for _, w in pairs) / len(pairs)
+        mean_rest = sum(d - w for d, w in pairs) / len(pairs)
+        print(
+            f"  overcommit {level:.1f}: {len(pairs)} runs, mean window {mean_window:5.1f} s, "
+            f"mean rest of run {mean_rest:5.1f} s"
+        )
 
 
 if __name__ == "__main__":
