@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,3 +33,14 @@ def shared_cache(monkeypatch: pytest.MonkeyPatch) -> Path:
     # the installation key is baked into cached images: share one with the cache
     monkeypatch.setenv("KVMPLE_KEY_DIR", str(path / "ssh"))
     return path
+
+
+@pytest.fixture
+def ctrl_c() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt for the test, as in a terminal: a shell starts
+    background jobs (e.g. `nohup .ci/run &`) with SIGINT ignored, which Python keeps."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

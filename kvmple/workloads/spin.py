@@ -118,6 +118,13 @@ class SpinLoops:
         p = self._params if params is None else parse_params(SpinParams, params, where="spin")
         status = self.status(executor, p.sample_s)
         problems = check_loops(status, expected=p.count, min_busy=p.min_busy)
+        if problems and _only_short_of_share(status, p.count):
+            # Alive and pinned but short of CPU share in one sample: under TCG a vCPU that
+            # the host descheduled catches up on timer work when it runs again, which the
+            # guest accounts to that vCPU (a loop got 53% of its vCPU once in CI). Judge on
+            # a second, longer sample; a loop that really competes fails that one too.
+            status = self.status(executor, 2 * p.sample_s)
+            problems = check_loops(status, expected=p.count, min_busy=p.min_busy)
         if problems:
             raise WorkloadError(
                 f"busy loops on {executor.name} not running as asked: {'; '.join(problems)}",
@@ -166,6 +173,12 @@ def stop_unit(executor: Executor, unit: str, *, timeout: float) -> bool:
             hint="set stop_services: [] to leave it running",
         )
     return True
+
+
+def _only_short_of_share(status: LoadStatus, expected: int) -> bool:
+    return len(status.loops) == expected and all(
+        loop.running and loop.affinity == (loop.cpu,) for loop in status.loops
+    )
 
 
 def check_loops(status: LoadStatus, *, expected: int, min_busy: float) -> list[str]:

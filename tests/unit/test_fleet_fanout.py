@@ -123,6 +123,7 @@ def test_cli_summary_and_exit_code(
     assert main(["fleet", "run", str(path), str(tmp_path / "absent.yaml")]) == 3
 
 
+@pytest.mark.usefixtures("ctrl_c")
 def test_ctrl_c_cuts_every_connection_promptly(hosts: list[LoopbackHost], tmp_path: Path) -> None:
     import os
     import signal

@@ -132,6 +132,7 @@ def test_guest_that_dies_while_booting(lv: Libvirt, image: FileImage) -> None:
     _nothing_left(lv)
 
 
+@pytest.mark.usefixtures("ctrl_c")
 def test_interrupt_while_booting_cleans_up(lv: Libvirt, image: FileImage) -> None:
     """Ctrl-C (and SIGTERM, which kvmple.cli turns into KeyboardInterrupt) mid-boot: a real
     SIGINT to this process while boot_guests waits for SSH."""

@@ -197,3 +197,46 @@ def test_hackbench_is_measured_and_lower_is_better() -> None:
     (metric,) = Hackbench.metrics
     assert metric.name == "time" and not metric.higher_is_better
     assert AmqpPerftest.metrics[0].higher_is_better
+
+
+class StatusReplies:
+    """An executor answering 'kvmple-spin status' with the given shares, one reply per call."""
+
+    name = "guest spin"
+
+    def __init__(self, *shares: float, affinity: list[int] | None = None) -> None:
+        self.shares = list(shares)
+        self.affinity = affinity
+        self.samples: list[str] = []
+
+    def run(self, argv: list[str], **kwargs: object) -> Result:
+        sample = next(a for a in argv if a.startswith("--sample="))
+        self.samples.append(sample.split("=", 1)[1])
+        share = self.shares.pop(0)
+        loop = {
+            "pid": 10,
+            "cpu": 0,
+            "running": True,
+            "busy": share,
+            "share": share,
+            "affinity": self.affinity or [0],
+            "last_cpu": 0,
+        }
+        reply = json.dumps({"sample_s": 1.0, "loops": [loop]})
+        return Result(tuple(argv), 0, reply + "\n", "", 0.1, self.name)
+
+
+def test_spin_verify_judges_a_short_share_on_a_second_longer_sample() -> None:
+    spin = SpinLoops(bin_dir="/opt/kvmple/bin")
+    params = {"count": 1, "sample_s": 1.0}
+    dip = StatusReplies(0.53, 0.97)
+    assert spin.verify(dip, params).loops[0].share == 0.97  # type: ignore[arg-type]
+    assert dip.samples == ["1", "2"]
+    starved = StatusReplies(0.53, 0.41)
+    with pytest.raises(WorkloadError, match=r"got 41% of its vCPU's time"):
+        spin.verify(starved, params)  # type: ignore[arg-type]
+    # a loop pinned wrongly is not a dip: no second sample
+    wrong = StatusReplies(0.99, affinity=[0, 1])
+    with pytest.raises(WorkloadError, match=r"pinned to \[0, 1\]"):
+        spin.verify(wrong, params)  # type: ignore[arg-type]
+    assert wrong.samples == ["1"]
