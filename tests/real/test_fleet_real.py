@@ -24,13 +24,12 @@ import yaml
 
 from kvmple.results import open_store
 from tests.real.fleet_sshd import inventory_entry, loopback_host
-from tests.support import need, need_program, need_root, unproven
+from tests.support import need, need_program, need_root
 
 pytestmark = [
     pytest.mark.real,
     pytest.mark.slow,
     pytest.mark.timeout(3000),
-    unproven(9, "the two-host fan-out has not yet passed end to end here"),
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
