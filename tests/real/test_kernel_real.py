@@ -8,10 +8,15 @@
   (tinyconfig + kvm_guest.config + kvmple-boot, ccache off), boot-tested under QEMU to user
   space with the expected release and the patched console line; a too-short timeout shows
   the hang path; the install plan accepts exactly this tested image.
+- boot-test --image: the debian12-amqp image's own Debian kernel + initrd, taken as "the
+  built kernel", boots the image to SSH with the release checked; the tinyconfig kernel
+  above (no ext4) fails fast with the reason in one line and the console tail, no overlay
+  left behind.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -24,6 +29,7 @@ import pytest
 
 from kvmple.cli import main
 from kvmple.errors import BuildError, GuestError
+from kvmple.image import resolve
 from kvmple.kernel.apply import Status, apply_series
 from kvmple.kernel.boottest import boot_test, load_pass
 from kvmple.kernel.build import BuildRequest, build_kernel, load_manifest
@@ -40,6 +46,8 @@ pytestmark = pytest.mark.real
 TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
 SHARED = Path("/var/cache/kvmple-tests")
 SELFTEST_LINE = "kvmple-selftest: patched kernel reached kernel_init"
+# Generous bound for a loaded 2-core CI host; SSH answers after ~30-60 s of TCG when quiet.
+IMAGE_SSH_TIMEOUT = "600"
 
 
 @pytest.fixture(scope="module")
@@ -200,3 +208,78 @@ def test_fragment_option_that_olddefconfig_drops_fails_before_compiling(
     assert f"CONFIG_KVM_INTEL=y (from {fragment}) is not set" in caught.value.message
     assert not (out / "vmlinux").exists() and not (out / "kvmple-build.json").exists()
     assert not (pristine / ".config").exists()  # the shared pristine tree was not written
+
+
+def _no_boot_leftovers(out: Path) -> None:
+    assert not list(out.glob(".boot-test-image-*")), "the boot's work directory was left"
+    assert not list(out.rglob("overlay.qcow2")), "an overlay was left"
+
+
+def test_image_boot_test_with_the_images_own_kernel_reaches_ssh(
+    shared_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for program in ("qemu-system-x86_64", "qemu-img", "ssh"):
+        need_program(program)
+    image = resolve("debian12-amqp")  # from the shared cache (built here when missing)
+    release = str(image.manifest["kernel_release"])
+    disk_before = image.qcow2.stat()
+    # the image's own kernel stands in for a built one: a build directory naming it
+    out = tmp_path / "out"
+    out.mkdir()
+    sha256 = hashlib.sha256(image.kernel.read_bytes()).hexdigest()
+    manifest = {"image": str(image.kernel), "release": release, "image_sha256": sha256}
+    (out / "kvmple-build.json").write_text(json.dumps(manifest))
+    argv = ["kernel", "boot-test", "--build", str(out), "--image", "debian12-amqp"]
+    argv += ["--initrd", str(image.initrd), "--accel", "tcg", "--timeout", IMAGE_SSH_TIMEOUT]
+    code = main([*argv, "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads(captured.out)
+    assert result["passed"] and result["release"] == release == result["expected"]
+    assert result["initrd"] == str(image.initrd) and "root=/dev/vda" in result["cmdline"]
+    print(
+        f"\nimage boot test ({image.name}, {release}): SSH after {result['seconds_to_ssh']} s, "
+        f"{result['seconds_total']} s in all ({result['accel']})"
+    )
+    console = Path(result["log"]).read_text(errors="replace")
+    assert f"Linux version {release}" in console  # the kernel's banner: 'quiet' was dropped
+    assert re.search(r"Welcome to \S*Debian GNU/Linux 12", console)  # the image's systemd ran
+    record = load_pass(out)
+    assert record is not None and record["kind"] == "image" and record["image_sha256"] == sha256
+    _no_boot_leftovers(out)
+    disk_after = image.qcow2.stat()  # the cached image was only a backing file
+    assert (disk_after.st_mtime_ns, disk_after.st_size) == (
+        disk_before.st_mtime_ns,
+        disk_before.st_size,
+    )
+
+
+def test_image_boot_test_of_a_kernel_without_ext4_fails_fast_with_the_reason(
+    built: dict[str, object], shared_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for program in ("qemu-system-x86_64", "qemu-img", "ssh"):
+        need_program(program)
+    resolve("debian12-amqp")
+    out = Path(str(built["out"]))
+    before = load_pass(out)
+    started = time.monotonic()
+    argv = ["kernel", "boot-test", "--build", str(out), "--image", "debian12-amqp"]
+    code = main([*argv, "--accel", "tcg", "--timeout", IMAGE_SSH_TIMEOUT])
+    seconds = time.monotonic() - started
+    err = capsys.readouterr().err
+    print(f"\ntinyconfig kernel with the image: failed after {seconds:.1f} s")
+    assert code == 7, err
+    assert "Traceback" not in err
+    first = err.splitlines()[0]
+    assert first == (
+        "kvmple: error: image boot test (debian12-amqp, tcg): the kernel cannot mount the "
+        "image's root (root=/dev/vda): it needs virtio-blk and ext4 built in, or an --initrd "
+        "that loads them; console tail:"
+    )
+    assert "VFS: Unable to mount root fs" in err  # the console tail shows the panic
+    assert "kvmple-image" in err and "EXT4_FS" in err  # the hint: what such a kernel needs
+    assert seconds < 300  # well before the 600 s timeout: a panic ends QEMU (panic=-1)
+    log = out / "boot-test-image.log"
+    assert "Kernel panic" in log.read_text(errors="replace")
+    _no_boot_leftovers(out)
+    assert load_pass(out) == before  # a failed image boot records nothing
