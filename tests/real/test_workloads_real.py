@@ -394,8 +394,9 @@ def test_perftest_in_guest_drops_with_busy_loops_in_the_other_guest(
     results: dict[tuple[int, int], list[float]] = {}
     splits = []
     busy: list[tuple[float, float]] = []
-    # Interleaved (0,1,2,0,1,2) so slow drift of the shared host hits every setting alike.
-    for _ in range(2):
+    # One round (0, 1, 2 loops; both sizes): the drop is ~0.3x, far from the 0.85 bar, and
+    # CI time is better spent on the campaign test, which repeats every cell 3 times.
+    for _ in range(1):
         for count in (0, 1, 2):
             with loops.running(other, {"count": count}) as status:
                 assert len(status.loops) == count
@@ -428,9 +429,9 @@ def test_perftest_in_guest_drops_with_busy_loops_in_the_other_guest(
     for size in (8, 16):
         drop = mean[(2, size)] / mean[(0, size)]
         print(f"size {size}: 2 loops / 0 loops = {drop:.2f} (RFC at 2x, no PLE: ~0.47)")
-    # Judged on both sizes together (4 runs per setting): single TCG runs on a shared
-    # 2-core host vary by up to 2x, the effect of 2 loops on 2 host CPUs is ~0.5x.
-    by_loops = {c: sum(results[(c, 8)] + results[(c, 16)]) / 4 for c in (0, 1, 2)}
+    # Judged on both sizes together (2 runs per setting): single TCG runs on a shared
+    # 2-core host vary by up to 2x, the effect of 2 loops on 2 host CPUs is ~0.3-0.5x.
+    by_loops = {c: sum(results[(c, 8)] + results[(c, 16)]) / 2 for c in (0, 1, 2)}
     overall = by_loops[2] / by_loops[0]
     print(f"both sizes: 1 loop / 0 = {by_loops[1] / by_loops[0]:.2f}, 2 loops / 0 = {overall:.2f}")
     assert overall < 0.85, f"no throughput drop with 2 busy loops: {overall:.2f}"
