@@ -37,14 +37,3 @@ def need_program(name: str) -> str:
 def need_root() -> None:
     need(os.geteuid() == 0, "must run as root")
 
-
-def unproven(issue: int, why: str) -> pytest.MarkDecorator:
-    """Keep a real test out of CI until it has passed on a quiet host, loudly.
-
-    The skip reason is printed in every run's summary and the issue stays open; run it with
-    KVMPLE_RUN_UNPROVEN=1. Remove the mark once the test has passed here.
-    """
-    return pytest.mark.skipif(
-        os.environ.get("KVMPLE_RUN_UNPROVEN") != "1",
-        reason=f"UNPROVEN real test (issue {issue} open): {why}; run with KVMPLE_RUN_UNPROVEN=1",
-    )
