@@ -36,4 +36,3 @@ def need_program(name: str) -> str:
 
 def need_root() -> None:
     need(os.geteuid() == 0, "must run as root")
-
