@@ -32,6 +32,16 @@ MAX_ATTEMPTS = 2
 MAX_BLOCK_BOOTS = 3  # guests that die mid-block are rebooted at most this often
 
 
+def stored_failures(stored: Sequence[RunRecord]) -> dict[str, int]:
+    """Failed attempts already stored, per planned run key ("<key>@failN" records)."""
+    failures: dict[str, int] = {}
+    for record in stored:
+        if record.status == "failed":
+            base = record.run_key.split("@", 1)[0]
+            failures[base] = failures.get(base, 0) + 1
+    return failures
+
+
 def execute(
     store: Store,
     *,
@@ -43,11 +53,7 @@ def execute(
 ) -> None:
     stored = store.runs(meta.id)
     done = {r.run_key for r in stored if r.status == "ok"}
-    failures: dict[str, int] = {}
-    for record in stored:
-        if record.status == "failed":
-            base = record.run_key.split("@", 1)[0]
-            failures[base] = failures.get(base, 0) + 1
+    failures = stored_failures(stored)
     outcome.resumed_from = len(done)
     values: dict[str, list[float]] = {}
     for record in stored:

@@ -44,12 +44,7 @@ def _context(tmp_path: Path, store: Any, meta: CampaignMeta, bar: Any, task: Any
         ple_reason="test",
         kvm_module=None,
     )
-    stored = store.runs(meta.id)
-    failures: dict[str, int] = {}
-    for record in stored:
-        if record.status == "failed":
-            base = record.run_key.split("@", 1)[0]
-            failures[base] = failures.get(base, 0) + 1
+    failures = execute.stored_failures(store.runs(meta.id))
     image = SimpleNamespace(name="debian12-amqp", key="k", manifest={})
     return execute._Context(
         store,
