@@ -96,6 +96,12 @@ def test_debian12_amqp_builds_boots_and_serves_amqp(shared_cache: Path, tmp_path
         wait_amqp(guest, AMQP_TIMEOUT)
         moved = guest.ssh(["python3", "-c", ROUND_TRIP], timeout=300).stdout.split()
         assert moved == ["100", "0", "99"]
+        # the recipe's rabbitmq.conf is read (a starved broker must not reset slow handshakes)
+        timeout = guest.ssh(
+            ["rabbitmqctl", "eval", "application:get_env(rabbit, handshake_timeout)."],
+            timeout=300,
+        ).stdout.strip()
+        assert timeout == "{ok,120000}"
 
 
 def load_programs() -> tuple[str, ...]:

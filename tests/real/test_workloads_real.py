@@ -12,6 +12,7 @@ parsed, and the throughput drop with loops running shown.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -229,6 +230,72 @@ def test_broker_stalling_mid_run_is_survived(broker: str) -> None:
     measurement = outcome["value"]
     assert measurement.value * measurement.window_s == pytest.approx(2 * 400_000, rel=1e-6)  # type: ignore[attr-defined]
     AmqpPerftest(bin_dir=BIN).between_runs(LocalExecutor(), {})
+
+
+class _ResettingFront:
+    """A TCP front for the broker that resets its first ``resets`` connections once the client
+    has sent its protocol header (what RabbitMQ does when a handshake outlives its
+    handshake_timeout), then forwards every later connection to the real broker."""
+
+    def __init__(self, upstream: str, resets: int) -> None:
+        import socket
+
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.resets_left = resets
+        self.reset_count = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import struct
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.resets_left > 0:
+                self.resets_left -= 1
+                self.reset_count += 1
+                client.recv(8)  # b"AMQP\x00\x00\x09\x01"
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.close()  # linger 0: RST, the client sees ECONNRESET
+                continue
+            upstream = socket.create_connection(self.upstream)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: object, dst: object) -> None:
+        try:
+            while data := src.recv(65536):  # type: ignore[attr-defined]
+                dst.sendall(data)  # type: ignore[attr-defined]
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(2)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_handshake_reset_by_a_starved_broker_is_retried(broker: str) -> None:
+    """RabbitMQ resets a connection whose handshake took over handshake_timeout (10 s by
+    default): in CI a broker starved by 2 busy loops did that, and the run failed with
+    'Connection reset by peer'. The client now retries a reset within its connect timeout."""
+    front = _ResettingFront(broker, resets=2)
+    try:
+        params = {"count": 2000, "size": 8, "broker": front.address}
+        measurement = AmqpPerftest(bin_dir=BIN).measure(LocalExecutor(), params, timeout=120)
+    finally:
+        front.close()
+    assert front.reset_count == 2
+    assert measurement.value * measurement.window_s == pytest.approx(2 * 2000, rel=1e-6)
 
 
 def test_lost_messages_fail_the_run(broker: str) -> None:
