@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from kvmple.run import Result, run
+from kvmple.run import Result, run, run_streaming
 
 
 @runtime_checkable
@@ -36,6 +36,19 @@ class Executor(Protocol):
         what: str | None = None,
     ) -> Result:
         """Run ``argv`` (quoted for the remote shell where there is one) and wait for it."""
+        ...
+
+    def stream(
+        self,
+        argv: Sequence[str],
+        on_line: Callable[[str], None],
+        timeout: float | None,
+        *,
+        check: bool = True,
+        env: Mapping[str, str] | None = None,
+        what: str | None = None,
+    ) -> Result:
+        """Like ``run`` but hands every stdout line to ``on_line`` as it arrives."""
         ...
 
     def put(self, local: Path, remote: str, mode: int = 0o644) -> None:
@@ -63,6 +76,18 @@ class LocalExecutor:
         what: str | None = None,
     ) -> Result:
         return run(argv, timeout=timeout, check=check, input=input, env=env, what=what)
+
+    def stream(
+        self,
+        argv: Sequence[str],
+        on_line: Callable[[str], None],
+        timeout: float | None,
+        *,
+        check: bool = True,
+        env: Mapping[str, str] | None = None,
+        what: str | None = None,
+    ) -> Result:
+        return run_streaming(argv, on_line, timeout=timeout, check=check, env=env, what=what)
 
     def put(self, local: Path, remote: str, mode: int = 0o644) -> None:
         target = Path(remote)

@@ -125,6 +125,72 @@ def run(
     return result
 
 
+def run_streaming(
+    argv: Argv,
+    on_line: Callable[[str], None],
+    *,
+    timeout: float | None,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    what: str | None = None,
+    hint: str | None = None,
+) -> Result:
+    """Like ``run`` but hands every stdout line to ``on_line`` as it arrives (a program that
+    announces a phase, and waits for the caller to act on it). Whatever ``on_line`` raises
+    kills the command's process group and propagates."""
+    import threading
+
+    args = _argv(argv)
+    full_env = None if env is None else {**os.environ, **env}
+    start = time.monotonic()
+    deadline = None if timeout is None else start + timeout
+    try:
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=full_env,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
+    except FileNotFoundError as exc:
+        raise CommandError(
+            f"{what or 'command'} not found: {shlex.join(args)}",
+            hint=hint or f"install the program {args[0]!r} (see README: setup)",
+        ) from exc
+    assert proc.stdout is not None and proc.stderr is not None
+    errors: list[str] = []
+    drain = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
+    drain.start()
+    out: list[str] = []
+    try:
+        for line in _lines_until(proc.stdout, deadline):
+            out.append(line)
+            on_line(line.rstrip("\n"))
+        proc.wait(timeout=max(0.1, deadline - time.monotonic()) if deadline else None)
+    except (subprocess.TimeoutExpired, _Deadline) as exc:
+        _kill_group(proc)
+        proc.wait()
+        drain.join(5)
+        stderr = "".join(errors)
+        raise CommandTimeout(
+            f"{what or 'command'} timed out after {timeout:g}s: {shlex.join(args)}"
+            + (f" -- {_tail(stderr)}" if stderr else ""),
+            hint=hint,
+        ) from exc
+    except BaseException:
+        _kill_group(proc)
+        proc.wait()
+        raise
+    drain.join()
+    result = Result(args, proc.returncode, "".join(out), "".join(errors), time.monotonic() - start)
+    if check and not result.ok:
+        raise failure(result, what, hint)
+    return result
+
+
 def run_logged(
     argv: Argv,
     *,
