@@ -83,6 +83,50 @@ def print_breakdown(db: str, campaign_id: str, wall: float, boot: float) -> None
             f"  overcommit {level:.1f}: {len(pairs)} runs, mean window {mean_window:5.1f} s, "
             f"mean rest of run {mean_rest:5.1f} s"
         )
+    print_phases(runs)
+
+
+def print_phases(runs: list) -> None:  # type: ignore[type-arg]
+    """Mean seconds per phase of a run, by overcommit. Host side: the campaign's phases (the
+    loads start and are verified inside the measure call, once the perftest's clients are
+    ready). Guest side: the perftest's own phases; "ssh+py" is the rest of the measure call
+    (SSH round trip and interpreter start-up)."""
+    from kvmple.workloads.perftest_output import machine_record
+
+    columns = (
+        ("quiet", "quiet_check"),
+        ("load start", "load_start"),
+        ("load verify", "load_verify"),
+        ("measure", "measure_call"),
+        ("load stop", "load_stop"),
+        ("| declare", "declare_s"),
+        ("clients", "setup_s"),
+        ("go wait", "go_wait_s"),
+        ("window", "window"),
+        ("drain", "drain_s"),
+        ("cleanup", "cleanup_s"),
+        ("ssh+py", "ssh+python"),
+    )
+    by_level: dict[float, list[dict[str, float]]] = {}
+    for r in runs:
+        spent = dict(r.evidence.get("phases_s", {}))
+        spent.setdefault("measure_call", spent.get("measure", 0.0))
+        record = machine_record(r.raw) or {}
+        iterations = record.get("iterations", [])
+        phases = record.get("phases_s", {})
+        for key in ("setup_s", "go_wait_s", "drain_s"):
+            spent[key] = sum(it.get(key, 0.0) for it in iterations)
+        spent["window"] = sum(it.get("seconds", 0.0) for it in iterations)
+        spent["declare_s"] = phases.get("declare_s", 0.0)
+        spent["cleanup_s"] = phases.get("cleanup_s", 0.0)
+        spent["ssh+python"] = spent["measure_call"] - phases.get("started_to_end_s", 0.0)
+        level = float(r.cell.get("overcommit", 0) or 0)
+        by_level.setdefault(level, []).append(spent)
+    print("mean seconds per run phase:")
+    print("  overcommit " + " ".join(f"{label:>11}" for label, _ in columns))
+    for level, rows in sorted(by_level.items()):
+        means = [sum(row.get(key, 0.0) for row in rows) / len(rows) for _, key in columns]
+        print(f"  {level:10.1f} " + " ".join(f"{m:11.2f}" for m in means))
 
 
 if __name__ == "__main__":

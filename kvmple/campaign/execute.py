@@ -42,6 +42,23 @@ def stored_failures(stored: Sequence[RunRecord]) -> dict[str, int]:
     return failures
 
 
+class _PhaseClock:
+    """Wall time per phase of one run (stored with its evidence; bench/campaign.py sums them to
+    show where the overhead is)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            spent = time.monotonic() - start
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + spent, 3)
+
+
 def execute(
     store: Store,
     *,
@@ -338,28 +355,52 @@ def _one_run(
         "overcommit": run.overcommit,
     }
     started = time.time()
-    quietness = quiet.measure(shared, _qemu_pids(guests), window=0.5)
+    clock = _PhaseClock()
+    with clock.phase("quiet_check"):
+        quietness = quiet.measure(shared, _qemu_pids(guests), window=0.5)
     status, reason, figures, raw, window = "failed", "", {}, "", 0.0
-    run_evidence: dict[str, Any] = {"quiet_before": {"foreign_cpus": quietness.foreign_cpus}}
+    run_evidence: dict[str, Any] = {
+        "quiet_before": {"foreign_cpus": quietness.foreign_cpus},
+        "phases_s": clock.seconds,
+    }
     guest_error: GuestError | None = None
+    measured = workloads[measured_role]
+    executor = guests[measured_role].executor
     try:
-        measured = workloads[measured_role]
-        executor = guests[measured_role].executor
-        measured.between_runs(executor, run.params_for(measured_role))
-        with contextlib.ExitStack() as loads:
-            for role, workload in workloads.items():
-                if role == measured_role:
-                    continue
-                load_executor = guests[role].executor
-                workload.start(load_executor, run.params_for(role))
-                loads.callback(workload.stop, load_executor)
-                status_read = workload.verify(load_executor)
-                run_evidence.setdefault("load", {})[role] = status_read.to_json()
-            with evidence.collect(shared, exits) as collected:
+        with contextlib.ExitStack() as loads, contextlib.ExitStack() as timed:
+            collected: list[dict[str, Any]] = []  # filled in when ``timed`` closes
+
+            def start_loads() -> None:
+                """Called by the measured workload once its clients are up: the loads start
+                and are verified, then evidence collection starts with the timed window."""
+                for role, workload in workloads.items():
+                    if role == measured_role:
+                        continue
+                    load_executor = guests[role].executor
+                    with clock.phase("load_start"):
+                        workload.start(load_executor, run.params_for(role))
+                    loads.callback(_timed, clock, "load_stop", workload.stop, load_executor)
+                    with clock.phase("load_verify"):
+                        status_read = workload.verify(load_executor)
+                    run_evidence.setdefault("load", {})[role] = status_read.to_json()
+                collected.append(timed.enter_context(evidence.collect(shared, exits)))
+
+            with clock.phase("measure_call"):
                 measurement = measured.measure(
-                    executor, run.params_for(measured_role), timeout=playbook.timeouts.run
+                    executor,
+                    run.params_for(measured_role),
+                    timeout=playbook.timeouts.run,
+                    before_window=start_loads,
                 )
-            run_evidence.update(collected)
+            if not collected:  # a workload that ignored before_window measured without load
+                raise CampaignError(
+                    f"workload {playbook.workloads[measured_role].name} never started the "
+                    "load (it must call before_window)",
+                    hint="a bug in that workload's measure(); no figures were stored",
+                )
+            timed.close()  # evidence ends with the measure call, before the loads stop
+            for found in collected:
+                run_evidence.update(found)
         figures = {k: float(v) for k, v in measurement.figures.items()}
         raw = measurement.raw_output
         window = measurement.window_s
@@ -368,6 +409,10 @@ def _one_run(
         status = "ok"
     except WorkloadError as exc:
         reason = exc.message
+        try:
+            measured.between_runs(executor, run.params_for(measured_role))
+        except WorkloadError as cleanup:
+            reason += f" (and the clean-up after it failed: {cleanup.message})"
     except GuestError as exc:
         reason = exc.message
         guest_error = exc
@@ -417,6 +462,11 @@ def _one_run(
                 hint=f"see the campaign log {ctx.outcome.log_path}",
             )
         return False
+
+
+def _timed(clock: _PhaseClock, name: str, action: Any, *args: Any) -> None:
+    with clock.phase(name):
+        action(*args)
 
 
 def _qemu_pids(guests: dict[str, Any]) -> list[int]:

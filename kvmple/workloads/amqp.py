@@ -5,14 +5,18 @@ publish/get round trip, not "service active"), starting the systemd unit if the 
 one. ``measure`` runs one perftest with ``--machine`` and returns a ``Measurement`` with the
 figures, the CPU split broker vs clients and the raw output; any failure (bad options, broker
 refusing or dying, a hung client, lost or duplicated messages, a timeout) raises
-``WorkloadError`` with the program's own reason. ``between_runs`` deletes the perftest's
-queues so runs never leak into each other.
+``WorkloadError`` with the program's own reason. With ``before_window`` the clients start
+first and the callback (a campaign starts the other guest's load there) runs just before the
+timed window. A run that succeeds deletes its own queues; ``between_runs`` deletes whatever a
+failed run left, so runs never leak into each other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,6 +29,7 @@ from kvmple.workloads.perftest_output import machine_record, parse_perftest
 from kvmple.workloads.programs import GUEST_BIN, ensure_programs, program_argv
 
 PROGRAM = "kvmple-perftest"
+READY_LINE = "KVMPLE-PERFTEST-READY"  # printed by kvmple-perftest --go-file
 # Exit codes of kvmple-perftest (see its docstring).
 _EXIT_TIMEOUT = 3
 _EXIT_USAGE = 2
@@ -100,12 +105,18 @@ class AmqpPerftest:
         wait_for_broker(executor, self._argv(f"--broker={p.broker}", "--probe"), timeout=timeout)
 
     def measure(
-        self, executor: Executor, params: Mapping[str, Any] | BaseModel, *, timeout: float
+        self,
+        executor: Executor,
+        params: Mapping[str, Any] | BaseModel,
+        *,
+        timeout: float,
+        before_window: Callable[[], None] | None = None,
     ) -> Measurement:
         p = parse_params(PerftestParams, params, where=f"workload {self.name} params")
         # The clients give up first (with the reason); the executor's timeout is the backstop.
         client_timeout = p.client_timeout or max(5.0, (timeout - 10) / p.iterations)
         common = [f"--broker={p.broker}", f"--timeout={client_timeout:g}", "--machine"]
+        go_file = None
         if p.engine == "qpid":
             qpid = ["qpid-perftest", *p.argv(), f"--broker={p.broker.split(':')[0]}"]
             argv = self._argv(*common, "--external", "--", *qpid)
@@ -118,14 +129,26 @@ class AmqpPerftest:
                 f"--iterations={p.iterations}",
             )
         else:
+            if before_window is not None:
+                go_file = f"/tmp/kvmple-perftest-go.{uuid.uuid4().hex[:12]}"
+                common.append(f"--go-file={go_file}")
             argv = self._argv(*common, *p.argv())
         try:
-            result = executor.run(argv, timeout=timeout, check=False, what="perftest")
+            if go_file is None:
+                if before_window is not None:
+                    before_window()  # engines without a ready point start after the load
+                result = executor.run(argv, timeout=timeout, check=False, what="perftest")
+            else:
+                assert before_window is not None
+                signal = _GoSignal(executor, go_file, before_window)
+                result = executor.stream(
+                    argv, signal.on_line, timeout=timeout, check=False, what="perftest"
+                )
         except CommandTimeout as exc:
             raise WorkloadError(
                 f"perftest on {executor.name} did not finish within {timeout:g}s: {exc.message}",
                 hint="the broker or a client hung; a timed-out run has no figures",
-            ) from None
+            ) from exc
         return measurement_from_result(self.name, p, result, executor.name)
 
     def between_runs(self, executor: Executor, params: Mapping[str, Any] | BaseModel) -> None:
@@ -141,6 +164,40 @@ class AmqpPerftest:
                 f"could not delete the perftest queues on {executor.name}: {_reason(result)}",
                 hint="is the broker still running?",
             )
+
+
+class _GoSignal:
+    """Starts the timed window of a perftest run with --go-file: when the program says its
+    clients are ready, run ``before_window`` (the other guest's busy loops start and are
+    verified), then write "go". If ``before_window`` fails, write "stop" so the program
+    cleans up and exits instead of waiting out its timeout, and let the error propagate.
+
+    Client start-up (interpreter, forks, connections) thus happens before the load, as it
+    would on a host where the perftest is long running; under TCG, starting clients on
+    starved vCPUs cost up to ~10 s per run, time outside any measurement window."""
+
+    def __init__(self, executor: Executor, path: str, before_window: Callable[[], None]) -> None:
+        self.executor = executor
+        self.path = path
+        self.before_window = before_window
+        self.fired = False
+
+    def on_line(self, line: str) -> None:
+        if line.strip() != READY_LINE or self.fired:
+            return
+        self.fired = True
+        try:
+            self.before_window()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the load's error is the one to report
+                self._say("stop")
+            raise
+        self._say("go")
+
+    def _say(self, word: str) -> None:
+        self.executor.run(
+            ["tee", self.path], input=f"{word}\n", timeout=60, what="perftest go signal"
+        )
 
 
 def _reason(result: Result) -> str:

@@ -17,7 +17,7 @@ is validated once, with the offending key named, before anything runs.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
@@ -168,13 +168,24 @@ class MeasuredWorkload(Protocol):
         ...
 
     def measure(
-        self, executor: Executor, params: Mapping[str, Any] | BaseModel, *, timeout: float
+        self,
+        executor: Executor,
+        params: Mapping[str, Any] | BaseModel,
+        *,
+        timeout: float,
+        before_window: Callable[[], None] | None = None,
     ) -> Measurement:
-        """One measured run; raises WorkloadError (with the reason) instead of bad figures."""
+        """One measured run; raises WorkloadError (with the reason) instead of bad figures.
+
+        ``before_window`` runs once, after the workload's own start-up and just before its
+        timed window (or first, if the workload has no such point); if it raises, the run is
+        called off and the error propagates. A run that succeeds leaves nothing behind that
+        could leak into the next one."""
         ...
 
     def between_runs(self, executor: Executor, params: Mapping[str, Any] | BaseModel) -> None:
-        """Leave nothing behind that could leak into the next run (queues, files)."""
+        """Remove what a failed or interrupted run may have left (queues, files); campaigns
+        call it after such a run, not after every run (a guest round trip each under TCG)."""
         ...
 
 

@@ -11,7 +11,7 @@ own output parser and a lower-is-better metric. hackbench prints::
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -96,9 +96,16 @@ class Hackbench:
             )
 
     def measure(
-        self, executor: Executor, params: Mapping[str, Any] | BaseModel, *, timeout: float
+        self,
+        executor: Executor,
+        params: Mapping[str, Any] | BaseModel,
+        *,
+        timeout: float,
+        before_window: Callable[[], None] | None = None,
     ) -> Measurement:
         p = parse_params(HackbenchParams, params, where=f"workload {self.name} params")
+        if before_window is not None:
+            before_window()  # hackbench's start-up is part of what it times: nothing to stage
         try:
             result = executor.run(p.argv(), timeout=timeout, check=False, what="hackbench")
         except CommandTimeout as exc:

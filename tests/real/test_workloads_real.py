@@ -26,6 +26,7 @@ from kvmple.errors import WorkloadError
 from kvmple.executor import LocalExecutor
 from kvmple.run import run, which
 from kvmple.workloads import AmqpPerftest, Hackbench, SpinLoops
+from kvmple.workloads.perftest_output import machine_record
 from kvmple.workloads.programs import guest_dir
 from tests.support import need, need_program, need_root
 
@@ -296,6 +297,61 @@ def test_handshake_reset_by_a_starved_broker_is_retried(broker: str) -> None:
         front.close()
     assert front.reset_count == 2
     assert measurement.value * measurement.window_s == pytest.approx(2 * 2000, rel=1e-6)
+
+
+def test_before_window_runs_once_the_clients_are_ready(broker: str) -> None:
+    """The campaign starts the other guest's load in before_window: by then the perftest's
+    controller, publisher and subscriber are up, and the timed window starts after it."""
+    seen: list[set[int]] = []
+
+    def before_window() -> None:
+        seen.append(_perftest_pids())
+        time.sleep(1.0)  # a load starting and being verified
+
+    params = {"count": 2000, "size": 8}
+    measurement = AmqpPerftest(bin_dir=BIN).measure(
+        LocalExecutor(), params, timeout=120, before_window=before_window
+    )
+    assert len(seen) == 1 and len(seen[0]) >= 3  # controller + publisher + subscriber
+    assert measurement.value * measurement.window_s == pytest.approx(2 * 2000, rel=1e-6)
+    assert measurement.window_s < 1.0  # the 1 s wait is not in the window
+    iteration = (machine_record(measurement.raw_output) or {})["iterations"][0]
+    assert iteration["go_wait_s"] >= 1.0
+    assert not _perftest_pids()
+    assert not [q for q in _queues() if q.startswith("kvmple-perftest")]
+
+
+def test_a_failing_before_window_calls_the_run_off(broker: str) -> None:
+    """A load that does not start (spin verify failing, say): its error propagates, and the
+    waiting perftest stops at once and cleans up instead of waiting out its timeout."""
+
+    def before_window() -> None:
+        raise WorkloadError("spin: loop 1 is not running")
+
+    started = time.monotonic()
+    with pytest.raises(WorkloadError, match="loop 1 is not running"):
+        AmqpPerftest(bin_dir=BIN).measure(
+            LocalExecutor(), {"count": 2000, "size": 8}, timeout=120, before_window=before_window
+        )
+    deadline = time.monotonic() + 20
+    while _perftest_pids() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _perftest_pids()
+    assert time.monotonic() - started < 30  # not the 110 s client timeout
+
+
+def test_perftest_go_file_stop_exits_with_the_reason(broker: str, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    go.write_text("stop\n")
+    result = run(
+        ["/usr/bin/python3", f"{BIN}/kvmple-perftest", "--count=100", f"--go-file={go}"],
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "KVMPLE-PERFTEST-READY" in result.stdout
+    assert "called the run off before its window: stop" in result.stderr
+    assert not go.exists()
 
 
 def test_lost_messages_fail_the_run(broker: str) -> None:

@@ -1,5 +1,6 @@
 """How a campaign counts failed attempts: stored under unique "@failN" keys across
-invocations, but limited per invocation, so a resume gets a fresh retry.
+invocations, but limited per invocation, so a resume gets a fresh retry; and that the clean-up
+between runs happens after a failed run only (a successful one leaves nothing behind).
 
 Drives execute._one_run with a real SQLite store and a workload that always fails; guests
 and images are plain records (booting real ones is the real tier's job).
@@ -27,11 +28,24 @@ SMOKE = Path(__file__).resolve().parents[2] / "playbooks" / "smoke.yaml"
 
 
 class AlwaysFails:
-    def between_runs(self, executor: Any, params: Any) -> None:
-        pass
+    def __init__(self) -> None:
+        self.cleanups = 0
 
-    def measure(self, executor: Any, params: Any, timeout: float) -> Any:
+    def between_runs(self, executor: Any, params: Any) -> None:
+        self.cleanups += 1
+
+    def measure(self, executor: Any, params: Any, timeout: float, before_window: Any) -> Any:
         raise WorkloadError("perftest failed on guest amqp: publisher 0: broker went quiet")
+
+
+class FailsOnce(AlwaysFails):
+    def measure(self, executor: Any, params: Any, timeout: float, before_window: Any) -> Any:
+        if self.cleanups == 0:
+            super().measure(executor, params, timeout, before_window)
+        before_window()
+        return SimpleNamespace(
+            figures={"transfers_per_sec": 1000.0}, raw_output="", window_s=2.0, cpu=None
+        )
 
 
 def _context(tmp_path: Path, store: Any, meta: CampaignMeta, bar: Any, task: Any) -> Any:
@@ -61,11 +75,11 @@ def _context(tmp_path: Path, store: Any, meta: CampaignMeta, bar: Any, task: Any
     )
 
 
-def _attempt(ctx: Any, run: Any) -> bool:
+def _attempt(ctx: Any, run: Any, workload: Any = None) -> bool:
     guests = {
         role: SimpleNamespace(executor=LocalExecutor(), readback={}) for role in ctx.playbook.guests
     }
-    workloads = {ctx.playbook.measured_role: AlwaysFails()}
+    workloads = {ctx.playbook.measured_role: workload or AlwaysFails()}
     facts = {"knobs": {}, "affinity": {}, "threads": {}}
     return bool(
         execute._one_run(
@@ -81,11 +95,8 @@ def _attempt(ctx: Any, run: Any) -> bool:
     )
 
 
-def test_a_resume_retries_a_run_that_failed_before_and_keys_stay_unique(tmp_path: Path) -> None:
-    store = open_store(f"sqlite:///{tmp_path / 'results.db'}")
-    playbook = load_playbook(SMOKE).playbook
-    run = build_plan(playbook, {"ple": "test host"}).runs[0]
-    meta = CampaignMeta(
+def _meta() -> CampaignMeta:
+    return CampaignMeta(
         id="smoke-attempts",
         name="smoke",
         playbook_hash="0" * 64,
@@ -95,6 +106,13 @@ def test_a_resume_retries_a_run_that_failed_before_and_keys_stay_unique(tmp_path
         kvmple_version="test",
         primary_metric="transfers_per_sec",
     )
+
+
+def test_a_resume_retries_a_run_that_failed_before_and_keys_stay_unique(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'results.db'}")
+    playbook = load_playbook(SMOKE).playbook
+    run = build_plan(playbook, {"ple": "test host"}).runs[0]
+    meta = _meta()
     store.create_campaign(meta)
     # A previous invocation stored one failed attempt, then was interrupted.
     store.add_run(
@@ -120,3 +138,22 @@ def test_a_resume_retries_a_run_that_failed_before_and_keys_stay_unique(tmp_path
     stored = {r.run_key: r for r in store.runs(meta.id)}
     assert stored[f"{run.key}@fail3"].provenance["attempt"] == 3
     assert "broker went quiet" in stored[f"{run.key}@fail3"].reason
+
+
+def test_clean_up_follows_a_failed_run_only_and_phases_are_recorded(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'results.db'}")
+    playbook = load_playbook(SMOKE).playbook
+    run = build_plan(playbook, {"ple": "test host"}).runs[0]
+    meta = _meta()
+    store.create_campaign(meta)
+    workload = FailsOnce()
+    with ui.progress() as bar:
+        ctx = _context(tmp_path, store, meta, bar, bar.add_task("t", total=1))
+        assert _attempt(ctx, run, workload) is False
+        assert workload.cleanups == 1  # the failed run's leftovers are removed
+        assert _attempt(ctx, run, workload) is True
+        assert workload.cleanups == 1  # a successful run leaves nothing: no extra round trip
+    ok = next(r for r in store.runs(meta.id) if r.status == "ok")
+    assert set(ok.evidence["phases_s"]) == {"quiet_check", "measure_call"}
+    assert "window_seconds" in ok.evidence  # host evidence covers the timed window
+    assert ok.evidence["phases_s"]["quiet_check"] >= 0.5  # the 0.5 s quietness window
