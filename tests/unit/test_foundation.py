@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from kvmple import cli
 from kvmple.config import load_model
 from kvmple.errors import CommandError, CommandTimeout, ConfigError
-from kvmple.run import background, run, run_logged
+from kvmple.run import background, run, run_logged, run_streaming
 
 
 def test_run_captures_output() -> None:
@@ -61,6 +61,38 @@ def test_run_logged_streams_lines_and_names_log(tmp_path: Path) -> None:
 def test_run_logged_timeout_on_silent_process(tmp_path: Path) -> None:
     with pytest.raises(CommandTimeout):
         run_logged(["sleep", "30"], log=tmp_path / "l", timeout=0.5)
+
+
+def test_run_streaming_hands_lines_over_while_the_command_runs(tmp_path: Path) -> None:
+    """The caller acts on a line while the command waits for it (the perftest's go file)."""
+    go = tmp_path / "go"
+    seen: list[str] = []
+
+    def on_line(line: str) -> None:
+        seen.append(line)
+        if line == "ready":
+            go.write_text("go\n")
+
+    script = f"echo ready; while [ ! -e {go} ]; do sleep 0.05; done; echo done; echo warn >&2"
+    result = run_streaming(["sh", "-c", script], on_line, timeout=20)
+    assert seen == ["ready", "done"]
+    assert result.stdout == "ready\ndone\n" and result.stderr == "warn\n"
+    with pytest.raises(CommandError, match="exit 3"):
+        run_streaming(["sh", "-c", "echo x >&2; exit 3"], seen.append, timeout=20)
+
+
+def test_run_streaming_callback_error_and_timeout_kill_the_command(tmp_path: Path) -> None:
+    marker = tmp_path / "still-running"
+
+    def refuse(line: str) -> None:
+        raise ValueError(f"cannot start the load after {line!r}")
+
+    with pytest.raises(ValueError, match="cannot start the load"):
+        run_streaming(["sh", "-c", f"echo ready; sleep 2; touch {marker}"], refuse, timeout=20)
+    with pytest.raises(CommandTimeout):
+        run_streaming(["sh", "-c", f"sleep 2; touch {marker}"], print, timeout=0.5)
+    time.sleep(2.5)
+    assert not marker.exists(), "the command survived"
 
 
 def test_background_stops_process() -> None:
