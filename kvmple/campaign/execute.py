@@ -385,12 +385,19 @@ def _one_run(
                     run_evidence.setdefault("load", {})[role] = status_read.to_json()
                 collected.append(timed.enter_context(evidence.collect(shared, exits)))
 
+            def stop_loads() -> None:
+                """Called once the timed window is over: evidence ends, the loads stop, and
+                the measured workload winds down without them."""
+                timed.close()
+                loads.close()
+
             with clock.phase("measure_call"):
                 measurement = measured.measure(
                     executor,
                     run.params_for(measured_role),
                     timeout=playbook.timeouts.run,
                     before_window=start_loads,
+                    after_window=stop_loads,
                 )
             if not collected:  # a workload that ignored before_window measured without load
                 raise CampaignError(

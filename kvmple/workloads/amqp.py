@@ -7,8 +7,9 @@ figures, the CPU split broker vs clients and the raw output; any failure (bad op
 refusing or dying, a hung client, lost or duplicated messages, a timeout) raises
 ``WorkloadError`` with the program's own reason. With ``before_window`` the clients start
 first and the callback (a campaign starts the other guest's load there) runs just before the
-timed window. A run that succeeds deletes its own queues; ``between_runs`` deletes whatever a
-failed run left, so runs never leak into each other.
+timed window; ``after_window`` (the load stops) runs as soon as the window is over. A run
+that succeeds deletes its own queues; ``between_runs`` deletes whatever a failed run left,
+so runs never leak into each other.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from kvmple.workloads.perftest_output import machine_record, parse_perftest
 from kvmple.workloads.programs import GUEST_BIN, ensure_programs, program_argv
 
 PROGRAM = "kvmple-perftest"
-READY_LINE = "KVMPLE-PERFTEST-READY"  # printed by kvmple-perftest --go-file
+READY_LINE = "KVMPLE-PERFTEST-READY"  # printed by kvmple-perftest --go-file ...
+WINDOW_END_LINE = "KVMPLE-PERFTEST-WINDOW-END"  # ... and this after its last timed window
 # Exit codes of kvmple-perftest (see its docstring).
 _EXIT_TIMEOUT = 3
 _EXIT_USAGE = 2
@@ -111,6 +113,7 @@ class AmqpPerftest:
         *,
         timeout: float,
         before_window: Callable[[], None] | None = None,
+        after_window: Callable[[], None] | None = None,
     ) -> Measurement:
         p = parse_params(PerftestParams, params, where=f"workload {self.name} params")
         # The clients give up first (with the reason); the executor's timeout is the backstop.
@@ -138,9 +141,11 @@ class AmqpPerftest:
                 if before_window is not None:
                     before_window()  # engines without a ready point start after the load
                 result = executor.run(argv, timeout=timeout, check=False, what="perftest")
+                if after_window is not None:
+                    after_window()
             else:
                 assert before_window is not None
-                signal = _GoSignal(executor, go_file, before_window)
+                signal = _GoSignal(executor, go_file, before_window, after_window)
                 result = executor.stream(
                     argv, signal.on_line, timeout=timeout, check=False, what="perftest"
                 )
@@ -167,25 +172,38 @@ class AmqpPerftest:
 
 
 class _GoSignal:
-    """Starts the timed window of a perftest run with --go-file: when the program says its
+    """Frames the timed window of a perftest run with --go-file. When the program says its
     clients are ready, run ``before_window`` (the other guest's busy loops start and are
-    verified), then write "go". If ``before_window`` fails, write "stop" so the program
-    cleans up and exits instead of waiting out its timeout, and let the error propagate.
+    verified), then write "go"; when it says the window is over, run ``after_window`` (the
+    loops stop). If ``before_window`` fails, write "stop" so the program cleans up and
+    exits instead of waiting out its timeout, and let the error propagate.
 
-    Client start-up (interpreter, forks, connections) thus happens before the load, as it
-    would on a host where the perftest is long running; under TCG, starting clients on
-    starved vCPUs cost up to ~10 s per run, time outside any measurement window."""
+    Client start-up and wind-down (interpreter, forks, connections, queue deletion) thus
+    happen without the load, as they would on a host where the perftest is long running;
+    under TCG they took up to ~10 s per run on starved vCPUs, outside any timed window."""
 
-    def __init__(self, executor: Executor, path: str, before_window: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        path: str,
+        before_window: Callable[[], None],
+        after_window: Callable[[], None] | None,
+    ) -> None:
         self.executor = executor
         self.path = path
         self.before_window = before_window
-        self.fired = False
+        self.after_window = after_window
+        self.seen: set[str] = set()
 
     def on_line(self, line: str) -> None:
-        if line.strip() != READY_LINE or self.fired:
+        line = line.strip()
+        if line not in (READY_LINE, WINDOW_END_LINE) or line in self.seen:
             return
-        self.fired = True
+        self.seen.add(line)
+        if line == WINDOW_END_LINE:
+            if self.after_window is not None:
+                self.after_window()
+            return
         try:
             self.before_window()
         except BaseException:

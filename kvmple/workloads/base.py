@@ -174,13 +174,15 @@ class MeasuredWorkload(Protocol):
         *,
         timeout: float,
         before_window: Callable[[], None] | None = None,
+        after_window: Callable[[], None] | None = None,
     ) -> Measurement:
         """One measured run; raises WorkloadError (with the reason) instead of bad figures.
 
         ``before_window`` runs once, after the workload's own start-up and just before its
         timed window (or first, if the workload has no such point); if it raises, the run is
-        called off and the error propagates. A run that succeeds leaves nothing behind that
-        could leak into the next one."""
+        called off and the error propagates. ``after_window`` runs once the timed window is
+        over (or last). A run that succeeds leaves nothing behind that could leak into the
+        next one."""
         ...
 
     def between_runs(self, executor: Executor, params: Mapping[str, Any] | BaseModel) -> None:

@@ -102,6 +102,7 @@ class Hackbench:
         *,
         timeout: float,
         before_window: Callable[[], None] | None = None,
+        after_window: Callable[[], None] | None = None,
     ) -> Measurement:
         p = parse_params(HackbenchParams, params, where=f"workload {self.name} params")
         if before_window is not None:
@@ -113,6 +114,8 @@ class Hackbench:
                 f"hackbench on {executor.name} did not finish within {timeout:g}s",
                 hint="use fewer --loops/--groups, or a longer run timeout",
             ) from exc
+        if after_window is not None:
+            after_window()
         if not result.ok:
             tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
             raise WorkloadError(

@@ -116,7 +116,9 @@ class SpinLoops:
         ``params`` defaults to what the last ``start`` of this object used.
         """
         p = self._params if params is None else parse_params(SpinParams, params, where="spin")
-        status = self.status(executor, p.sample_s)
+        # With no loops there is no share to sample: only that nothing runs (a 1 s sample of
+        # nothing cost every 0-loop run of a campaign a second).
+        status = self.status(executor, p.sample_s if p.count else 0.01)
         problems = check_loops(status, expected=p.count, min_busy=p.min_busy)
         if problems and _only_short_of_share(status, p.count):
             # Alive and pinned but short of CPU share in one sample: a dip (e.g. a TCG vCPU

@@ -303,16 +303,22 @@ def test_before_window_runs_once_the_clients_are_ready(broker: str) -> None:
     """The campaign starts the other guest's load in before_window: by then the perftest's
     controller, publisher and subscriber are up, and the timed window starts after it."""
     seen: list[set[int]] = []
+    ended: list[set[int]] = []
 
     def before_window() -> None:
         seen.append(_perftest_pids())
         time.sleep(1.0)  # a load starting and being verified
 
+    def after_window() -> None:
+        assert seen, "after_window before before_window"
+        ended.append(_perftest_pids())
+
     params = {"count": 2000, "size": 8}
     measurement = AmqpPerftest(bin_dir=BIN).measure(
-        LocalExecutor(), params, timeout=120, before_window=before_window
+        LocalExecutor(), params, timeout=120, before_window=before_window, after_window=after_window
     )
     assert len(seen) == 1 and len(seen[0]) >= 3  # controller + publisher + subscriber
+    assert len(ended) == 1 and ended[0]  # called while the perftest still winds down
     assert measurement.value * measurement.window_s == pytest.approx(2 * 2000, rel=1e-6)
     assert measurement.window_s < 1.0  # the 1 s wait is not in the window
     iteration = (machine_record(measurement.raw_output) or {})["iterations"][0]

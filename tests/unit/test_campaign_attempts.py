@@ -34,15 +34,20 @@ class AlwaysFails:
     def between_runs(self, executor: Any, params: Any) -> None:
         self.cleanups += 1
 
-    def measure(self, executor: Any, params: Any, timeout: float, before_window: Any) -> Any:
+    def measure(
+        self, executor: Any, params: Any, timeout: float, before_window: Any, after_window: Any
+    ) -> Any:
         raise WorkloadError("perftest failed on guest amqp: publisher 0: broker went quiet")
 
 
 class FailsOnce(AlwaysFails):
-    def measure(self, executor: Any, params: Any, timeout: float, before_window: Any) -> Any:
+    def measure(
+        self, executor: Any, params: Any, timeout: float, before_window: Any, after_window: Any
+    ) -> Any:
         if self.cleanups == 0:
-            super().measure(executor, params, timeout, before_window)
+            super().measure(executor, params, timeout, before_window, after_window)
         before_window()
+        after_window()
         return SimpleNamespace(
             figures={"transfers_per_sec": 1000.0}, raw_output="", window_s=2.0, cpu=None
         )
