@@ -41,14 +41,15 @@ class Executor(Protocol):
     def stream(
         self,
         argv: Sequence[str],
-        on_line: Callable[[str], None],
+        on_line: Callable[[str], str | None],
         timeout: float | None,
         *,
         check: bool = True,
         env: Mapping[str, str] | None = None,
         what: str | None = None,
     ) -> Result:
-        """Like ``run`` but hands every stdout line to ``on_line`` as it arrives."""
+        """Like ``run`` but hands every stdout line to ``on_line`` as it arrives; text it
+        returns is written to the command's stdin, which stays open until the command ends."""
         ...
 
     def put(self, local: Path, remote: str, mode: int = 0o644) -> None:
@@ -80,7 +81,7 @@ class LocalExecutor:
     def stream(
         self,
         argv: Sequence[str],
-        on_line: Callable[[str], None],
+        on_line: Callable[[str], str | None],
         timeout: float | None,
         *,
         check: bool = True,

@@ -209,14 +209,16 @@ class SSHExecutor:
     def stream(
         self,
         argv: Sequence[str],
-        on_line: Callable[[str], None],
+        on_line: Callable[[str], str | None],
         timeout: float | None,
         *,
         check: bool = True,
         env: Mapping[str, str] | None = None,
         what: str | None = None,
     ) -> Result:
-        """Like ``run`` but hands every stdout line to ``on_line`` as it arrives."""
+        """Like ``run`` but hands every stdout line to ``on_line`` as it arrives; text it
+        returns goes to the command's stdin (kept open until the command ends, like invoke's
+        stream watchers). If ``on_line`` raises, stdin closes and the error propagates."""
         return self._execute(
             argv, timeout=timeout, check=check, input=None, env=env, what=what, on_line=on_line
         )
@@ -230,7 +232,7 @@ class SSHExecutor:
         input: str | None,
         env: Mapping[str, str] | None,
         what: str | None,
-        on_line: Callable[[str], None] | None,
+        on_line: Callable[[str], str | None] | None,
     ) -> Result:
         if isinstance(argv, str | bytes):
             raise TypeError("run() takes an argv list, never a string")
@@ -254,7 +256,8 @@ class SSHExecutor:
             channel.exec_command(command)
             if input is not None:
                 channel.sendall(input.encode())
-            channel.shutdown_write()
+            if on_line is None:
+                channel.shutdown_write()
             out, err, pid = self._collect(channel, deadline, on_line)
             if out is None:
                 self._kill(pid)
@@ -284,7 +287,7 @@ class SSHExecutor:
         self,
         channel: paramiko.Channel,
         deadline: float | None,
-        on_line: Callable[[str], None] | None,
+        on_line: Callable[[str], str | None] | None,
     ) -> tuple[str | None, str, int | None]:
         """Read stdout/stderr until the command ends. stdout None means the deadline passed."""
         out = bytearray()
@@ -308,7 +311,9 @@ class SSHExecutor:
                     pending += chunk
                     *lines, pending = pending.split(b"\n")
                     for line in lines:
-                        on_line(line.decode("utf-8", errors="replace"))
+                        reply = on_line(line.decode("utf-8", errors="replace"))
+                        if reply:
+                            channel.sendall(reply.encode())
             if channel.recv_stderr_ready():
                 err += channel.recv_stderr(65536)
                 busy = True

@@ -10,6 +10,7 @@ It imports only ``kvmple.errors`` (a leaf) so it can be used from anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -127,7 +128,7 @@ def run(
 
 def run_streaming(
     argv: Argv,
-    on_line: Callable[[str], None],
+    on_line: Callable[[str], str | None],
     *,
     timeout: float | None,
     check: bool = True,
@@ -136,8 +137,9 @@ def run_streaming(
     hint: str | None = None,
 ) -> Result:
     """Like ``run`` but hands every stdout line to ``on_line`` as it arrives (a program that
-    announces a phase, and waits for the caller to act on it). Whatever ``on_line`` raises
-    kills the command's process group and propagates."""
+    announces a phase, and waits for the caller to act on it); text ``on_line`` returns is
+    written to the command's stdin, which stays open until the command ends. Whatever
+    ``on_line`` raises kills the command's process group and propagates."""
     import threading
 
     args = _argv(argv)
@@ -147,7 +149,7 @@ def run_streaming(
     try:
         proc = subprocess.Popen(
             args,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=full_env,
@@ -160,7 +162,7 @@ def run_streaming(
             f"{what or 'command'} not found: {shlex.join(args)}",
             hint=hint or f"install the program {args[0]!r} (see README: setup)",
         ) from exc
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     errors: list[str] = []
     drain = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
     drain.start()
@@ -168,7 +170,13 @@ def run_streaming(
     try:
         for line in _lines_until(proc.stdout, deadline):
             out.append(line)
-            on_line(line.rstrip("\n"))
+            reply = on_line(line.rstrip("\n"))
+            if reply:
+                with contextlib.suppress(BrokenPipeError):  # it ended without reading it
+                    proc.stdin.write(reply)
+                    proc.stdin.flush()
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
         proc.wait(timeout=max(0.1, deadline - time.monotonic()) if deadline else None)
     except (subprocess.TimeoutExpired, _Deadline) as exc:
         _kill_group(proc)
@@ -184,6 +192,9 @@ def run_streaming(
         _kill_group(proc)
         proc.wait()
         raise
+    finally:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
     drain.join()
     result = Result(args, proc.returncode, "".join(out), "".join(errors), time.monotonic() - start)
     if check and not result.ok:

@@ -14,9 +14,7 @@ so runs never leak into each other.
 
 from __future__ import annotations
 
-import contextlib
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal
 
@@ -30,7 +28,7 @@ from kvmple.workloads.perftest_output import machine_record, parse_perftest
 from kvmple.workloads.programs import GUEST_BIN, ensure_programs, program_argv
 
 PROGRAM = "kvmple-perftest"
-READY_LINE = "KVMPLE-PERFTEST-READY"  # printed by kvmple-perftest --go-file ...
+READY_LINE = "KVMPLE-PERFTEST-READY"  # printed by kvmple-perftest --wait-go ...
 WINDOW_END_LINE = "KVMPLE-PERFTEST-WINDOW-END"  # ... and this after its last timed window
 # Exit codes of kvmple-perftest (see its docstring).
 _EXIT_TIMEOUT = 3
@@ -119,7 +117,7 @@ class AmqpPerftest:
         # The clients give up first (with the reason); the executor's timeout is the backstop.
         client_timeout = p.client_timeout or max(5.0, (timeout - 10) / p.iterations)
         common = [f"--broker={p.broker}", f"--timeout={client_timeout:g}", "--machine"]
-        go_file = None
+        staged = False
         if p.engine == "qpid":
             qpid = ["qpid-perftest", *p.argv(), f"--broker={p.broker.split(':')[0]}"]
             argv = self._argv(*common, "--external", "--", *qpid)
@@ -133,11 +131,11 @@ class AmqpPerftest:
             )
         else:
             if before_window is not None:
-                go_file = f"/tmp/kvmple-perftest-go.{uuid.uuid4().hex[:12]}"
-                common.append(f"--go-file={go_file}")
+                staged = True
+                common.append("--wait-go")
             argv = self._argv(*common, *p.argv())
         try:
-            if go_file is None:
+            if not staged:
                 if before_window is not None:
                     before_window()  # engines without a ready point start after the load
                 result = executor.run(argv, timeout=timeout, check=False, what="perftest")
@@ -145,7 +143,7 @@ class AmqpPerftest:
                     after_window()
             else:
                 assert before_window is not None
-                signal = _GoSignal(executor, go_file, before_window, after_window)
+                signal = _GoSignal(before_window, after_window)
                 result = executor.stream(
                     argv, signal.on_line, timeout=timeout, check=False, what="perftest"
                 )
@@ -172,50 +170,35 @@ class AmqpPerftest:
 
 
 class _GoSignal:
-    """Frames the timed window of a perftest run with --go-file. When the program says its
+    """Frames the timed window of a perftest run with --wait-go. When the program says its
     clients are ready, run ``before_window`` (the other guest's busy loops start and are
-    verified), then write "go"; when it says the window is over, run ``after_window`` (the
-    loops stop). If ``before_window`` fails, write "stop" so the program cleans up and
-    exits instead of waiting out its timeout, and let the error propagate.
+    verified), then answer "go" on its stdin; when it says the window is over, run
+    ``after_window`` (the loops stop). If ``before_window`` fails, the executor closes the
+    program's stdin, which calls the run off (the program cleans up and exits), and the
+    error propagates.
 
     Client start-up and wind-down (interpreter, forks, connections, queue deletion) thus
     happen without the load, as they would on a host where the perftest is long running;
     under TCG they took up to ~10 s per run on starved vCPUs, outside any timed window."""
 
     def __init__(
-        self,
-        executor: Executor,
-        path: str,
-        before_window: Callable[[], None],
-        after_window: Callable[[], None] | None,
+        self, before_window: Callable[[], None], after_window: Callable[[], None] | None
     ) -> None:
-        self.executor = executor
-        self.path = path
         self.before_window = before_window
         self.after_window = after_window
         self.seen: set[str] = set()
 
-    def on_line(self, line: str) -> None:
+    def on_line(self, line: str) -> str | None:
         line = line.strip()
         if line not in (READY_LINE, WINDOW_END_LINE) or line in self.seen:
-            return
+            return None
         self.seen.add(line)
-        if line == WINDOW_END_LINE:
-            if self.after_window is not None:
-                self.after_window()
-            return
-        try:
+        if line == READY_LINE:
             self.before_window()
-        except BaseException:
-            with contextlib.suppress(Exception):  # the load's error is the one to report
-                self._say("stop")
-            raise
-        self._say("go")
-
-    def _say(self, word: str) -> None:
-        self.executor.run(
-            ["tee", self.path], input=f"{word}\n", timeout=60, what="perftest go signal"
-        )
+            return "go\n"
+        if self.after_window is not None:
+            self.after_window()
+        return None
 
 
 def _reason(result: Result) -> str:

@@ -58,6 +58,7 @@ class SpinLoops:
         self.bin_dir = bin_dir
         self.state_file = state_file
         self._params = SpinParams()
+        self._verified_pids: tuple[int, ...] = ()  # loops the last verify saw running
 
     def _run(self, executor: Executor, *args: str, timeout: float = 60) -> dict[str, Any]:
         argv = program_argv(PROGRAM, f"--state={self.state_file}", *args, bin_dir=self.bin_dir)
@@ -127,6 +128,7 @@ class SpinLoops:
             # fails that one too (53% on both samples was seen in a CI-order run).
             status = self.status(executor, 2 * p.sample_s)
             problems = check_loops(status, expected=p.count, min_busy=p.min_busy)
+        self._verified_pids = tuple(loop.pid for loop in status.loops if loop.running)
         if problems:
             raise WorkloadError(
                 f"busy loops on {executor.name} not running as asked: {'; '.join(problems)}",
@@ -136,6 +138,15 @@ class SpinLoops:
         return status
 
     def stop(self, executor: Executor) -> None:
+        pids, self._verified_pids = self._verified_pids, ()
+        if pids:
+            # The loops starve this guest's vCPUs, so kvmple-spin (a Python program) starts
+            # slowly while they run: 3 s per stop at overcommit 2.0 under TCG. A plain kill of
+            # the pids verify read back seconds ago ends them in one exec (pids are not reused
+            # that fast), then kvmple-spin confirms they are gone and clears its state.
+            executor.run(
+                ["kill", "-KILL", *map(str, pids)], timeout=60, check=False, what="kill loops"
+            )
         self._run(executor, "stop")
 
     @contextmanager

@@ -346,18 +346,14 @@ def test_a_failing_before_window_calls_the_run_off(broker: str) -> None:
     assert time.monotonic() - started < 30  # not the 110 s client timeout
 
 
-def test_perftest_go_file_stop_exits_with_the_reason(broker: str, tmp_path: Path) -> None:
-    go = tmp_path / "go"
-    go.write_text("stop\n")
-    result = run(
-        ["/usr/bin/python3", f"{BIN}/kvmple-perftest", "--count=100", f"--go-file={go}"],
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 1
-    assert "KVMPLE-PERFTEST-READY" in result.stdout
-    assert "called the run off before its window: stop" in result.stderr
-    assert not go.exists()
+def test_perftest_wait_go_stop_or_end_of_input_calls_the_run_off(broker: str) -> None:
+    argv = ["/usr/bin/python3", f"{BIN}/kvmple-perftest", "--count=100", "--wait-go"]
+    for answer, reason in (("stop\n", "stop"), ("", "its input ended")):
+        result = run(argv, input=answer, timeout=60, check=False)
+        assert result.returncode == 1
+        assert "KVMPLE-PERFTEST-READY" in result.stdout
+        assert f"called the run off before its window: {reason}" in result.stderr
+    assert not [q for q in _queues() if q.startswith("kvmple-perftest")]
 
 
 def test_lost_messages_fail_the_run(broker: str) -> None:

@@ -63,34 +63,32 @@ def test_run_logged_timeout_on_silent_process(tmp_path: Path) -> None:
         run_logged(["sleep", "30"], log=tmp_path / "l", timeout=0.5)
 
 
-def test_run_streaming_hands_lines_over_while_the_command_runs(tmp_path: Path) -> None:
-    """The caller acts on a line while the command waits for it (the perftest's go file)."""
-    go = tmp_path / "go"
+def test_run_streaming_hands_lines_over_and_writes_replies_to_stdin() -> None:
+    """The caller answers a line while the command waits for it (the perftest's go)."""
     seen: list[str] = []
 
-    def on_line(line: str) -> None:
+    def on_line(line: str) -> str | None:
         seen.append(line)
-        if line == "ready":
-            go.write_text("go\n")
+        return "go\n" if line == "ready" else None
 
-    script = f"echo ready; while [ ! -e {go} ]; do sleep 0.05; done; echo done; echo warn >&2"
+    script = "echo ready; read word; echo got $word; echo warn >&2"
     result = run_streaming(["sh", "-c", script], on_line, timeout=20)
-    assert seen == ["ready", "done"]
-    assert result.stdout == "ready\ndone\n" and result.stderr == "warn\n"
+    assert seen == ["ready", "got go"]
+    assert result.stdout == "ready\ngot go\n" and result.stderr == "warn\n"
     with pytest.raises(CommandError, match="exit 3"):
-        run_streaming(["sh", "-c", "echo x >&2; exit 3"], seen.append, timeout=20)
+        run_streaming(["sh", "-c", "echo x >&2; exit 3"], on_line, timeout=20)
 
 
 def test_run_streaming_callback_error_and_timeout_kill_the_command(tmp_path: Path) -> None:
     marker = tmp_path / "still-running"
 
-    def refuse(line: str) -> None:
+    def refuse(line: str) -> str | None:
         raise ValueError(f"cannot start the load after {line!r}")
 
     with pytest.raises(ValueError, match="cannot start the load"):
         run_streaming(["sh", "-c", f"echo ready; sleep 2; touch {marker}"], refuse, timeout=20)
     with pytest.raises(CommandTimeout):
-        run_streaming(["sh", "-c", f"sleep 2; touch {marker}"], print, timeout=0.5)
+        run_streaming(["sh", "-c", f"sleep 2; touch {marker}"], lambda _: None, timeout=0.5)
     time.sleep(2.5)
     assert not marker.exists(), "the command survived"
 

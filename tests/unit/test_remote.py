@@ -160,6 +160,31 @@ def test_stream_hands_over_lines_as_they_come(sshd: Sshd) -> None:
     assert result.stdout == "one\ntwo\nthree"
 
 
+def test_stream_replies_go_to_stdin_and_a_failing_callback_closes_it(sshd: Sshd) -> None:
+    """The perftest's go: a reply to a line reaches the waiting command on stdin; if the
+    callback fails instead, stdin ends, so a command waiting for the word stops by itself."""
+    with sshd.executor() as ex:
+        result = ex.stream(
+            ["sh", "-c", "echo ready; read word; echo got $word"],
+            lambda line: "go\n" if line == "ready" else None,
+            timeout=30,
+        )
+        assert result.stdout == "ready\ngot go\n"
+
+        marker = f"kvmple-stdin-{uuid.uuid4().hex}"
+
+        def refuse(line: str) -> str | None:
+            raise ValueError("the load did not start")
+
+        with pytest.raises(ValueError, match="did not start"):
+            ex.stream(["sh", "-c", f"echo ready; read word; true {marker}"], refuse, 30)
+        deadline = time.monotonic() + 5
+        while _running(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(marker), "the command still waits for a word on stdin"
+        assert ex.run(["true"], timeout=30).ok
+
+
 def test_put_and_get(sshd: Sshd, tmp_path: Path) -> None:
     local = tmp_path / "payload.bin"
     local.write_bytes(bytes(range(256)) * 100)
