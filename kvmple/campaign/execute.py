@@ -339,7 +339,6 @@ def _one_run(
     label = " ".join(f"{k}={v}" for k, v in cell.items())
     attempt = ctx.failures.get(run.key, 0) + 1
     ctx.bar.update(ctx.task, description=label)
-    exits = evidence.exit_evidence_source(ctx.host.accelerator, ctx.host.kvm_module)
     provenance: dict[str, Any] = {
         "host": {
             k: ctx.host.facts.get(k)
@@ -368,72 +367,32 @@ def _one_run(
         "overcommit": run.overcommit,
     }
     started = time.time()
-    clock = _PhaseClock()
-    status, reason, figures, raw, window = "failed", "", {}, "", 0.0
-    run_evidence: dict[str, Any] = {"phases_s": clock.seconds}
-    guest_error: GuestError | None = None
     measured = workloads[measured_role]
     executor = guests[measured_role].executor
-    # The quietness check (foreign load on the shared CPUs, 0.5 s) runs while the measured
-    # workload's clients start in the guest: their CPU time is QEMU's (and ours), not foreign.
-    own = [*_qemu_pids(guests), os.getpid()]
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvmple-quiet")
-    quiet_reading = pool.submit(quiet.measure, shared, own, window=0.5)
-    pool.shutdown(wait=False)
-
-    def note_quietness() -> None:
-        with clock.phase("quiet_wait"):
-            quietness = quiet_reading.result()
-        run_evidence["quiet_before"] = {"foreign_cpus": quietness.foreign_cpus}
-
+    frame = _RunFrame(ctx, run, guests, workloads, shared)
+    status, reason, figures, raw, window = "failed", "", {}, "", 0.0
+    guest_error: GuestError | None = None
     try:
-        with contextlib.ExitStack() as loads, contextlib.ExitStack() as timed:
-            collected: list[dict[str, Any]] = []  # filled in when ``timed`` closes
-
-            def start_loads() -> None:
-                """Called by the measured workload once its clients are up: the loads start
-                and are verified, then evidence collection starts with the timed window."""
-                note_quietness()
-                for role, workload in workloads.items():
-                    if role == measured_role:
-                        continue
-                    load_executor = guests[role].executor
-                    with clock.phase("load_start"):
-                        workload.start(load_executor, run.params_for(role))
-                    loads.callback(_timed, clock, "load_stop", workload.stop, load_executor)
-                    with clock.phase("load_verify"):
-                        status_read = workload.verify(load_executor)
-                    run_evidence.setdefault("load", {})[role] = status_read.to_json()
-                collected.append(timed.enter_context(evidence.collect(shared, exits)))
-
-            def stop_loads() -> None:
-                """Called once the timed window is over: evidence ends, the loads stop, and
-                the measured workload winds down without them."""
-                timed.close()
-                loads.close()
-
-            with clock.phase("measure_call"):
+        with frame:
+            with frame.clock.phase("measure_call"):
                 measurement = measured.measure(
                     executor,
                     run.params_for(measured_role),
                     timeout=playbook.timeouts.run,
-                    before_window=start_loads,
-                    after_window=stop_loads,
+                    before_window=frame.start_loads,
+                    after_window=frame.stop_loads,
                 )
-            if not collected:  # a workload that ignored before_window measured without load
+            if not frame.loads_started:  # it ignored before_window: measured without load
                 raise CampaignError(
                     f"workload {playbook.workloads[measured_role].name} never started the "
                     "load (it must call before_window)",
                     hint="a bug in that workload's measure(); no figures were stored",
                 )
-            timed.close()  # evidence ends with the measure call, before the loads stop
-            for found in collected:
-                run_evidence.update(found)
         figures = {k: float(v) for k, v in measurement.figures.items()}
         raw = measurement.raw_output
         window = measurement.window_s
         if measurement.cpu is not None:
-            run_evidence["guest_cpu"] = measurement.to_json()["cpu"]
+            frame.evidence["guest_cpu"] = measurement.to_json()["cpu"]
         status = "ok"
     except WorkloadError as exc:
         reason = exc.message
@@ -459,7 +418,7 @@ def _one_run(
         ended=ended,
         measure_seconds=window,
         provenance=provenance,
-        evidence=run_evidence,
+        evidence=frame.evidence,
     )
     ctx.store.add_run(record)
     if status == "ok":
@@ -492,9 +451,70 @@ def _one_run(
         return False
 
 
-def _timed(clock: _PhaseClock, name: str, action: Any, *args: Any) -> None:
-    with clock.phase(name):
-        action(*args)
+class _RunFrame:
+    """What surrounds one run's timed window: the quietness check (taken while the measured
+    workload's clients start: their CPU time is QEMU's and ours, not foreign), the load
+    workloads (started and verified just before the window, stopped as soon as it ends),
+    host evidence over the window, and the wall time of each phase. ``with frame:`` stops
+    whatever is still running however the run ends."""
+
+    def __init__(
+        self,
+        ctx: _Context,
+        run: PlannedRun,
+        guests: dict[str, Any],
+        workloads: dict[str, Any],
+        shared: frozenset[int],
+    ) -> None:
+        self.run = run
+        self.guests = guests
+        self.shared = shared
+        self.loads = {r: w for r, w in workloads.items() if r != ctx.playbook.measured_role}
+        self.exits = evidence.exit_evidence_source(ctx.host.accelerator, ctx.host.kvm_module)
+        self.clock = _PhaseClock()
+        self.evidence: dict[str, Any] = {"phases_s": self.clock.seconds}
+        self.loads_started = False
+        self._running = contextlib.ExitStack()  # stops the loads
+        self._timed = contextlib.ExitStack()  # ends evidence collection
+        self._collected: list[dict[str, Any]] = []  # filled in when _timed closes
+        own = [*_qemu_pids(guests), os.getpid()]
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvmple-quiet")
+        self._quiet = pool.submit(quiet.measure, shared, own, window=0.5)
+        pool.shutdown(wait=False)  # the reading finishes on its own in 0.5 s
+
+    def start_loads(self) -> None:
+        """before_window: note the quietness, start and verify the loads, start evidence."""
+        with self.clock.phase("quiet_wait"):
+            quietness = self._quiet.result()
+        self.evidence["quiet_before"] = {"foreign_cpus": quietness.foreign_cpus}
+        for role, workload in self.loads.items():
+            executor = self.guests[role].executor
+            with self.clock.phase("load_start"):
+                workload.start(executor, self.run.params_for(role))
+            self._running.callback(self._timed_stop, workload, executor)
+            with self.clock.phase("load_verify"):
+                status = workload.verify(executor)
+            self.evidence.setdefault("load", {})[role] = status.to_json()
+        self._collected.append(self._timed.enter_context(evidence.collect(self.shared, self.exits)))
+        self.loads_started = True
+
+    def stop_loads(self) -> None:
+        """after_window: evidence ends, the loads stop; the measured workload winds down."""
+        self._timed.close()
+        self._running.close()
+        for found in self._collected:
+            self.evidence.update(found)
+        self._collected.clear()
+
+    def _timed_stop(self, workload: Any, executor: Any) -> None:
+        with self.clock.phase("load_stop"):
+            workload.stop(executor)
+
+    def __enter__(self) -> _RunFrame:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop_loads()
 
 
 def _qemu_pids(guests: dict[str, Any]) -> list[int]:

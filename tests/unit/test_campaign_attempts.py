@@ -80,11 +80,55 @@ def _context(tmp_path: Path, store: Any, meta: CampaignMeta, bar: Any, task: Any
     )
 
 
-def _attempt(ctx: Any, run: Any, workload: Any = None) -> bool:
+class RecordingLoad:
+    """A load workload that records when it is started, verified and stopped."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def start(self, executor: Any, params: Any) -> None:
+        self.events.append("load start")
+
+    def verify(self, executor: Any) -> Any:
+        self.events.append("load verified")
+        return SimpleNamespace(to_json=lambda: {"loops": []})
+
+    def stop(self, executor: Any) -> None:
+        self.events.append("load stop")
+
+
+class FramedMeasure:
+    """A measured workload that starts up, opens its window, winds down (or fails inside)."""
+
+    def __init__(self, events: list[str], fail_in_window: bool = False) -> None:
+        self.events = events
+        self.fail_in_window = fail_in_window
+
+    def between_runs(self, executor: Any, params: Any) -> None:
+        self.events.append("clean-up")
+
+    def measure(
+        self, executor: Any, params: Any, timeout: float, before_window: Any, after_window: Any
+    ) -> Any:
+        self.events.append("clients up")
+        before_window()
+        self.events.append("window")
+        if self.fail_in_window:
+            raise WorkloadError("subscriber 0: connection reset")
+        after_window()
+        self.events.append("wind down")
+        return SimpleNamespace(
+            figures={"transfers_per_sec": 1000.0}, raw_output="", window_s=2.0, cpu=None
+        )
+
+
+def _attempt(ctx: Any, run: Any, workload: Any = None, load: Any = None) -> bool:
     guests = {
         role: SimpleNamespace(executor=LocalExecutor(), readback={}) for role in ctx.playbook.guests
     }
     workloads = {ctx.playbook.measured_role: workload or AlwaysFails()}
+    if load is not None:
+        workloads["spin"] = load
     facts = {"knobs": {}, "affinity": {}, "threads": {}}
     return bool(
         execute._one_run(
@@ -164,3 +208,26 @@ def test_clean_up_follows_a_failed_run_only_and_phases_are_recorded(tmp_path: Pa
     # the quietness reading (0.5 s, taken while the clients start) is in before the window
     assert ok.evidence["quiet_before"]["foreign_cpus"] >= 0
     assert ok.evidence["phases_s"]["quiet_wait"] >= 0.3
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_load_runs_only_around_the_timed_window(tmp_path: Path, fails: bool) -> None:
+    """Clients start before the load; the load stops as soon as the window ends, or when the
+    run fails inside it (and the clean-up then runs without the load)."""
+    store = open_store(f"sqlite:///{tmp_path / 'results.db'}")
+    run = build_plan(load_playbook(SMOKE).playbook, {"ple": "test host"}).runs[0]
+    meta = _meta()
+    store.create_campaign(meta)
+    events: list[str] = []
+    with ui.progress() as bar:
+        ctx = _context(tmp_path, store, meta, bar, bar.add_task("t", total=1))
+        ok = _attempt(ctx, run, FramedMeasure(events, fail_in_window=fails), RecordingLoad(events))
+    assert ok is not fails
+    framed = ["clients up", "load start", "load verified", "window"]
+    if fails:
+        assert events == [*framed, "load stop", "clean-up"]
+    else:
+        assert events == [*framed, "load stop", "wind down"]
+        record = next(r for r in store.runs(meta.id) if r.status == "ok")
+        assert {"load_start", "load_verify", "load_stop"} <= set(record.evidence["phases_s"])
+        assert record.evidence["load"]["spin"] == {"loops": []}
