@@ -70,6 +70,36 @@ def _argv(argv: Argv) -> tuple[str, ...]:
     return tuple(os.fspath(a) for a in argv)
 
 
+def _spawn(
+    args: tuple[str, ...],
+    *,
+    stdin: int,
+    stderr: int,
+    cwd: str | os.PathLike[str] | None,
+    env: Mapping[str, str] | None,
+    what: str | None,
+    hint: str | None,
+) -> subprocess.Popen[str]:
+    """Start ``args`` in its own session (so a timeout can kill its whole tree), text mode."""
+    try:
+        return subprocess.Popen(
+            args,
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            cwd=cwd,
+            env=None if env is None else {**os.environ, **env},
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
+    except FileNotFoundError as exc:
+        raise CommandError(
+            f"{what or 'command'} not found: {shlex.join(args)}",
+            hint=hint or f"install the program {args[0]!r} (see README: setup)",
+        ) from exc
+
+
 def run(
     argv: Argv,
     *,
@@ -87,25 +117,9 @@ def run(
     The process runs in its own session so a timeout kills its whole tree.
     """
     args = _argv(argv)
-    full_env = None if env is None else {**os.environ, **env}
     start = time.monotonic()
-    try:
-        proc = subprocess.Popen(
-            args,
-            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=cwd,
-            env=full_env,
-            text=True,
-            errors="replace",
-            start_new_session=True,
-        )
-    except FileNotFoundError as exc:
-        raise CommandError(
-            f"{what or 'command'} not found: {shlex.join(args)}",
-            hint=hint or f"install the program {args[0]!r} (see README: setup)",
-        ) from exc
+    stdin = subprocess.PIPE if input is not None else subprocess.DEVNULL
+    proc = _spawn(args, stdin=stdin, stderr=subprocess.PIPE, cwd=cwd, env=env, what=what, hint=hint)
     try:
         stdout, stderr = proc.communicate(input=input, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
@@ -143,25 +157,17 @@ def run_streaming(
     import threading
 
     args = _argv(argv)
-    full_env = None if env is None else {**os.environ, **env}
     start = time.monotonic()
     deadline = None if timeout is None else start + timeout
-    try:
-        proc = subprocess.Popen(
-            args,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=full_env,
-            text=True,
-            errors="replace",
-            start_new_session=True,
-        )
-    except FileNotFoundError as exc:
-        raise CommandError(
-            f"{what or 'command'} not found: {shlex.join(args)}",
-            hint=hint or f"install the program {args[0]!r} (see README: setup)",
-        ) from exc
+    proc = _spawn(
+        args,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=None,
+        env=env,
+        what=what,
+        hint=hint,
+    )
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     errors: list[str] = []
     drain = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
@@ -219,7 +225,6 @@ def run_logged(
     the log file so the user can read all of it.
     """
     args = _argv(argv)
-    full_env = None if env is None else {**os.environ, **env}
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     deadline = None if timeout is None else start + timeout
@@ -227,23 +232,15 @@ def run_logged(
     with log.open("a", encoding="utf-8", buffering=1) as sink:  # line-buffered: tail -f works
         sink.write(f"$ {shlex.join(args)}\n")
         sink.flush()
-        try:
-            proc = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                env=full_env,
-                text=True,
-                errors="replace",
-                start_new_session=True,
-            )
-        except FileNotFoundError as exc:
-            raise CommandError(
-                f"{what or 'command'} not found: {shlex.join(args)}",
-                hint=hint or f"install the program {args[0]!r} (see README: setup)",
-            ) from exc
+        proc = _spawn(
+            args,
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=env,
+            what=what,
+            hint=hint,
+        )
         try:
             assert proc.stdout is not None
             for line in _lines_until(proc.stdout, deadline):
