@@ -92,15 +92,14 @@ def print_breakdown(db: str, campaign_id: str, wall: float, boot: float) -> None
 
 def print_phases(runs: list) -> None:  # type: ignore[type-arg]
     """Mean seconds per phase of a run, by overcommit. Host side: the campaign's phases (the
-    loads start and are verified inside the measure call, once the perftest's clients are
-    ready). Guest side: the perftest's own phases; "ssh+py" is the rest of the measure call
-    (SSH round trip and interpreter start-up)."""
+    held loads get the word inside the measure call, once the perftest's clients are ready,
+    and report how they ran when they stop). Guest side: the perftest's own phases; "ssh+py"
+    is the rest of the measure call (SSH round trip and interpreter start-up)."""
     from kvmple.workloads.perftest_output import machine_record
 
     columns = (
         ("quiet wait", "quiet_wait"),
         ("load start", "load_start"),
-        ("load verify", "load_verify"),
         ("measure", "measure_call"),
         ("load stop", "load_stop"),
         ("| declare", "declare_s"),

@@ -388,6 +388,7 @@ def _one_run(
                     "load (it must call before_window)",
                     hint="a bug in that workload's measure(); no figures were stored",
                 )
+        frame.check_loads()
         figures = {k: float(v) for k, v in measurement.figures.items()}
         raw = measurement.raw_output
         window = measurement.window_s
@@ -454,9 +455,9 @@ def _one_run(
 class _RunFrame:
     """What surrounds one run's timed window: the quietness check (taken while the measured
     workload's clients start: their CPU time is QEMU's and ours, not foreign), the load
-    workloads (started and verified just before the window, stopped as soon as it ends),
-    host evidence over the window, and the wall time of each phase. ``with frame:`` stops
-    whatever is still running however the run ends."""
+    workloads (readied at once, started just before the window, stopped as soon as it ends
+    and judged on how they ran over it), host evidence over the window, and the wall time of
+    each phase. ``with frame:`` stops whatever is still running however the run ends."""
 
     def __init__(
         self,
@@ -467,54 +468,81 @@ class _RunFrame:
         shared: frozenset[int],
     ) -> None:
         self.run = run
-        self.guests = guests
         self.shared = shared
-        self.loads = {r: w for r, w in workloads.items() if r != ctx.playbook.measured_role}
         self.exits = evidence.exit_evidence_source(ctx.host.accelerator, ctx.host.kvm_module)
         self.clock = _PhaseClock()
         self.evidence: dict[str, Any] = {"phases_s": self.clock.seconds}
         self.loads_started = False
-        self._running = contextlib.ExitStack()  # stops the loads
+        self.loads_stopped = False
+        self.load_problems: list[str] = []
+        self._held = contextlib.ExitStack()  # every load stopped on leaving the frame
         self._timed = contextlib.ExitStack()  # ends evidence collection
         self._collected: list[dict[str, Any]] = []  # filled in when _timed closes
         own = [*_qemu_pids(guests), os.getpid()]
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvmple-quiet")
         self._quiet = pool.submit(quiet.measure, shared, own, window=0.5)
         pool.shutdown(wait=False)  # the reading finishes on its own in 0.5 s
+        # The loads' programs start now, in parallel with the measured workload's start-up,
+        # so before_window only has to give them the word.
+        limit = ctx.playbook.timeouts.run + 60
+        self._loads: dict[str, tuple[Any, Any]] = {}
+        try:
+            for role, workload in workloads.items():
+                if role != ctx.playbook.measured_role:
+                    held = workload.held(guests[role].executor, run.params_for(role), timeout=limit)
+                    self._loads[role] = (workload, self._held.enter_context(held))
+        except BaseException:
+            self._held.close()
+            raise
 
     def start_loads(self) -> None:
-        """before_window: note the quietness, start and verify the loads, start evidence."""
+        """before_window: note the quietness, start the loads, start evidence."""
         with self.clock.phase("quiet_wait"):
             quietness = self._quiet.result()
         self.evidence["quiet_before"] = {"foreign_cpus": quietness.foreign_cpus}
-        for role, workload in self.loads.items():
-            executor = self.guests[role].executor
+        for _, held in self._loads.values():
             with self.clock.phase("load_start"):
-                workload.start(executor, self.run.params_for(role))
-            self._running.callback(self._timed_stop, workload, executor)
-            with self.clock.phase("load_verify"):
-                status = workload.verify(executor)
-            self.evidence.setdefault("load", {})[role] = status.to_json()
+                held.start()
         self._collected.append(self._timed.enter_context(evidence.collect(self.shared, self.exits)))
         self.loads_started = True
 
     def stop_loads(self) -> None:
-        """after_window: evidence ends, the loads stop; the measured workload winds down."""
+        """after_window: evidence ends, the loads stop and report how they ran (judged by
+        check_loads); the measured workload winds down meanwhile."""
         self._timed.close()
-        self._running.close()
+        if self.loads_started and not self.loads_stopped:
+            self.loads_stopped = True
+            for role, (workload, held) in self._loads.items():
+                with self.clock.phase("load_stop"):
+                    status = held.stop()
+                self.evidence.setdefault("load", {})[role] = status.to_json()
+                found = workload.problems(status, self.run.params_for(role))
+                self.load_problems += [f"{role}: {problem}" for problem in found]
         for found in self._collected:
             self.evidence.update(found)
         self._collected.clear()
 
-    def _timed_stop(self, workload: Any, executor: Any) -> None:
-        with self.clock.phase("load_stop"):
-            workload.stop(executor)
+    def check_loads(self) -> None:
+        """A run whose load did not run as asked over its window has no valid figures."""
+        if self.load_problems:
+            raise WorkloadError(
+                f"the load did not run as asked during the window: {'; '.join(self.load_problems)}",
+                hint="something else competed for those vCPUs (other guest services; under "
+                "TCG a busy host), or min_busy is too strict for this machine",
+            )
 
     def __enter__(self) -> _RunFrame:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop_loads()
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            self.stop_loads()
+        except (WorkloadError, GuestError) as error:
+            if exc_info[0] is None:
+                raise
+            log.warning("stopping the loads after a failed run: %s", error.message)
+        finally:
+            self._held.__exit__(*exc_info)
 
 
 def _qemu_pids(guests: dict[str, Any]) -> list[int]:

@@ -14,6 +14,7 @@ from kvmple.errors import ConfigError
 from kvmple.workloads.amqp import AmqpPerftest, PerftestParams
 from kvmple.workloads.base import (
     CpuSplit,
+    HeldLoad,
     LoadStatus,
     LoadWorkload,
     LoopStatus,
@@ -54,6 +55,7 @@ __all__ = [
     "CpuSplit",
     "Hackbench",
     "HackbenchParams",
+    "HeldLoad",
     "LoadStatus",
     "LoadWorkload",
     "LoopStatus",

@@ -5,8 +5,9 @@ Two kinds of workload exist:
 - a *measured* workload (the AMQP perftest, hackbench) runs once per run and returns a
   ``Measurement``: typed figures named by its ``metrics``, the raw output, how long the
   measurement window was and, where it applies, the guest CPU split broker vs clients;
-- a *load* workload (the busy loops) is started before the measured one, verified running,
-  and stopped afterwards.
+- a *load* workload (the busy loops) is held around the measured one's timed window:
+  readied while the measured workload starts up, started just before its window, stopped
+  as soon as it ends, and judged on how it ran over that window.
 
 All of them talk to a machine only through ``kvmple.executor.Executor``, so the same code runs
 against the host (``LocalExecutor``) and in a guest (``kvmple.remote.SSHExecutor``).
@@ -192,6 +193,25 @@ class MeasuredWorkload(Protocol):
 
 
 @runtime_checkable
+class HeldLoad(Protocol):
+    """One run's load, readied (its program started, waiting) but not yet running.
+
+    ``with`` guarantees it is stopped however the run ends."""
+
+    def start(self) -> None:
+        """Start the load; returns once it runs."""
+        ...
+
+    def stop(self) -> LoadStatus:
+        """Stop it; how it ran over the time it ran (idempotent)."""
+        ...
+
+    def __enter__(self) -> HeldLoad: ...
+
+    def __exit__(self, *exc_info: Any) -> None: ...
+
+
+@runtime_checkable
 class LoadWorkload(Protocol):
     """A workload that keeps vCPUs busy while another one is measured."""
 
@@ -207,12 +227,12 @@ class LoadWorkload(Protocol):
         params: Mapping[str, Any] | BaseModel | None = None,
     ) -> None: ...
 
-    def start(self, executor: Executor, params: Mapping[str, Any] | BaseModel) -> None: ...
-
-    def verify(self, executor: Executor) -> LoadStatus:
-        """Read back from the guest that every loop runs where it should, near 100%."""
+    def held(
+        self, executor: Executor, params: Mapping[str, Any] | BaseModel, *, timeout: float
+    ) -> HeldLoad:
+        """Ready the load of one run (nothing runs yet); it never outlives ``timeout``."""
         ...
 
-    def stop(self, executor: Executor) -> None:
-        """Stop everything ``start`` started (idempotent)."""
+    def problems(self, status: LoadStatus, params: Mapping[str, Any] | BaseModel) -> list[str]:
+        """What was wrong with how the load ran (empty: it ran as asked)."""
         ...

@@ -1,21 +1,33 @@
 """The busy-loop load: ``spin N`` user-space infinite loops, each pinned to its own vCPU.
 
-Driven through the guest program kvmple-spin: ``start`` launches the loops detached (so the
-SSH command returns), ``verify`` reads back from the guest's /proc that each loop is alive,
-pinned to its vCPU and near 100% busy, ``stop`` kills them and waits until they are gone.
-Zero loops is a valid setting (start and verify then do nothing but check nothing runs).
+Driven through the guest program kvmple-spin, two ways:
+
+- ``held()`` (campaigns): one command per run holds the loops over an open channel. It is
+  started while the measured workload starts up; ``start()`` then costs one line on that
+  channel, ``stop()`` another, and the status comes back for the loops' whole lifetime, i.e.
+  for the window they loaded (``problems()`` judges it). Under TCG at overcommit 2.0 a new
+  SSH command into the starved guest took 1-3 s; a line on the open channel does not.
+- ``start``/``verify``/``stop`` (``kvmple workload run spin``, tests): ``start`` launches the
+  loops detached, ``verify`` samples from the guest's /proc that each loop is alive, pinned
+  to its vCPU and busy, ``stop`` kills them and waits until they are gone.
+
+Zero loops is a valid setting (nothing starts; the checks still see that nothing runs).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from types import TracebackType
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kvmple.errors import CommandError, WorkloadError
+from kvmple.errors import CommandError, GuestError, WorkloadError
 from kvmple.executor import Executor
 from kvmple.run import Result
 from kvmple.workloads.base import LoadStatus, LoopStatus, parse_params
@@ -23,6 +35,11 @@ from kvmple.workloads.programs import GUEST_BIN, ensure_programs, program_argv
 
 PROGRAM = "kvmple-spin"
 STATE_FILE = "/run/kvmple-spin.json"
+ARMED_LINE = "KVMPLE-SPIN-ARMED"  # kvmple-spin hold: ready, waiting for "start"
+RUNNING_TAG = "KVMPLE-SPIN-RUNNING"  # ...: the loops run, waiting for "stop"
+STOP_WAIT_S = 60.0  # for the held command to stop its loops and report
+
+log = logging.getLogger("kvmple.workloads.spin")
 
 
 class SpinParams(BaseModel):
@@ -78,9 +95,9 @@ class SpinLoops:
         for unit in p.stop_services:
             stop_unit(executor, unit, timeout=timeout)
 
-    def start(self, executor: Executor, params: Mapping[str, Any] | BaseModel) -> None:
+    def _loop_args(self, action: str, params: Mapping[str, Any] | BaseModel) -> list[str]:
         p = parse_params(SpinParams, params, where=f"workload {self.name} params")
-        args = ["start", str(p.count)]
+        args = [action, str(p.count)]
         if p.cpus is not None:
             if len(p.cpus) != p.count:
                 raise WorkloadError(
@@ -89,25 +106,31 @@ class SpinLoops:
                 )
             args.append("--cpus=" + ",".join(map(str, p.cpus)))
         self._params = p
-        self._run(executor, *args)
+        return args
+
+    def start(self, executor: Executor, params: Mapping[str, Any] | BaseModel) -> None:
+        self._run(executor, *self._loop_args("start", params))
+
+    def held(
+        self, executor: Executor, params: Mapping[str, Any] | BaseModel, *, timeout: float
+    ) -> HeldLoops:
+        """The loops of one run, held by one command that starts now and waits for the word
+        (``start()``); they stop on ``stop()``, on leaving the ``with``, or after ``timeout``
+        seconds at the latest (the guest program kills them when its channel closes)."""
+        args = self._loop_args("hold", params)
+        argv = program_argv(PROGRAM, f"--state={self.state_file}", *args, bin_dir=self.bin_dir)
+        return HeldLoops(executor, argv, timeout=timeout, workload=self.name)
+
+    def problems(self, status: LoadStatus, params: Mapping[str, Any] | BaseModel) -> list[str]:
+        """What is wrong with how the loops ran (empty: they ran as asked)."""
+        p = parse_params(SpinParams, params, where=f"workload {self.name} params")
+        return check_loops(status, expected=p.count, min_busy=p.min_busy)
 
     def status(self, executor: Executor, sample_s: float | None = None) -> LoadStatus:
         """Read each loop's pid, pinning and CPU share from the guest (no judgement)."""
         sample = sample_s if sample_s is not None else self._params.sample_s
         data = self._run(executor, "status", f"--sample={sample:g}", timeout=60 + sample)
-        loops = tuple(
-            LoopStatus(
-                pid=int(loop["pid"]),
-                cpu=int(loop["cpu"]),
-                running=bool(loop["running"]),
-                busy=float(loop["busy"]),
-                affinity=tuple(int(c) for c in loop["affinity"]),
-                last_cpu=None if loop["last_cpu"] is None else int(loop["last_cpu"]),
-                share=float(loop.get("share", 0.0)),
-            )
-            for loop in data["loops"]
-        )
-        return LoadStatus(self.name, loops, float(data["sample_s"]))
+        return load_status(self.name, data)
 
     def verify(
         self, executor: Executor, params: Mapping[str, Any] | BaseModel | None = None
@@ -159,6 +182,141 @@ class SpinLoops:
             yield self.verify(executor)
         finally:
             self.stop(executor)
+
+
+class HeldLoops:
+    """One ``kvmple-spin hold`` command, driven from a thread over its stdin and stdout.
+
+    The thread runs ``executor.stream``; its line callback blocks until the caller gives
+    the next word, so "start" and "stop" travel on the channel that is already open."""
+
+    def __init__(
+        self, executor: Executor, argv: list[str], *, timeout: float, workload: str
+    ) -> None:
+        self.executor = executor
+        self.workload = workload
+        self._deadline = time.monotonic() + timeout
+        self._go = threading.Event()
+        self._halt = threading.Event()
+        self._running = threading.Event()
+        self._ended = threading.Event()
+        self._call_off = False
+        self._result: Result | None = None
+        self._error: BaseException | None = None
+        self._status: LoadStatus | None = None
+        self._thread = threading.Thread(
+            target=self._drive, args=(argv, timeout), name="kvmple-spin-hold", daemon=True
+        )
+        self._thread.start()
+
+    def _drive(self, argv: list[str], timeout: float) -> None:
+        try:
+            self._result = self.executor.stream(
+                argv, self._on_line, timeout, check=False, what="kvmple-spin hold"
+            )
+        except BaseException as exc:  # handed to the caller's thread by start()/stop()
+            self._error = exc
+        finally:
+            self._ended.set()
+
+    def _wait(self, event: threading.Event) -> None:
+        # Never longer than the command's own timeout: loops cannot outlive it.
+        event.wait(max(0.0, self._deadline - time.monotonic()))
+
+    def _on_line(self, line: str) -> str | None:
+        if line == ARMED_LINE:
+            self._wait(self._go)
+            return "off\n" if self._call_off else "start\n"
+        if line.startswith(RUNNING_TAG):
+            self._running.set()
+            self._wait(self._halt)
+            return "stop\n"
+        return None
+
+    def _raise_failure(self, action: str) -> None:
+        if isinstance(self._error, GuestError | WorkloadError):
+            raise self._error
+        if self._error is not None:
+            message = getattr(self._error, "message", str(self._error))
+            raise WorkloadError(
+                f"kvmple-spin hold failed to {action} on {self.executor.name}: {message}"
+            ) from self._error
+        if self._result is not None and not self._result.ok:
+            _json_or_error(self._result, self.executor.name, "hold")  # raises, with stderr
+        raise WorkloadError(
+            f"kvmple-spin hold on {self.executor.name} ended before its loops ran "
+            f"(it was asked to {action})",
+            hint="see the guest's journal; the program may have been killed",
+        )
+
+    def start(self) -> None:
+        """Give the word; returns once every loop runs pinned to its vCPU."""
+        self._go.set()
+        while not self._running.wait(0.05):
+            if self._ended.is_set():
+                self._raise_failure("start")
+            if time.monotonic() > self._deadline:
+                raise WorkloadError(
+                    f"kvmple-spin hold on {self.executor.name} did not start its loops in time"
+                )
+
+    def stop(self) -> LoadStatus:
+        """Stop the loops; their status over the time they ran (idempotent)."""
+        if self._status is not None:
+            return self._status
+        if not self._running.is_set():
+            self._call_off = True
+            self._go.set()
+        self._halt.set()
+        self._thread.join(STOP_WAIT_S)
+        if self._thread.is_alive():
+            raise WorkloadError(
+                f"kvmple-spin hold on {self.executor.name} did not stop within {STOP_WAIT_S:g}s",
+                hint="its loops end when the command's timeout kills it",
+            )
+        if self._result is None or not self._result.ok or not self._running.is_set():
+            if self._call_off and self._result is not None and self._result.ok:
+                self._status = LoadStatus(self.workload, (), 0.0)  # never started
+                return self._status
+            self._raise_failure("stop")
+        assert self._result is not None
+        self._status = load_status(
+            self.workload, _json_or_error(self._result, self.executor.name, "hold")
+        )
+        return self._status
+
+    def __enter__(self) -> HeldLoops:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.stop()
+        except (WorkloadError, GuestError) as error:
+            if exc_type is None:
+                raise
+            log.warning("stopping held loops after a failure: %s", error.message)
+
+
+def load_status(workload: str, data: Mapping[str, Any]) -> LoadStatus:
+    """kvmple-spin's status JSON as a LoadStatus."""
+    loops = tuple(
+        LoopStatus(
+            pid=int(loop["pid"]),
+            cpu=int(loop["cpu"]),
+            running=bool(loop["running"]),
+            busy=float(loop["busy"]),
+            affinity=tuple(int(c) for c in loop["affinity"]),
+            last_cpu=None if loop["last_cpu"] is None else int(loop["last_cpu"]),
+            share=float(loop.get("share", 0.0)),
+        )
+        for loop in data["loops"]
+    )
+    return LoadStatus(workload, loops, float(data["sample_s"]))
 
 
 def stop_unit(executor: Executor, unit: str, *, timeout: float) -> bool:

@@ -141,6 +141,12 @@ def test_smoke_campaign_interrupted_resumed_and_reported(
         assert record.provenance["knobs"]["ple"]["unavailable"]
         assert "TCG" in record.evidence["kvm_exits"]["unavailable"]
         assert set(record.evidence["host_cpu"]["cpus"]) == {0, 1}
+        # the busy loops as they ran over the whole window, read back from the guest
+        loops = record.evidence["load"]["spin"]["loops"]
+        assert [loop["cpu"] for loop in loops] == list(range(record.cell["spinners"]))
+        assert all(loop["running"] and loop["share"] >= 0.6 for loop in loops)
+        lifetime = record.evidence["load"]["spin"]["sample_s"]
+        assert lifetime >= 0.95 * record.measure_seconds or not loops  # two guest clocks
         assert record.raw
         per_cell[f"{record.cell['size']}/{record.cell['spinners']}"].append(
             record.figures["transfers_per_sec"]

@@ -13,6 +13,7 @@ parsed, and the throughput drop with loops running shown.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -413,6 +414,46 @@ def test_spin_loops_on_host(spin: SpinLoops, count: int) -> None:
     spin.stop(executor)
     assert not [pid for pid in pids if _running(pid)]
     spin.stop(executor)  # idempotent
+
+
+@pytest.mark.parametrize("count", [0, 2])
+def test_held_spin_loops_on_host(spin: SpinLoops, count: int) -> None:
+    """The campaign's way: readied, started and stopped by words on one open command; the
+    status covers the loops' whole lifetime and they are gone (and reaped) after stop."""
+    executor = LocalExecutor()
+    params = {"count": count, "min_busy": 0.01}
+    with spin.held(executor, params, timeout=60) as held:
+        held.start()
+        time.sleep(1.0)
+        status = held.stop()
+        assert held.stop() is status  # idempotent
+    assert [loop.affinity for loop in status.loops] == [(cpu,) for cpu in range(count)]
+    assert all(loop.running and loop.busy > 0 for loop in status.loops)
+    assert status.sample_s >= 1.0 if count else True
+    assert spin.problems(status, params) == []
+    assert spin.problems(status, {**params, "count": count + 1})  # one loop short
+    assert not [loop.pid for loop in status.loops if _running(loop.pid)]
+    assert not Path(spin.state_file).exists()
+
+
+def test_held_spin_called_off_or_abandoned_leaves_nothing(spin: SpinLoops) -> None:
+    executor = LocalExecutor()
+    # called off before the word: nothing ever ran
+    with spin.held(executor, {"count": 1}, timeout=60) as held:
+        pass
+    assert held.stop().loops == ()
+    # its controller gone (the command killed, as a timeout or a dead SSH channel does):
+    # the loops die with the holding program
+    held = spin.held(executor, {"count": 2}, timeout=3)
+    held.start()
+    pids = [loop["pid"] for loop in json.loads(Path(spin.state_file).read_text())["loops"]]
+    assert all(_running(pid) for pid in pids)
+    deadline = time.monotonic() + 20
+    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in pids if _running(pid)]
+    with pytest.raises(WorkloadError, match="kvmple-spin hold"):
+        held.stop()  # it was stopped by its timeout, not asked: said so, not hidden
 
 
 def _running(pid: int) -> bool:

@@ -81,20 +81,34 @@ def _context(tmp_path: Path, store: Any, meta: CampaignMeta, bar: Any, task: Any
 
 
 class RecordingLoad:
-    """A load workload that records when it is started, verified and stopped."""
+    """A load workload that records when it is readied, started and stopped."""
 
-    def __init__(self, events: list[str]) -> None:
+    def __init__(self, events: list[str], problems: tuple[str, ...] = ()) -> None:
         self.events = events
+        self.found = list(problems)
 
-    def start(self, executor: Any, params: Any) -> None:
-        self.events.append("load start")
+    def held(self, executor: Any, params: Any, *, timeout: float) -> Any:
+        self.events.append("load readied")
+        events = self.events
 
-    def verify(self, executor: Any) -> Any:
-        self.events.append("load verified")
-        return SimpleNamespace(to_json=lambda: {"loops": []})
+        class Held:
+            def start(self) -> None:
+                events.append("load start")
 
-    def stop(self, executor: Any) -> None:
-        self.events.append("load stop")
+            def stop(self) -> Any:
+                events.append("load stop")
+                return SimpleNamespace(to_json=lambda: {"loops": []})
+
+            def __enter__(self) -> Any:
+                return self
+
+            def __exit__(self, *exc_info: Any) -> None:
+                events.append("load released")
+
+        return Held()
+
+    def problems(self, status: Any, params: Any) -> list[str]:
+        return self.found
 
 
 class FramedMeasure:
@@ -223,11 +237,33 @@ def test_the_load_runs_only_around_the_timed_window(tmp_path: Path, fails: bool)
         ctx = _context(tmp_path, store, meta, bar, bar.add_task("t", total=1))
         ok = _attempt(ctx, run, FramedMeasure(events, fail_in_window=fails), RecordingLoad(events))
     assert ok is not fails
-    framed = ["clients up", "load start", "load verified", "window"]
+    # the load's program is readied before the clients start, so the go is one word
+    framed = ["load readied", "clients up", "load start", "window"]
     if fails:
-        assert events == [*framed, "load stop", "clean-up"]
+        assert events == [*framed, "load stop", "load released", "clean-up"]
     else:
-        assert events == [*framed, "load stop", "wind down"]
+        assert events == [*framed, "load stop", "wind down", "load released"]
         record = next(r for r in store.runs(meta.id) if r.status == "ok")
-        assert {"load_start", "load_verify", "load_stop"} <= set(record.evidence["phases_s"])
+        assert {"load_start", "load_stop"} <= set(record.evidence["phases_s"])
         assert record.evidence["load"]["spin"] == {"loops": []}
+
+
+def test_a_load_that_did_not_run_as_asked_fails_the_run(tmp_path: Path) -> None:
+    """The loads are judged on how they ran over the window: figures measured under a load
+    that was starved or died are not stored as a result."""
+    store = open_store(f"sqlite:///{tmp_path / 'results.db'}")
+    run = build_plan(load_playbook(SMOKE).playbook, {"ple": "test host"}).runs[0]
+    meta = _meta()
+    store.create_campaign(meta)
+    events: list[str] = []
+    load = RecordingLoad(events, ("loop 10 (vCPU 0) got 41% of its vCPU's time (< 60%)",))
+    with ui.progress() as bar:
+        ctx = _context(tmp_path, store, meta, bar, bar.add_task("t", total=1))
+        assert _attempt(ctx, run, FramedMeasure(events), load) is False
+    (failed,) = store.runs(meta.id)
+    assert failed.status == "failed" and not failed.figures
+    assert "did not run as asked during the window: spin: loop 10 (vCPU 0) got 41%" in (
+        failed.reason
+    )
+    assert failed.evidence["load"]["spin"] == {"loops": []}  # what it did is kept
+    assert events[-2:] == ["load released", "clean-up"]
