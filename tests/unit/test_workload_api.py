@@ -25,7 +25,7 @@ from kvmple.workloads import (
     get_workload,
     parse_params,
 )
-from kvmple.workloads.amqp import measurement_from_result
+from kvmple.workloads.amqp import measurement_from_result, wait_for_broker
 from kvmple.workloads.programs import PROGRAMS, program_argv
 from kvmple.workloads.spin import SpinParams, check_loops
 
@@ -240,3 +240,38 @@ def test_spin_verify_judges_a_short_share_on_a_second_longer_sample() -> None:
     with pytest.raises(WorkloadError, match=r"pinned to \[0, 1\]"):
         spin.verify(wrong, params)  # type: ignore[arg-type]
     assert wrong.samples == ["1"]
+
+
+class BrokerStarting:
+    """A guest whose broker is still starting: probes fail until systemctl start returns."""
+
+    name = "guest amqp"
+
+    def __init__(self, *, unit: bool = True) -> None:
+        self.unit = unit
+        self.calls: list[str] = []
+        self.ready = False
+
+    def run(self, argv: list[str], **kwargs: object) -> Result:
+        command = " ".join(argv[:2]) if argv[0] == "systemctl" else "probe"
+        self.calls.append(command)
+        if command == "systemctl cat":
+            code = 0 if self.unit else 1
+        elif command == "systemctl start":
+            self.ready, code = True, 0
+        else:
+            code = 0 if self.ready else 1
+        return Result(tuple(argv), code, "", "" if code == 0 else "refused", 0.1, self.name)
+
+
+def test_a_starting_broker_is_waited_for_by_systemd_not_by_polling() -> None:
+    guest = BrokerStarting()
+    waited = wait_for_broker(guest, ["probe"], timeout=30)  # type: ignore[arg-type]
+    assert guest.calls == ["probe", "systemctl cat", "systemctl start", "probe"]
+    assert waited < 1.0  # no 2 s poll sleep once systemd says it is ready
+
+
+def test_a_broker_that_never_answers_is_named_with_the_reason() -> None:
+    guest = BrokerStarting(unit=False)
+    with pytest.raises(WorkloadError, match=r"did not accept connections within 0.1s: .*refused"):
+        wait_for_broker(guest, ["probe"], timeout=0.1)  # type: ignore[arg-type]
