@@ -448,6 +448,8 @@ def test_held_spin_called_off_or_abandoned_leaves_nothing(spin: SpinLoops) -> No
     held.start()
     pids = [loop["pid"] for loop in json.loads(Path(spin.state_file).read_text())["loops"]]
     assert all(_running(pid) for pid in pids)
+    # idle-class tasks in their guest: its sshd and the holder preempt them at once
+    assert {os.sched_getscheduler(pid) for pid in pids} == {os.SCHED_IDLE}
     deadline = time.monotonic() + 20
     while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
