@@ -562,28 +562,32 @@ def test_perftest_in_guest_drops_with_busy_loops_in_the_other_guest(
     results: dict[tuple[int, int], list[float]] = {}
     splits = []
     busy: list[tuple[float, float]] = []
-    # One round (0, 1, 2 loops; both sizes): the drop is ~0.3x, far from the 0.85 bar, and
-    # CI time is better spent on the campaign test, which repeats every cell 3 times.
-    for _ in range(1):
-        for count in (0, 1, 2):
-            # min_busy 0.4: run after the rest of the real tier, one loop got 53% of its
-            # vCPU on both samples, twice (run alone: 95-100%; cause not found yet); the
-            # throughput drop below is what this test is about.
-            with loops.running(other, {"count": count, "min_busy": 0.4}) as status:
-                assert len(status.loops) == count
-                for loop in status.loops:
-                    assert loop.affinity == (loop.cpu,) and loop.share >= 0.4
-                busy.extend((loop.share, loop.busy) for loop in status.loops)
-                for size in (8, 16):
-                    params = {"npubs": 1, "nsubs": 1, "count": 1500, "size": size}
-                    m = perftest.measure(amqp, params, timeout=300)
-                    perftest.between_runs(amqp, params)
-                    assert m.value > 0 and m.cpu is not None and m.cpu.broker > 0
-                    assert m.value * m.window_s == pytest.approx(3000, rel=1e-6)
-                    results.setdefault((count, size), []).append(m.value)
-                    splits.append((count, size, m.cpu))
-            left = other.run(["pgrep", "-c", "-f", "kvmple-spin"], timeout=30, check=False)
-            assert left.stdout.strip() in ("", "0")  # stopped cleanly
+    # Framed as a campaign frames a run: the loops are held by one command, started once the
+    # clients are ready and stopped when the window ends, and read back over that window.
+    # A first version started the loops once per count, sampled them for 1 s and measured
+    # 1,500-message windows: in CI a 2-loop round showed 51%/45% shares and no throughput
+    # drop. The share is only checked loosely here (one 3 s window once read 28%: under TCG
+    # a vCPU descheduled by the host inside an interrupt bills that time to the interrupt);
+    # the campaign test judges it at the default 60% over 18 longer windows.
+    messages = 3000
+    judged = {"min_busy": 0.2}
+    for count in (0, 1, 2):
+        for size in (8, 16):
+            params = {"npubs": 1, "nsubs": 1, "count": messages, "size": size}
+            with loops.held(other, {"count": count}, timeout=400) as held:
+                m = perftest.measure(
+                    amqp, params, timeout=300, before_window=held.start, after_window=held.stop
+                )
+            status = held.stop()
+            assert loops.problems(status, {"count": count, **judged}) == []
+            assert [loop.cpu for loop in status.loops] == list(range(count))
+            busy.extend((loop.share, loop.busy) for loop in status.loops)
+            assert m.value > 0 and m.cpu is not None and m.cpu.broker > 0
+            assert m.value * m.window_s == pytest.approx(2 * messages, rel=1e-6)
+            results.setdefault((count, size), []).append(m.value)
+            splits.append((count, size, m.cpu))
+        left = other.run(["pgrep", "-c", "-f", "kvmple-spin"], timeout=30, check=False)
+        assert left.stdout.strip() in ("", "0")  # stopped cleanly
 
     mean = {key: sum(v) / len(v) for key, v in results.items()}
     report = {f"loops={c} size={s}": round(v) for (c, s), v in sorted(mean.items())}
