@@ -4,8 +4,9 @@
 is created, started and waited for in parallel "waves" (see boot_waves), and its vCPU
 affinity read back and compared with the spec. Whatever happens afterwards (normal exit,
 exception, Ctrl-C, SIGTERM, which kvmple.cli turns into KeyboardInterrupt) every guest is
-destroyed, its overlay and run directory deleted and its record forgotten. Only SIGKILL can
-skip that; ``kvmple gc`` then finds the records of the dead owner and reaps them.
+destroyed, its overlay and run directory deleted and its record forgotten. When this process
+dies without cleaning up (SIGKILL, the OOM killer), its reaper process does it (vm/reaper.py);
+if that was killed too, ``kvmple gc`` finds the records of the dead owner and reaps them.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from kvmple.keys import installation_key
 from kvmple.remote import HostKeyMismatch, LoginRefused, SSHExecutor, free_port
 from kvmple.run import run
 from kvmple.ui import warn
-from kvmple.vm import registry
+from kvmple.vm import reaper, registry
 from kvmple.vm.domxml import domain_xml
 from kvmple.vm.libvirt_backend import Libvirt, connect
 from kvmple.vm.pinning import check_pinning, compare_affinity, read_host_cpus, summarize
@@ -204,6 +205,7 @@ class _Boot:
             detached=False,
             created=time.time(),
         )
+        reaper.ensure()  # from here on, this process dying by any signal reaps the guest
         registry.claim(record)  # raises if the name is taken: then it is not ours to clean
         with self.lock:
             self.records.append(record)
@@ -229,6 +231,7 @@ class _Boot:
                     "no record of starting it: leaving it alone",
                     hint="pick another campaign id or role, or remove that domain yourself",
                 )
+            reaper.own(spec.domain_name, self.lv.uri)
             try:
                 self.lv.create(xml, spec.domain_name)
                 with self.lock:
@@ -324,6 +327,7 @@ class _Boot:
                 if record.domain in self.created:
                     self.lv.destroy(record.domain)
                 registry.forget(record)
+                reaper.disown(record.domain)
             except KvmpleError as exc:
                 problems.append(f"{record.domain}: {exc.message}")
 
@@ -358,6 +362,7 @@ def detach(guests: Sequence[Guest]) -> None:
     for guest in guests:
         record = replace(guest.record, detached=True, owner_pid=0, owner_start=None)
         registry.update(record)
+        reaper.disown(guest.name)
         guest.record = record
         guest.detached = True
 
