@@ -9,7 +9,6 @@ user-mode networking whose SSH port is forwarded to 127.0.0.1 only.
 from __future__ import annotations
 
 import shlex
-import socket
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -19,6 +18,8 @@ from pathlib import Path
 from kvmple.errors import CommandTimeout, GuestError
 from kvmple.image.artifact import Image
 from kvmple.keys import installation_key
+from kvmple.qemu import DirectBoot, Drive, QemuConfig, command_line, die_with_owner, find_qemu
+from kvmple.remote import free_port
 from kvmple.run import Result, background, run
 
 # Polls inside the guest (one SSH round trip) until the broker completes an AMQP handshake.
@@ -36,27 +37,6 @@ while True:
 """
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class DirectBoot:
-    """What QEMU boots directly: by default the image's own kernel, initrd and command line;
-    the kernel boot test (``kvmple kernel boot-test --image``) puts a built kernel here,
-    possibly without an initrd."""
-
-    kernel: Path
-    initrd: Path | None
-    cmdline: str
-
-    @classmethod
-    def of(cls, image: Image) -> DirectBoot:
-        return cls(image.kernel, image.initrd, image.cmdline)
-
-
 def qemu_argv(
     image: Image,
     overlay: Path,
@@ -68,35 +48,18 @@ def qemu_argv(
     accel: str,
     boot: DirectBoot | None = None,
 ) -> list[str]:
-    """The QEMU command line for a direct-kernel-boot probe (pure)."""
-    boot = boot or DirectBoot.of(image)
-    initrd = ["-initrd", str(boot.initrd)] if boot.initrd is not None else []
-    return [
-        "qemu-system-x86_64",
-        "-accel",
-        accel,
-        "-smp",
-        str(cpus),
-        "-m",
-        str(memory_mib),
-        "-nodefaults",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-serial",
-        f"file:{console}",
-        "-kernel",
-        str(boot.kernel),
-        *initrd,
-        "-append",
-        boot.cmdline,
-        "-drive",
-        f"file={overlay},if=virtio,format=qcow2,cache=unsafe",
-        "-netdev",
-        f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22",
-        "-device",
-        "virtio-net-pci,netdev=net0",
-    ]
+    """The QEMU command line for a direct-kernel-boot probe (pure): ``boot`` or the image's
+    own kernel, the overlay as the only disk, SSH forwarded from 127.0.0.1:``port``."""
+    config = QemuConfig(
+        accel=accel,
+        memory_mib=memory_mib,
+        cpus=cpus,
+        serial=console,
+        boot=boot or DirectBoot(image.kernel, image.initrd, image.cmdline),
+        drives=(Drive(overlay),),
+        ssh_port=port,
+    )
+    return command_line(config)
 
 
 @dataclass
@@ -171,7 +134,8 @@ def booted(
     boot: DirectBoot | None = None,
 ) -> Iterator[tuple[Guest, Iterator[None]]]:
     """Boot ``image`` (or ``boot``'s kernel with the image as root) from an overlay in
-    ``workdir``; stopped and removed on exit."""
+    ``workdir``; stopped and removed on exit. HostError when QEMU is not installed."""
+    find_qemu()
     workdir.mkdir(parents=True, exist_ok=True)
     overlay = workdir / "overlay.qcow2"
     run(
@@ -186,6 +150,7 @@ def booted(
     argv = qemu_argv(
         image, overlay, console, port, cpus=cpus, memory_mib=memory_mib, accel=accel, boot=boot
     )
+    argv = die_with_owner(argv)  # SIGKILL of kvmple: no emulator left running
     started = time.monotonic()
     try:
         with background(argv, log=workdir / "qemu.log") as process:

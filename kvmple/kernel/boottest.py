@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kvmple.errors import CommandError, CommandTimeout, GuestError
+from kvmple.host.kvmprobe import usable_accelerator
 from kvmple.kernel.initramfs import MARKER, boot_initramfs
 from kvmple.paths import cache_dir
-from kvmple.run import run_logged, which
+from kvmple.qemu import DirectBoot, QemuConfig, command_line, die_with_owner, find_qemu
+from kvmple.run import run_logged
 
 if TYPE_CHECKING:
     from kvmple.kernel.imageboot import ImageBootResult
@@ -43,60 +45,27 @@ class BootResult:
     found_lines: tuple[str, ...] = ()
 
 
-def kvm_usable() -> bool:
-    """Ask the doctor's boot probe (cached per host): /dev/kvm alone proves nothing, this
-    project's CI host has a paravirtual kvm_pvm that cannot run ordinary guests."""
-    if not Path("/dev/kvm").exists():
-        return False
-    from kvmple.host.kvmmodule import find_kvm_module
-    from kvmple.host.kvmprobe import boot_probe
-    from kvmple.host.virt import qemu_info
-
-    qemu = qemu_info()
-    if qemu.binary is None or qemu.version is None:
-        return False
-    module = find_kvm_module(Path("/sys"))
-    probe = boot_probe(qemu.binary, qemu.version, module.name if module else None)
-    return probe.kvm_boots
-
-
 def qemu_argv(
     image: Path,
     initrd: Path,
     *,
     accel: str,
     token: str,
-    memory_mb: int,
+    memory_mib: int,
     cpus: int,
     append: str = "",
 ) -> list[str]:
-    """The QEMU command line of a boot test (pure)."""
+    """The QEMU command line of a boot test (pure): console on stdout, nothing else."""
     cmdline = f"console=ttyS0 panic=-1 rdinit=/init kvmple_token={token} {append}".strip()
-    accel_arg = "kvm" if accel == "kvm" else ("tcg,thread=multi" if cpus > 1 else "tcg")
-    return [
-        "qemu-system-x86_64",
-        "-accel",
-        accel_arg,
-        "-m",
-        str(memory_mb),
-        "-smp",
-        str(cpus),
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-monitor",
-        "none",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-        "-kernel",
-        str(image),
-        "-initrd",
-        str(initrd),
-        "-append",
-        cmdline,
-    ]
+    config = QemuConfig(
+        accel=accel,
+        memory_mib=memory_mib,
+        cpus=cpus,
+        serial="stdio",
+        boot=DirectBoot(image, initrd, cmdline),
+        isolated=True,
+    )
+    return command_line(config)
 
 
 _LINE = re.compile(re.escape(MARKER) + r" release=(\S*) token=(\S*)")
@@ -127,22 +96,21 @@ def boot_test(
     log: Path | None = None,
     timeout: float = 120.0,
     accel: str = "auto",
-    memory_mb: int = 256,
+    memory_mib: int = 256,
     cpus: int = 1,
     expect_lines: Sequence[str] = (),
 ) -> BootResult:
     """Boot ``image``; GuestError unless user space prints ``expected_release``."""
     if not image.is_file():
         raise GuestError(f"{image}: no kernel image", hint="run 'kvmple kernel build' first")
-    if which("qemu-system-x86_64") is None:
-        raise GuestError("qemu-system-x86_64 not found", hint="apt-get install qemu-system-x86")
-    chosen = ("kvm" if kvm_usable() else "tcg") if accel == "auto" else accel
+    find_qemu()
+    chosen = usable_accelerator() if accel == "auto" else accel
     initrd = initrd or boot_initramfs(cache_dir())
     log = log or image.parent / "boot-test.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.unlink(missing_ok=True)
     token = secrets.token_hex(8)
-    argv = qemu_argv(image, initrd, accel=chosen, token=token, memory_mb=memory_mb, cpus=cpus)
+    argv = qemu_argv(image, initrd, accel=chosen, token=token, memory_mib=memory_mib, cpus=cpus)
     start = time.monotonic()
     reached: list[float] = []
 
@@ -151,7 +119,9 @@ def boot_test(
             reached.append(time.monotonic() - start)
 
     try:
-        run_logged(argv, log=log, timeout=timeout, on_line=on_line, what="QEMU boot test")
+        run_logged(
+            die_with_owner(argv), log=log, timeout=timeout, on_line=on_line, what="QEMU boot test"
+        )
     except CommandTimeout as exc:
         raise GuestError(
             f"boot test: no user space after {timeout:g}s ({chosen}); console tail:\n    "

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvmple.errors import CommandError, ConfigError, GuestError, HostError, UsageError
+from kvmple.host.kvmprobe import usable_accelerator
 from kvmple.image.artifact import Image
-from kvmple.image.probe import DirectBoot, Guest, booted, wait_ssh
-from kvmple.kernel.boottest import kvm_usable
+from kvmple.image.probe import Guest, booted, wait_ssh
+from kvmple.qemu import DirectBoot
 from kvmple.run import which
 
 # Said in every failure's hint and in docs/kernel.md: what a kernel booted this way needs.
@@ -79,13 +80,6 @@ def boot_cmdline(image_cmdline: str, append: str = "") -> str:
         word for word in image_cmdline.split() if word != "quiet" and not word.startswith("panic=")
     ]
     return " ".join([*words, "panic=-1", *append.split()])
-
-
-def qemu_accel(accel: str, cpus: int) -> str:
-    """QEMU's -accel value for 'kvm' or 'tcg' (pure)."""
-    if accel == "kvm":
-        return "kvm"
-    return "tcg,thread=multi" if cpus > 1 else "tcg"
 
 
 _PANIC = re.compile(r"Kernel panic - not syncing: (.*)")
@@ -191,7 +185,7 @@ def image_boot_test(
             hint="run scripts/setup-host.sh (qemu-system-x86, qemu-utils, openssh-client)",
         )
     if accel == "auto":
-        accel = "kvm" if kvm_usable() else "tcg"
+        accel = usable_accelerator()
     cmdline = boot_cmdline(image.cmdline, append)
     root = root_parameter(cmdline)
     log = log.absolute()
@@ -205,7 +199,7 @@ def image_boot_test(
             workdir,
             cpus=cpus,
             memory_mib=memory_mib,
-            accel=qemu_accel(accel, cpus),
+            accel=accel,
             boot=DirectBoot(kernel, initrd, cmdline),
         ) as (guest, alive):
             try:

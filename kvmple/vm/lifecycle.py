@@ -11,7 +11,6 @@ if that was killed too, ``kvmple gc`` finds the records of the dead owner and re
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import sys
@@ -27,10 +26,10 @@ from kvmple.errors import (
     CommandError,
     ConfigError,
     GuestError,
-    HostError,
     KvmpleError,
     UsageError,
 )
+from kvmple.host.kvmprobe import usable_accelerator
 from kvmple.keys import installation_key
 from kvmple.remote import HostKeyMismatch, LoginRefused, SSHExecutor, free_port
 from kvmple.run import run
@@ -47,17 +46,9 @@ _PORT_ATTEMPTS = 4
 
 
 def default_accelerator() -> Accelerator:
-    """What the host doctor says works here ("kvm" or "tcg"); asked only when needed."""
-    # Imported lazily: the doctor's KVM probe boots a tiny guest the first time it runs.
-    try:
-        doctor = importlib.import_module("kvmple.host.doctor")
-    except ModuleNotFoundError as exc:
-        raise HostError(
-            "cannot tell whether KVM works here (the host doctor is missing)",
-            hint="choose the accelerator explicitly (--accel tcg or --accel kvm)",
-        ) from exc
-    verdict = str(doctor.diagnose().accelerator)
-    return "kvm" if verdict == "kvm" else "tcg"
+    """What works here ("kvm" or "tcg"): the one decision, kvmprobe.usable_accelerator (the
+    KVM boot probe, cached per host); asked only when needed."""
+    return usable_accelerator()
 
 
 @dataclass

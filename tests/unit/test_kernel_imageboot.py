@@ -13,7 +13,7 @@ import pytest
 from kvmple.cli import main
 from kvmple.errors import ConfigError, GuestError, UsageError
 from kvmple.image.artifact import Image
-from kvmple.image.probe import DirectBoot, qemu_argv
+from kvmple.image.probe import qemu_argv
 from kvmple.kernel import imageboot
 from kvmple.kernel.boottest import RECORD, load_pass, record_pass
 from kvmple.kernel.build import IMAGE_FRAGMENT, resolve_fragment
@@ -25,9 +25,9 @@ from kvmple.kernel.imageboot import (
     diagnose,
     failure_reason,
     image_boot_test,
-    qemu_accel,
     root_parameter,
 )
+from kvmple.qemu import DirectBoot, accel_arg
 from kvmple.run import run
 from tests.support import need_program
 
@@ -71,9 +71,10 @@ def test_root_parameter_is_the_last_root_and_is_required() -> None:
 
 
 def test_qemu_accel() -> None:
-    assert qemu_accel("kvm", 2) == "kvm"
-    assert qemu_accel("tcg", 1) == "tcg"
-    assert qemu_accel("tcg", 2) == "tcg,thread=multi"
+    assert accel_arg("kvm", 2) == "kvm"
+    assert accel_arg("tcg", 1) == "tcg"
+    assert accel_arg("tcg", 2) == "tcg,thread=multi"
+    assert accel_arg("tcg,thread=single", 2) == "tcg,thread=single"  # raw values pass
 
 
 def _argv(image: Image, tmp_path: Path, boot: DirectBoot | None = None) -> list[str]:
