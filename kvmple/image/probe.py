@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvmple.console import ConsoleLog
 from kvmple.errors import CommandTimeout, GuestError
 from kvmple.image.artifact import Image
 from kvmple.keys import installation_key
@@ -116,11 +117,8 @@ class Guest:
         )
 
     def console_tail(self, lines: int = 8) -> str:
-        try:
-            text = self.console.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
+        """The last console lines on one line, for an error message."""
+        return ConsoleLog(self.console).tail(lines, sep=" | ")
 
 
 @contextmanager
@@ -189,7 +187,7 @@ def wait_ssh(guest: Guest, alive: Iterator[None], timeout: float) -> float:
             continue
         if result.ok:
             return time.monotonic() - guest.started
-        if "Kernel panic" in guest.console_tail(40):
+        if ConsoleLog(guest.console).panicked():
             raise GuestError(
                 f"{guest.image.name}: the guest kernel panicked: {guest.console_tail(3)}",
                 hint=f"full console log: {guest.console}",

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kvmple.console import ConsoleLog
 from kvmple.errors import CommandError, CommandTimeout, GuestError
 from kvmple.host.kvmprobe import usable_accelerator
 from kvmple.kernel.initramfs import MARKER, boot_initramfs
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from kvmple.kernel.imageboot import ImageBootResult
 
 RECORD = "kvmple-boottest.json"
+NO_LOG = "(no console log)"
 
 
 @dataclass(frozen=True)
@@ -79,15 +81,6 @@ def find_marker(console: str, token: str) -> str | None:
     return None
 
 
-def _tail(log: Path, lines: int = 15) -> str:
-    try:
-        text = log.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return "(no console log)"
-    kept = [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
-    return "\n    ".join(kept)
-
-
 def boot_test(
     image: Path,
     expected_release: str,
@@ -111,6 +104,7 @@ def boot_test(
     log.unlink(missing_ok=True)
     token = secrets.token_hex(8)
     argv = qemu_argv(image, initrd, accel=chosen, token=token, memory_mib=memory_mib, cpus=cpus)
+    console_log = ConsoleLog(log)
     start = time.monotonic()
     reached: list[float] = []
 
@@ -125,21 +119,22 @@ def boot_test(
     except CommandTimeout as exc:
         raise GuestError(
             f"boot test: no user space after {timeout:g}s ({chosen}); console tail:\n    "
-            + _tail(log),
+            + console_log.indented(empty=NO_LOG),
             hint=f"full console log: {log}",
         ) from exc
     except CommandError as exc:
         raise GuestError(
-            f"boot test: QEMU failed ({exc.message}); console tail:\n    " + _tail(log),
+            f"boot test: QEMU failed ({exc.message}); console tail:\n    "
+            + console_log.indented(empty=NO_LOG),
             hint=f"full console log: {log}",
         ) from exc
     total = time.monotonic() - start
-    console = log.read_text(encoding="utf-8", errors="replace")
+    console = console_log.text()
     release = find_marker(console, token)
     if release is None:
         raise GuestError(
             f"boot test: the guest stopped before user space ({chosen}); console tail:\n    "
-            + _tail(log),
+            + console_log.indented(empty=NO_LOG),
             hint=f"full console log: {log} (a panic shows above; check the config fragment)",
         )
     if release != expected_release:

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from kvmple.console import ConsoleLog
 from kvmple.errors import (
     CommandError,
     ConfigError,
@@ -80,7 +81,8 @@ class Guest:
         return self._lv.is_running(self.name)
 
     def console_tail(self, n: int = 30) -> str:
-        return console_tail(self.console_log, n)
+        """The last ``n`` non-empty console lines ('' if there are none)."""
+        return ConsoleLog(self.console_log).tail(n)
 
     def affinity(self) -> dict[int, tuple[int, ...]]:
         """Per vCPU, the host CPUs its QEMU thread may run on, read from the kernel.
@@ -107,16 +109,6 @@ class Guest:
             "vcpu_affinity": {str(k): list(v) for k, v in from_kernel.items()},
         }
         return from_kernel
-
-
-def console_tail(path: Path, n: int = 30) -> str:
-    """The last ``n`` non-empty lines of a console log ('' if there is none)."""
-    try:
-        data = path.read_bytes()[-64 * 1024 :]
-    except OSError:
-        return ""
-    lines = [ln for ln in data.decode("utf-8", errors="replace").splitlines() if ln.strip()]
-    return "\n".join(lines[-n:])
 
 
 def _check_specs(specs: Sequence[VMSpec], *, keep_smt_siblings: bool) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kvmple.cli import main
+from kvmple.console import NO_OUTPUT, ConsoleLog, diagnose
 from kvmple.errors import ConfigError, GuestError, UsageError
 from kvmple.image.artifact import Image
 from kvmple.image.probe import qemu_argv
@@ -22,7 +23,6 @@ from kvmple.kernel.imageboot import (
     IMAGE_KERNEL_NEEDS,
     ImageBootResult,
     boot_cmdline,
-    diagnose,
     failure_reason,
     image_boot_test,
     root_parameter,
@@ -141,6 +141,21 @@ def test_diagnose_names_the_reason_in_one_line() -> None:
     welcome = "Welcome to Debian GNU/Linux 12 (bookworm)!\n[  OK  ] Reached target basic.target"
     assert diagnose(welcome, "root=/dev/vda") == "systemd started, but no SSH login followed"
     assert diagnose("Booting the kernel.\n", "root=/dev/vda") is None
+    assert diagnose(" \n", "root=/dev/vda") == NO_OUTPUT
+    stall = "[ 40.1] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n"
+    assert "starved" in str(diagnose(stall + "Welcome to Debian\n"))
+    lockup = "watchdog: BUG: soft lockup - CPU#1 stuck for 31s! [swapper/1:0]\n"
+    assert "soft lockup - CPU#1 stuck for 31s" in str(diagnose(lockup))
+
+
+def test_console_log_tail(tmp_path: Path) -> None:
+    log = ConsoleLog(tmp_path / "console.log")
+    assert log.text() == "" and log.tail() == "" and log.indented() == "(the console stayed empty)"
+    log.path.write_text("one\n\n  two  \nthree\n")
+    assert log.tail(2) == "  two\nthree"
+    assert log.tail(5, sep=" | ") == "one |   two | three"
+    assert log.indented(2) == "  two\n    three"
+    assert not log.panicked() and log.diagnose() is None
 
 
 def test_failure_reason_falls_back_to_qemu_then_to_the_ssh_wait() -> None:
