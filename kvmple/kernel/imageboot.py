@@ -112,7 +112,7 @@ def _failure(
 def _uname(guest: Guest, log: Path) -> str:
     try:
         result = guest.ssh(["uname", "-r"], timeout=60)
-    except CommandError as exc:  # CommandTimeout included
+    except (CommandError, GuestError) as exc:  # CommandTimeout, a dropped connection
         raise GuestError(
             f"image boot test ({guest.image.name}): SSH login worked but 'uname -r' failed: "
             f"{exc.message}",
@@ -142,11 +142,11 @@ def image_boot_test(
         raise GuestError(f"{kernel}: no kernel image", hint="run 'kvmple kernel build' first")
     if initrd is not None and not initrd.is_file():
         raise UsageError(f"--initrd {initrd}: no such file")
-    missing = [p for p in ("qemu-system-x86_64", "qemu-img", "ssh") if which(p) is None]
+    missing = [p for p in ("qemu-system-x86_64", "qemu-img") if which(p) is None]
     if missing:
         raise HostError(
             f"programs the image boot test needs are missing: {', '.join(missing)}",
-            hint="run scripts/setup-host.sh (qemu-system-x86, qemu-utils, openssh-client)",
+            hint="run scripts/setup-host.sh (qemu-system-x86, qemu-utils)",
         )
     if accel == "auto":
         accel = usable_accelerator()

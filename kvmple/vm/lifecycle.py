@@ -24,7 +24,6 @@ from pathlib import Path
 
 from kvmple.console import ConsoleLog
 from kvmple.errors import (
-    CommandError,
     ConfigError,
     GuestError,
     KvmpleError,
@@ -32,13 +31,14 @@ from kvmple.errors import (
 )
 from kvmple.host.kvmprobe import usable_accelerator
 from kvmple.keys import installation_key
-from kvmple.remote import HostKeyMismatch, LoginRefused, SSHExecutor, free_port
+from kvmple.remote import SSHExecutor, free_port
 from kvmple.run import run
 from kvmple.ui import warn
 from kvmple.vm import reaper, registry
 from kvmple.vm.domxml import domain_xml
 from kvmple.vm.libvirt_backend import Libvirt, connect
 from kvmple.vm.pinning import check_pinning, compare_affinity, read_host_cpus, summarize
+from kvmple.vm.ready import wait_ssh
 from kvmple.vm.spec import Accelerator, VMSpec
 from kvmple.vm.threads import qemu_pid, thread_affinity, vcpu_threads
 
@@ -250,39 +250,29 @@ class _Boot:
         return guest
 
     def wait_ready(self, guest: Guest) -> None:
-        """Wait until SSH answers and a command runs; GuestError with the console tail."""
-        deadline = time.monotonic() + self.ready_timeout
-        last = "no attempt yet"
-        while not self.stop.is_set():
+        """Wait until SSH answers and a command runs (vm/ready.py); GuestError with the
+        console tail."""
+
+        def alive() -> None:
             if not guest.alive():
                 raise GuestError(
                     f"guest {guest.name} died while booting" + _tail_suffix(guest.console_tail(15)),
                     hint=f"libvirt's log: /var/log/libvirt/qemu/{guest.name}.log",
                 )
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise GuestError(
-                    f"guest {guest.name} did not answer SSH on 127.0.0.1:{guest.ssh_port} "
-                    f"within {self.ready_timeout:g}s ({last})"
-                    + _tail_suffix(guest.console_tail(15)),
-                    hint="is sshd enabled in the image and the NIC configured by DHCP? "
-                    "raise ready_timeout for slow (TCG) hosts",
-                )
-            try:
-                # generous per-attempt timeouts: TCG guests on a loaded host answer slowly
-                guest.executor.connect(timeout=min(30.0, max(remaining, 1.0)))
-                guest.executor.run(["true"], timeout=min(30.0, max(remaining, 5.0)))
-                guest.timings["ssh_ready_s"] = time.monotonic() - self.t0
-                return
-            except (HostKeyMismatch, LoginRefused):
-                raise  # retrying cannot help
-            except (GuestError, CommandError) as exc:
-                # Not up yet (refused, no banner), or sshd up but the guest too busy to run a
-                # command in time (TCG on a loaded host): close and try again until the deadline.
-                last = exc.message
-                guest.executor.close()
-            self.stop.wait(1.0)
-        raise KeyboardInterrupt
+
+        def timed_out(last: str) -> GuestError:
+            return GuestError(
+                f"guest {guest.name} did not answer SSH on 127.0.0.1:{guest.ssh_port} "
+                f"within {self.ready_timeout:g}s ({last})" + _tail_suffix(guest.console_tail(15)),
+                hint="is sshd enabled in the image and the NIC configured by DHCP? "
+                "raise ready_timeout for slow (TCG) hosts",
+            )
+
+        deadline = time.monotonic() + self.ready_timeout
+        wait_ssh(
+            guest.executor, deadline=deadline, alive=alive, timed_out=timed_out, stop=self.stop
+        )
+        guest.timings["ssh_ready_s"] = time.monotonic() - self.t0
 
     def teardown(self) -> list[str]:
         """Destroy every guest this boot created and forget its records, in parallel; return
