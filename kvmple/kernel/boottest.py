@@ -10,15 +10,12 @@ timeout and the error shows the console's last lines.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from kvmple.console import ConsoleLog
 from kvmple.errors import CommandError, CommandTimeout, GuestError
@@ -28,10 +25,6 @@ from kvmple.paths import cache_dir
 from kvmple.qemu import DirectBoot, QemuConfig, command_line, die_with_owner, find_qemu
 from kvmple.run import run_logged
 
-if TYPE_CHECKING:
-    from kvmple.kernel.imageboot import ImageBootResult
-
-RECORD = "kvmple-boottest.json"
 NO_LOG = "(no console log)"
 
 
@@ -158,29 +151,3 @@ def boot_test(
         str(log),
         tuple(expect_lines),
     )
-
-
-def record_pass(
-    out: Path, result: BootResult | ImageBootResult, image_sha256: str, *, kind: str = "initramfs"
-) -> Path:
-    """Write the pass record the install step insists on (tied to the image's hash); ``kind``
-    says which boot test passed: the initramfs gate or a full guest image."""
-    data = {
-        **asdict(result),
-        "kind": kind,
-        "image_sha256": image_sha256,
-        "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    path = out / RECORD
-    temp = out / f"{RECORD}.tmp"
-    temp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(temp, path)
-    return path
-
-
-def load_pass(out: Path) -> dict[str, object] | None:
-    try:
-        data = json.loads((out / RECORD).read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("passed") is True else None

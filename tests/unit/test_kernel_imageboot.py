@@ -16,7 +16,7 @@ from kvmple.errors import ConfigError, GuestError, UsageError
 from kvmple.image.artifact import Image
 from kvmple.image.probe import qemu_argv
 from kvmple.kernel import imageboot
-from kvmple.kernel.boottest import RECORD, load_pass, record_pass
+from kvmple.kernel.bootpass import RECORD, load_pass, record_pass
 from kvmple.kernel.build import IMAGE_FRAGMENT, resolve_fragment
 from kvmple.kernel.configs import IMAGE_BOOT_FRAGMENT, parse_config
 from kvmple.kernel.imageboot import (
