@@ -347,7 +347,8 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _boot_test(args: argparse.Namespace) -> int:
-    from kvmple.kernel.boottest import boot_test, record_pass
+    from kvmple.kernel.bootpass import record_pass
+    from kvmple.kernel.boottest import boot_test
     from kvmple.kernel.build import load_manifest
 
     if args.image is None and (args.initrd is not None or args.append):
@@ -386,7 +387,7 @@ def _boot_test(args: argparse.Namespace) -> int:
 
 def _boot_test_image(args: argparse.Namespace, out: Path, manifest: dict[str, object]) -> int:
     from kvmple.image import resolve
-    from kvmple.kernel.boottest import record_pass
+    from kvmple.kernel.bootpass import record_pass
     from kvmple.kernel.imageboot import image_boot_test
 
     image = resolve(args.image)
@@ -419,7 +420,7 @@ def _boot_test_image(args: argparse.Namespace, out: Path, manifest: dict[str, ob
 
 def _install(args: argparse.Namespace) -> int:
     from kvmple.executor import LocalExecutor
-    from kvmple.kernel.boottest import load_pass
+    from kvmple.kernel.bootpass import load_pass
     from kvmple.kernel.build import load_manifest
     from kvmple.kernel.install import execute, gather_host_facts, kvmple_command, plan_install
 

@@ -24,6 +24,9 @@ from pathlib import Path
 
 from kvmple import paths
 from kvmple.errors import CommandError, CommandTimeout
+from kvmple.host.kvmmodule import find_kvm_module
+from kvmple.host.virt import qemu_info
+from kvmple.qemu import Accelerator, DirectBoot, QemuConfig, command_line
 from kvmple.run import run
 
 PROBE_ASM = r"""
@@ -167,25 +170,17 @@ def cache_key(kernel: str, qemu_version: str, kvm_module: str | None) -> dict[st
     return {"kernel": kernel, "qemu_version": qemu_version, "kvm_module": kvm_module}
 
 
-def qemu_argv(qemu: str, accel: str, image: Path, serial: Path) -> list[str]:
-    """The probe's QEMU command line (no network, no disks, 64 MiB)."""
-    return [
-        qemu,
-        "-accel",
-        accel,
-        "-nodefaults",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-m",
-        "64",
-        "-kernel",
-        str(image),
-        "-serial",
-        f"file:{serial}",
-        "-device",
-        "isa-debug-exit,iobase=0xf4,iosize=0x04",
-    ]
+def qemu_argv(binary: str, accel: str, image: Path, serial: Path) -> list[str]:
+    """The probe's QEMU command line (no network, no disks, 64 MiB, one vCPU)."""
+    config = QemuConfig(
+        accel=accel,
+        memory_mib=64,
+        serial=serial,
+        binary=binary,
+        boot=DirectBoot(image, None, ""),
+        debug_exit=True,
+    )
+    return command_line(config)
 
 
 def _marks(serial: Path) -> str:
@@ -196,13 +191,13 @@ def _marks(serial: Path) -> str:
     return "".join(ch for ch in text if ch in MARKS)
 
 
-def run_probe(qemu: str, accel: str, timeout: float = DEFAULT_TIMEOUT) -> ProbeOutcome:
+def run_probe(binary: str, accel: str, timeout: float = DEFAULT_TIMEOUT) -> ProbeOutcome:
     """Boot the probe image with ``-accel ACCEL`` and classify what happened."""
     with tempfile.TemporaryDirectory(prefix="kvmple-probe-") as tmp:
         image = Path(tmp) / "probe.bin"
         image.write_bytes(PROBE_IMAGE)
         serial = Path(tmp) / "serial.txt"
-        argv = qemu_argv(qemu, accel, image, serial)
+        argv = qemu_argv(binary, accel, image, serial)
         try:
             result = run(argv, timeout=timeout, check=False, what=f"{accel} boot probe")
         except CommandTimeout:
@@ -293,3 +288,19 @@ def boot_probe(
     if tcg.passed:  # a probe whose control failed proves nothing: do not remember it
         _store(probe)
     return probe
+
+
+def usable_accelerator() -> Accelerator:
+    """The one accelerator decision: "kvm" when the boot probe (cached per host: kernel, QEMU
+    version, KVM module) shows KVM boots an ordinary guest, else "tcg". /dev/kvm alone proves
+    nothing: this project's CI host has a paravirtual kvm_pvm that cannot run ordinary
+    guests. The doctor's verdict uses the same probe."""
+    dev_kvm = Path("/dev/kvm")
+    if not dev_kvm.exists():
+        return "tcg"
+    info = qemu_info()
+    if info.binary is None or info.version is None:
+        return "tcg"
+    module = find_kvm_module(Path("/sys"))
+    probe = boot_probe(info.binary, info.version, module.name if module else None, dev_kvm)
+    return "kvm" if probe.kvm_boots else "tcg"

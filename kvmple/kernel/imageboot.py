@@ -17,7 +17,6 @@ needs its root and network drivers built in (or an ``--initrd`` made for it): se
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -25,10 +24,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvmple.console import NO_OUTPUT, ConsoleLog, diagnose
 from kvmple.errors import CommandError, ConfigError, GuestError, HostError, UsageError
+from kvmple.host.kvmprobe import usable_accelerator
 from kvmple.image.artifact import Image
-from kvmple.image.probe import DirectBoot, Guest, booted, wait_ssh
-from kvmple.kernel.boottest import kvm_usable
+from kvmple.image.probe import Guest, booted, wait_ssh
+from kvmple.qemu import DirectBoot
 from kvmple.run import which
 
 # Said in every failure's hint and in docs/kernel.md: what a kernel booted this way needs.
@@ -81,55 +82,11 @@ def boot_cmdline(image_cmdline: str, append: str = "") -> str:
     return " ".join([*words, "panic=-1", *append.split()])
 
 
-def qemu_accel(accel: str, cpus: int) -> str:
-    """QEMU's -accel value for 'kvm' or 'tcg' (pure)."""
-    if accel == "kvm":
-        return "kvm"
-    return "tcg,thread=multi" if cpus > 1 else "tcg"
-
-
-_PANIC = re.compile(r"Kernel panic - not syncing: (.*)")
-
-
-def diagnose(console: str, root: str) -> str | None:
-    """Why a boot stopped, from its console text, in one line; None when it does not say
-    (pure)."""
-    if "VFS: Unable to mount root fs" in console or "VFS: Cannot open root device" in console:
-        return (
-            f"the kernel cannot mount the image's root ({root}): it needs virtio-blk and ext4 "
-            "built in, or an --initrd that loads them"
-        )
-    if "No working init found" in console or re.search(r"Requested init \S+ failed", console):
-        return "the kernel mounted the root but could not run the image's init (systemd)"
-    if panic := _PANIC.search(console):
-        return f"the kernel panicked: {panic.group(1).strip()}"
-    if "Freezing execution" in console:
-        failed = [line.strip() for line in console.splitlines() if "[!!!!!!]" in line]
-        detail = f": {failed[-1]}" if failed else ""
-        return f"systemd stopped at start-up{detail}"
-    if "Welcome to" in console:
-        return "systemd started, but no SSH login followed"
-    return None
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
-def console_tail(text: str, lines: int = 15) -> str:
-    """The last non-empty console lines, indented for an error message (pure)."""
-    kept = [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
-    return "\n    ".join(kept) if kept else "(the console stayed empty)"
-
-
 def failure_reason(message: str, console: str, qemu_output: str, root: str) -> str:
     """One line saying why a boot did not reach SSH (pure): what the console shows, else what
     QEMU said when it exited, else the SSH wait's own reason (without its console excerpt)."""
     reason = diagnose(console, root)
-    if reason is not None:
+    if reason is not None and reason != NO_OUTPUT:  # an empty console: what QEMU said
         return reason
     if "QEMU exited" in message:
         said = [line.strip() for line in qemu_output.splitlines() if line.strip()]
@@ -142,11 +99,12 @@ def _failure(
     exc: GuestError, guest: Guest, workdir: Path, *, root: str, accel: str, log: Path
 ) -> GuestError:
     """One clear error for a boot that did not reach SSH (or whose uname failed)."""
-    console = _read(guest.console)
-    reason = failure_reason(exc.message, console, _read(workdir / "qemu.log"), root)
+    console = ConsoleLog(guest.console)
+    qemu_said = ConsoleLog(workdir / "qemu.log").text()
+    reason = failure_reason(exc.message, console.text(), qemu_said, root)
     return GuestError(
         f"image boot test ({guest.image.name}, {accel}): {reason}; console tail:\n    "
-        + console_tail(console),
+        + console.indented(),
         hint=f"full console log: {log}; {IMAGE_KERNEL_NEEDS}",
     )
 
@@ -154,7 +112,7 @@ def _failure(
 def _uname(guest: Guest, log: Path) -> str:
     try:
         result = guest.ssh(["uname", "-r"], timeout=60)
-    except CommandError as exc:  # CommandTimeout included
+    except (CommandError, GuestError) as exc:  # CommandTimeout, a dropped connection
         raise GuestError(
             f"image boot test ({guest.image.name}): SSH login worked but 'uname -r' failed: "
             f"{exc.message}",
@@ -184,14 +142,14 @@ def image_boot_test(
         raise GuestError(f"{kernel}: no kernel image", hint="run 'kvmple kernel build' first")
     if initrd is not None and not initrd.is_file():
         raise UsageError(f"--initrd {initrd}: no such file")
-    missing = [p for p in ("qemu-system-x86_64", "qemu-img", "ssh") if which(p) is None]
+    missing = [p for p in ("qemu-system-x86_64", "qemu-img") if which(p) is None]
     if missing:
         raise HostError(
             f"programs the image boot test needs are missing: {', '.join(missing)}",
-            hint="run scripts/setup-host.sh (qemu-system-x86, qemu-utils, openssh-client)",
+            hint="run scripts/setup-host.sh (qemu-system-x86, qemu-utils)",
         )
     if accel == "auto":
-        accel = "kvm" if kvm_usable() else "tcg"
+        accel = usable_accelerator()
     cmdline = boot_cmdline(image.cmdline, append)
     root = root_parameter(cmdline)
     log = log.absolute()
@@ -205,7 +163,7 @@ def image_boot_test(
             workdir,
             cpus=cpus,
             memory_mib=memory_mib,
-            accel=qemu_accel(accel, cpus),
+            accel=accel,
             boot=DirectBoot(kernel, initrd, cmdline),
         ) as (guest, alive):
             try:
@@ -225,7 +183,7 @@ def image_boot_test(
             f"expected {expected_release!r}",
             hint="the booted kernel is not the one built from this tree",
         )
-    console = _read(log)
+    console = ConsoleLog(log).text()
     absent = [line for line in expect_lines if line not in console]
     if absent:
         raise GuestError(

@@ -360,7 +360,8 @@ def build(ctx: StepContext) -> tuple[str, dict[str, Any]]:
 
 
 def boot(ctx: StepContext) -> tuple[str, dict[str, Any]]:
-    from kvmple.kernel.boottest import boot_test, record_pass
+    from kvmple.kernel.bootpass import record_pass
+    from kvmple.kernel.boottest import boot_test
 
     built = ctx.state.step("build").outputs
     spec = ctx.config.kernel
@@ -400,7 +401,7 @@ def install(ctx: StepContext) -> tuple[str, dict[str, Any]]:
     """Plan always (the kernel pipeline's planning decides what would be done); execute
     only on a hardware host with ``install.enabled`` (NOT VERIFIED ON HARDWARE)."""
     from kvmple.host.doctor import diagnose
-    from kvmple.kernel.boottest import load_pass
+    from kvmple.kernel.bootpass import load_pass
     from kvmple.kernel.build import load_manifest
     from kvmple.kernel.install import execute, gather_host_facts, plan_install
     from kvmple.nightly.resume import resume_steps, with_resume

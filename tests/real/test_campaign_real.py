@@ -107,11 +107,16 @@ def test_smoke_campaign_interrupted_resumed_and_reported(
         assert store.campaign(campaign).status == "interrupted"
     after_term = _ok_runs(db, campaign)
 
-    # 2. Resume, then SIGKILL midway: nothing can clean up.
+    # 2. Resume, then SIGKILL midway: nothing in kvmple run can clean up, its reaper
+    # (vm/reaper.py) destroys the guests; poll up to 10 s (a bound, not a speed test).
     proc = _start(["run", "--resume", campaign, "--db", db, "--no-report"], log)
     _wait_for_runs(proc, db, after_term + 2, log)
     proc.kill()
     proc.wait(timeout=60)
+    deadline = time.monotonic() + 10
+    while _virsh_domains(prefix) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _virsh_domains(prefix) == [], "guests outlived their SIGKILLed kvmple run"
 
     # 3. Resume to the end: leftovers reaped, the exact run count.
     done = subprocess.run(
