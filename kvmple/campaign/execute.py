@@ -23,6 +23,8 @@ from kvmple.campaign.model import CampaignOutcome, HostFacts
 from kvmple.campaign.plan import UNAVAILABLE, Block, Plan, PlannedRun
 from kvmple.campaign.playbook import Playbook
 from kvmple.errors import CampaignError, GuestError, WorkloadError
+from kvmple.host import knobs
+from kvmple.host.seam import real_seam
 from kvmple.results import CampaignMeta, RunRecord, Store
 
 log = logging.getLogger("kvmple.campaign")
@@ -161,21 +163,22 @@ def _specs(ctx: _Context) -> list[Any]:
 def _knobs(ctx: _Context, block: Block) -> Iterator[dict[str, Any]]:
     """Apply the block's host knob settings; yield the values read back."""
     read_back: dict[str, Any] = {}
-    with contextlib.ExitStack() as stack:
-        for knob, value in block.knobs:
-            if value == UNAVAILABLE:
-                reason = ctx.meta.notes.get("unavailable", {}).get(knob, "unavailable")
-                read_back[knob] = {"unavailable": reason}
-                continue
-            if knob == "ple":
-                from kvmple.host import ple
-                from kvmple.host.seam import real_seam
-
-                ui.note(f"host: PLE {value} (module reload; not verified on hardware)")
-                mode: ple.Mode = "on" if value == "on" else "off"
-                knobs = stack.enter_context(ple.ple_setting(real_seam(), mode))
-                read_back[knob] = {"setting": value, **knobs.to_json()}
+    settings = []
+    for knob, value in block.knobs:
+        if value == UNAVAILABLE:
+            reason = ctx.meta.notes.get("unavailable", {}).get(knob, "unavailable")
+            read_back[knob] = {"unavailable": reason}
+        else:
+            settings.append((knob, value))
+            read_back[knob] = None  # keeps the block's knob order in the provenance
+    with knobs.applied(settings, real_seam(), announce=_announce) as applied:
+        read_back.update({name: setting.to_json() for name, setting in applied.items()})
         yield read_back
+
+
+def _announce(knob: knobs.Knob, setting: str) -> None:
+    note = f" ({knob.change_note})" if knob.change_note else ""
+    ui.note(f"host: {knob.title} {setting}{note}")
 
 
 def _wait_for_quiet(ctx: _Context, cpus: frozenset[int], own_pids: Sequence[int]) -> dict[str, Any]:

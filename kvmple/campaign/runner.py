@@ -26,6 +26,9 @@ from kvmple.campaign.model import CampaignOptions, CampaignOutcome, HostFacts
 from kvmple.campaign.plan import UNAVAILABLE, build_plan
 from kvmple.campaign.playbook import LoadedPlaybook, Playbook, parse_playbook
 from kvmple.errors import CampaignError, HostError, Interrupted, KvmpleError
+from kvmple.host import knobs
+from kvmple.host.doctor import diagnose
+from kvmple.host.seam import real_seam
 from kvmple.results import CampaignMeta, Store, open_store
 
 __all__ = ["CampaignOptions", "CampaignOutcome", "print_report", "run_campaign"]
@@ -34,9 +37,8 @@ log = logging.getLogger("kvmple.campaign")
 
 
 def _read_host() -> HostFacts:
-    from kvmple.host.doctor import diagnose
-
-    report = diagnose()
+    seam = real_seam()
+    report = diagnose(seam=seam)
     if not report.can_run:
         raise HostError(
             f"kvmple cannot run on this host: {report.reason}",
@@ -57,28 +59,34 @@ def _read_host() -> HostFacts:
         "kvm_module": report.kvm_module.name if report.kvm_module else None,
         "machine": platform.machine(),
     }
+    unavailable = knobs.unavailable(
+        knobs.REGISTRY, seam, accelerator=report.accelerator, host_reason=report.reason
+    )
     return HostFacts(
         accelerator=report.accelerator,
         verdict=report.verdict,
         reason=report.reason,
-        ple_available=report.ple_available,
-        ple_reason=report.ple_reason,
         kvm_module=report.kvm_module.name if report.kvm_module else None,
+        unavailable_knobs=unavailable,
         facts=facts,
     )
 
 
 def _unavailable_factors(playbook: Playbook, host: HostFacts, allow: bool) -> dict[str, str]:
-    missing: dict[str, str] = {}
-    for factor in playbook.factors:
-        if factor.knob == "ple" and not host.ple_available:
-            missing["ple"] = host.ple_reason or host.reason or "PLE is not available"
+    """The playbook's factors this host cannot provide, with why; CampaignError unless
+    ``allow`` (--allow-unavailable)."""
+    missing = {
+        f.knob: host.unavailable_knobs[f.knob]
+        for f in playbook.factors
+        if f.knob in host.unavailable_knobs
+    }
     if missing and not allow:
         knob, reason = next(iter(missing.items()))
+        where = knobs.get(knob).provider_hint
         raise CampaignError(
             f"this host cannot provide the factor {knob!r}: {reason}",
             hint="rerun with --allow-unavailable to run the other axes and record the factor "
-            "as unavailable (nothing is faked), or use a host where 'kvmple doctor' says kvm+ple",
+            "as unavailable (nothing is faked)" + (f", or {where}" if where else ""),
         )
     return missing
 
