@@ -15,9 +15,9 @@ import pytest
 from kvmple.campaign.playbook import parse_playbook
 from kvmple.errors import ConfigError, HostError
 from kvmple.host import knobs, ple, ple_state
-from kvmple.host.fakes import FakeHost, make_fake_host
 from kvmple.host.kvmmodule import KVM_AMD, KVM_INTEL
 from kvmple.host.seam import HostSeam
+from tests.fixtures.fake_host import FakeHost, make_fake_host
 
 ROOT = Path(__file__).resolve().parents[2]
 
