@@ -30,6 +30,8 @@ from kvmple.host import knobs
 from kvmple.host.doctor import diagnose
 from kvmple.host.seam import real_seam
 from kvmple.results import CampaignMeta, Store, open_store
+from kvmple.results.report import default_report_path, load_analysis, render, write_report
+from kvmple.workloads import get_workload
 
 __all__ = ["CampaignOptions", "CampaignOutcome", "print_report", "run_campaign"]
 
@@ -173,7 +175,6 @@ def _new_campaign(
     store: Store, loaded: LoadedPlaybook, host: HostFacts, unavailable: dict[str, str]
 ) -> CampaignMeta:
     playbook = loaded.playbook
-    from kvmple.workloads import get_workload
 
     measured = get_workload(playbook.workloads[playbook.measured_role].name)
     unit = next((m.unit for m in measured.metrics if m.name == measured.primary), "")
@@ -231,8 +232,6 @@ def _resume(store: Store, campaign_id: str, host: HostFacts) -> tuple[CampaignMe
 
 def print_report(outcome: CampaignOutcome, db_url: str | None) -> None:
     """The RFC-style table of the campaign and the path of its HTML report."""
-    from kvmple.results.report import default_report_path, load_analysis, render, write_report
-
     with open_store(db_url) as store:
         analysis = load_analysis(store, outcome.campaign_id)
     ui.out.print(render(analysis, "text"), markup=False, highlight=False)
