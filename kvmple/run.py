@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shlex
+import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -154,8 +157,6 @@ def run_streaming(
     announces a phase, and waits for the caller to act on it); text ``on_line`` returns is
     written to the command's stdin, which stays open until the command ends. Whatever
     ``on_line`` raises kills the command's process group and propagates."""
-    import threading
-
     args = _argv(argv)
     start = time.monotonic()
     deadline = None if timeout is None else start + timeout
@@ -282,8 +283,6 @@ def _lines_until(stream: IO[str], deadline: float | None) -> Iterator[str]:
 
     Uses select so a silent process still times out.
     """
-    import select
-
     fd = stream.fileno()
     os.set_blocking(fd, False)
     buffer = ""
@@ -358,8 +357,6 @@ def _kill_group(
 
 def which(program: str) -> str | None:
     """Path of ``program`` on PATH (and the sbin directories root tools live in)."""
-    import shutil
-
     path = os.environ.get("PATH", "")
     extra = ":/usr/local/sbin:/usr/sbin:/sbin"
     return shutil.which(program, path=path + extra)

@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kvmple.config import load_model, parse_model
+from kvmple.host import knobs
 
 Scalar = int | float | str | bool
 
@@ -147,8 +148,25 @@ class Factor(BaseModel):
 
     model_config = _FROZEN
 
-    knob: Literal["ple"] = Field(description="host knob: 'ple' (Pause-Loop Exiting)")
-    values: tuple[Literal["on", "off"], ...] = Field(min_length=1, description="settings")
+    knob: str = Field(
+        description="host knob, one of kvmple.host.knobs.REGISTRY: 'ple' (Pause-Loop Exiting)"
+    )
+    values: tuple[str, ...] = Field(min_length=1, description="settings, e.g. 'on', 'off' for ple")
+
+    @field_validator("knob")
+    @classmethod
+    def _known_knob(cls, name: str) -> str:
+        if name not in knobs.REGISTRY:
+            known = " or ".join(repr(n) for n in sorted(knobs.REGISTRY))
+            raise ValueError(f"unknown host knob {name!r}: use {known}")
+        return name
+
+    @model_validator(mode="after")
+    def _settings(self) -> Factor:
+        knob = knobs.REGISTRY[self.knob]
+        for value in self.values:
+            knob.check_setting(value)
+        return self
 
 
 class Adaptive(BaseModel):

@@ -26,7 +26,12 @@ from kvmple.campaign.model import CampaignOptions, CampaignOutcome, HostFacts
 from kvmple.campaign.plan import UNAVAILABLE, build_plan
 from kvmple.campaign.playbook import LoadedPlaybook, Playbook, parse_playbook
 from kvmple.errors import CampaignError, HostError, Interrupted, KvmpleError
+from kvmple.host import knobs
+from kvmple.host.doctor import diagnose
+from kvmple.host.seam import real_seam
 from kvmple.results import CampaignMeta, Store, open_store
+from kvmple.results.report import default_report_path, load_analysis, render, write_report
+from kvmple.workloads import get_workload
 
 __all__ = ["CampaignOptions", "CampaignOutcome", "print_report", "run_campaign"]
 
@@ -34,9 +39,8 @@ log = logging.getLogger("kvmple.campaign")
 
 
 def _read_host() -> HostFacts:
-    from kvmple.host.doctor import diagnose
-
-    report = diagnose()
+    seam = real_seam()
+    report = diagnose(seam=seam)
     if not report.can_run:
         raise HostError(
             f"kvmple cannot run on this host: {report.reason}",
@@ -57,28 +61,34 @@ def _read_host() -> HostFacts:
         "kvm_module": report.kvm_module.name if report.kvm_module else None,
         "machine": platform.machine(),
     }
+    unavailable = knobs.unavailable(
+        knobs.REGISTRY, seam, accelerator=report.accelerator, host_reason=report.reason
+    )
     return HostFacts(
         accelerator=report.accelerator,
         verdict=report.verdict,
         reason=report.reason,
-        ple_available=report.ple_available,
-        ple_reason=report.ple_reason,
         kvm_module=report.kvm_module.name if report.kvm_module else None,
+        unavailable_knobs=unavailable,
         facts=facts,
     )
 
 
 def _unavailable_factors(playbook: Playbook, host: HostFacts, allow: bool) -> dict[str, str]:
-    missing: dict[str, str] = {}
-    for factor in playbook.factors:
-        if factor.knob == "ple" and not host.ple_available:
-            missing["ple"] = host.ple_reason or host.reason or "PLE is not available"
+    """The playbook's factors this host cannot provide, with why; CampaignError unless
+    ``allow`` (--allow-unavailable)."""
+    missing = {
+        f.knob: host.unavailable_knobs[f.knob]
+        for f in playbook.factors
+        if f.knob in host.unavailable_knobs
+    }
     if missing and not allow:
         knob, reason = next(iter(missing.items()))
+        where = knobs.get(knob).provider_hint
         raise CampaignError(
             f"this host cannot provide the factor {knob!r}: {reason}",
             hint="rerun with --allow-unavailable to run the other axes and record the factor "
-            "as unavailable (nothing is faked), or use a host where 'kvmple doctor' says kvm+ple",
+            "as unavailable (nothing is faked)" + (f", or {where}" if where else ""),
         )
     return missing
 
@@ -165,7 +175,6 @@ def _new_campaign(
     store: Store, loaded: LoadedPlaybook, host: HostFacts, unavailable: dict[str, str]
 ) -> CampaignMeta:
     playbook = loaded.playbook
-    from kvmple.workloads import get_workload
 
     measured = get_workload(playbook.workloads[playbook.measured_role].name)
     unit = next((m.unit for m in measured.metrics if m.name == measured.primary), "")
@@ -223,8 +232,6 @@ def _resume(store: Store, campaign_id: str, host: HostFacts) -> tuple[CampaignMe
 
 def print_report(outcome: CampaignOutcome, db_url: str | None) -> None:
     """The RFC-style table of the campaign and the path of its HTML report."""
-    from kvmple.results.report import default_report_path, load_analysis, render, write_report
-
     with open_store(db_url) as store:
         analysis = load_analysis(store, outcome.campaign_id)
     ui.out.print(render(analysis, "text"), markup=False, highlight=False)

@@ -38,16 +38,25 @@ def register(sub: Any) -> None:
 def _say_what_this_host_provides(playbook: Any) -> None:
     """After a dry run: would this host run the plan as written? (cached doctor, no boot)"""
     from kvmple.campaign.plan import build_plan
+    from kvmple.host import knobs
     from kvmple.host.doctor import diagnose
+    from kvmple.host.seam import real_seam
 
-    report = diagnose(probe_kvm=False)
-    wants_ple = any(f.knob == "ple" for f in playbook.factors)
+    seam = real_seam()
+    report = diagnose(probe_kvm=False, seam=seam)
     ui.out.print(f"this host: {report.verdict} ({report.reason})")
-    if wants_ple and not report.ple_available:
-        reduced = build_plan(playbook, {"ple": report.ple_reason or report.reason})
+    missing = knobs.unavailable(
+        [f.knob for f in playbook.factors],
+        seam,
+        accelerator=report.accelerator,
+        host_reason=report.reason,
+    )
+    if missing:
+        reduced = build_plan(playbook, missing)
+        titles = " and ".join(knobs.get(name).title for name in missing)
         ui.out.print(
-            "this host cannot provide the PLE factor: 'kvmple run' stops; with "
-            f"--allow-unavailable it runs {len(reduced.runs)} runs with PLE recorded as "
+            f"this host cannot provide the {titles} factor: 'kvmple run' stops; with "
+            f"--allow-unavailable it runs {len(reduced.runs)} runs with {titles} recorded as "
             "unavailable"
         )
 

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from kvmple.errors import CommandError
 from kvmple.run import run, which
-from kvmple.vm.spec import DOMAIN_PREFIX
 
-KVMPLE_PREFIX = DOMAIN_PREFIX  # the VM layer names every domain it starts "kvmple-..."
+# Every domain kvmple starts is named "kvmple-..." (kvmple.vm.spec.DOMAIN_PREFIX, which a
+# unit test holds equal to this: the host layer must not import the VM layer above it).
+KVMPLE_PREFIX = "kvmple-"
 KNOWN_URIS: tuple[str, ...] = ("qemu:///system",)
 
 

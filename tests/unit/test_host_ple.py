@@ -15,9 +15,9 @@ import pytest
 from kvmple import cli
 from kvmple.errors import HostError, UsageError
 from kvmple.host import ple, ple_state
-from kvmple.host.fakes import FakeHost, make_fake_host
 from kvmple.host.kvmmodule import KVM_AMD, KVM_INTEL
 from kvmple.host.vms import RunningVm
+from tests.fixtures.fake_host import FakeHost, make_fake_host
 
 
 @pytest.fixture

@@ -1,0 +1,203 @@
+"""Host knobs as operations (pyperf ``_system.py``'s Operation table): every tunable a
+campaign factor can vary is one :class:`Knob` in :data:`REGISTRY`, with
+``available / read / apply / restore`` and a read-back on every change; :func:`applied` is the
+one driver that sets a block's knobs and puts back what it changed, in reverse order, also on
+error or Ctrl-C.
+
+Nothing outside this module tests a knob's name: the playbook validates ``factors[].knob``
+and its values against the registry, the campaign asks :func:`unavailable` which factors this
+host cannot provide (and why) and enters :func:`applied` per block.
+
+Adding a knob (issue 16: a KVM module parameter such as ``kvm.halt_poll_ns``, per-VM
+``cpu-pm``, guest PV CPU features, a sysfs/debugfs path) means one subclass of :class:`Knob`
+and one line in :data:`REGISTRY`.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+from kvmple.errors import HostError, KvmpleError
+from kvmple.host import ple
+from kvmple.host.seam import HostSeam
+
+log = logging.getLogger("kvmple.host.knobs")
+
+
+class KnobReading(Protocol):
+    """What a knob reads back from the host (stored as run provenance via ``to_json``)."""
+
+    def to_json(self) -> dict[str, object]: ...
+
+
+class Knob(ABC):
+    """One host tunable a campaign factor varies; each subclass narrows the reading type
+    its read/apply/restore return (restore takes back what its read gave).
+
+    ``settings`` are the values a playbook may ask for (strings, as the plan keys them);
+    ``needs_kvm`` knobs mean nothing when guests run under TCG, so a TCG host cannot provide
+    them whatever the knob's own check says.
+    """
+
+    name: ClassVar[str]  # the playbook's ``factors[].knob``
+    title: ClassVar[str]  # how messages name it ("PLE")
+    settings: ClassVar[tuple[str, ...]]
+    needs_kvm: ClassVar[bool] = True
+    change_note: ClassVar[str] = ""  # said when a setting is applied (how, what is unverified)
+    provider_hint: ClassVar[str] = ""  # where to find a host that has it
+
+    @abstractmethod
+    def available(self, seam: HostSeam) -> str | None:
+        """None when this host has the knob, else why not (one line; changes nothing)."""
+
+    @abstractmethod
+    def read(self, seam: HostSeam) -> KnobReading:
+        """The knob's current state (HostError when unreadable or unavailable)."""
+
+    @abstractmethod
+    def apply(self, seam: HostSeam, setting: str) -> KnobReading:
+        """Set ``setting`` and return the state read back; HostError (after which the host may
+        be changed: :meth:`restore` puts it back) when the read-back differs from the request,
+        or when the change is impossible now (then nothing changed)."""
+
+    @abstractmethod
+    def restore(self, seam: HostSeam, before: KnobReading) -> KnobReading:
+        """Put back ``before`` (an earlier :meth:`read`) and return the state read back."""
+
+    def check_setting(self, setting: object) -> str:
+        """``setting`` as this knob's canonical string (ValueError naming the allowed ones)."""
+        if isinstance(setting, str) and setting in self.settings:
+            return setting
+        allowed = " or ".join(repr(s) for s in self.settings)
+        raise ValueError(f"knob {self.name!r} takes {allowed}, not {setting!r}")
+
+
+class PleKnob(Knob):
+    """Pause-Loop Exiting on/off: the switch parameter of kvm_intel (ple_gap) or kvm_amd
+    (pause_filter_count), changed by a module reload (:mod:`kvmple.host.ple`)."""
+
+    name = "ple"
+    title = "PLE"
+    settings = ("on", "off")
+    change_note = "module reload; not verified on hardware"
+    provider_hint = "use a host where 'kvmple doctor' says kvm+ple"
+
+    def available(self, seam: HostSeam) -> str | None:
+        return ple.availability(seam)[1]
+
+    def read(self, seam: HostSeam) -> ple.PleKnobs:
+        return ple.read_knobs(seam)
+
+    def apply(self, seam: HostSeam, setting: str) -> ple.PleKnobs:
+        mode: ple.Mode = "on" if self.check_setting(setting) == "on" else "off"
+        knobs = ple.apply(seam, ple.target_values(seam, mode))  # raises on a differing read-back
+        if knobs.enabled != (mode == "on"):
+            raise HostError(
+                f"PLE {mode} was applied but {knobs.module} reads back "
+                f"{knobs.spec.switch}={knobs.values.get(knobs.spec.switch)}",
+                hint="the kernel forces PLE off without hardware support (check dmesg); "
+                "'kvmple ple restore' puts the saved originals back",
+            )
+        return knobs
+
+    def restore(self, seam: HostSeam, before: KnobReading) -> ple.PleKnobs:
+        if not isinstance(before, ple.PleKnobs):
+            raise TypeError(f"not a PLE reading: {before!r}")
+        return ple.apply(seam, before.values)
+
+
+REGISTRY: dict[str, Knob] = {knob.name: knob for knob in (PleKnob(),)}
+"""Every knob a playbook factor may name, by name."""
+
+
+def get(name: str) -> Knob:
+    """The knob called ``name`` (HostError naming the known ones)."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise HostError(
+            f"unknown host knob {name!r}",
+            hint=f"known knobs: {', '.join(sorted(REGISTRY))}",
+        ) from None
+
+
+def unavailable(
+    names: Iterable[str], seam: HostSeam, *, accelerator: str, host_reason: str
+) -> dict[str, str]:
+    """The knobs among ``names`` this host cannot provide, each with why.
+
+    ``accelerator`` is the doctor's ("kvm" or "tcg"); under TCG a ``needs_kvm`` knob is
+    unavailable with the knob's own reason, or else ``host_reason`` (why the host runs TCG).
+    """
+    missing: dict[str, str] = {}
+    for name in names:
+        knob = get(name)
+        reason = knob.available(seam)
+        if reason is None and knob.needs_kvm and accelerator != "kvm":
+            reason = host_reason or f"{knob.title} is not available"
+        if reason is not None:
+            missing[name] = reason
+    return missing
+
+
+@dataclass(frozen=True)
+class Applied:
+    """One knob as a block runs with it: the setting asked for and the state read back."""
+
+    knob: str
+    setting: str
+    reading: KnobReading
+
+    def to_json(self) -> dict[str, object]:
+        return {"setting": self.setting, **self.reading.to_json()}
+
+
+@contextmanager
+def applied(
+    settings: Sequence[tuple[str, str]],
+    seam: HostSeam,
+    *,
+    announce: Callable[[Knob, str], None] | None = None,
+) -> Iterator[dict[str, Applied]]:
+    """Apply ``(knob, setting)`` pairs in order for the duration of the block; yield what each
+    read back. On exit (also on error or Ctrl-C) every knob touched gets back the state read
+    before it was applied, in reverse order. A knob whose apply failed is restored too (its
+    reload may have happened); a restore that fails while another error propagates is logged
+    and the first error wins.
+
+    Raises HostError (unknown knob, unavailable, refused, read-back differs).
+    """
+    touched: list[tuple[Knob, KnobReading]] = []
+    out: dict[str, Applied] = {}
+    try:
+        for name, setting in settings:
+            knob = get(name)
+            before = knob.read(seam)
+            touched.append((knob, before))
+            if announce is not None:
+                announce(knob, setting)
+            out[name] = Applied(name, setting, knob.apply(seam, setting))
+        yield out
+    except BaseException:
+        _restore_all(touched, seam, raise_errors=False)
+        raise
+    _restore_all(touched, seam, raise_errors=True)
+
+
+def _restore_all(
+    touched: list[tuple[Knob, KnobReading]], seam: HostSeam, *, raise_errors: bool
+) -> None:
+    first: KvmpleError | None = None
+    for knob, before in reversed(touched):
+        try:
+            knob.restore(seam, before)
+        except KvmpleError as exc:
+            log.warning("restoring %s failed: %s", knob.name, exc.message)
+            first = first or exc
+    if first is not None and raise_errors:
+        raise first
