@@ -6,14 +6,17 @@ report). No kernel tree needed; the real tier checks the markers against Debian'
 from __future__ import annotations
 
 import json
+import mailbox
 from pathlib import Path
 
 import pytest
 
 from kvmple.cli import main
 from kvmple.errors import ConfigError
+from kvmple.kernel.apply import Status, apply_series
 from kvmple.kernel.series import HashStatus, KnobKind, SourceKind, list_series, load_series
 from kvmple.workloads import WORKLOADS
+from tests.unit.kernel_fake_tree import _diff, make_tree
 
 UPSTREAM = {  # name -> (landed_in, number of patches)
     "pv-sched-yield-v4": ("v5.3", 3),
@@ -158,3 +161,27 @@ def test_series_show_json_carries_knobs(capsys: pytest.CaptureFixture[str]) -> N
     data = json.loads(capsys.readouterr().out)
     assert [k["kind"] for k in data["knobs"]] == ["debugfs"] + ["module-param"] * 3
     assert data["benchmarks"][1]["reported"][0] == "2 VMs: +47.1%"
+
+
+def test_debooster_rfc_applies_from_the_mbox_a_user_brings(tmp_path: Path) -> None:
+    """The manifest's subjects (from the v2 cover letter) match a v2 mbox's patches: the
+    cover letter is skipped and all nine apply in order to a (fake) v6.19-rc1 tree. The
+    diffs are stand-ins, the subjects and the "[PATCH v2 n/9]" prefixes are the posting's."""
+    series, folder = load_series("vcpu-debooster-v2")
+    tree = make_tree(tmp_path / "linux", (6, 19, 0))
+    box = mailbox.mbox(tmp_path / "v2.mbox")
+    box.add(
+        f"From: Wanpeng Li <kernellwp@gmail.com>\nSubject: [PATCH v2 0/9] {series.title}\n\n"
+        "This series addresses long-standing yield_to() inefficiencies.\n"
+    )
+    for n, entry in enumerate(series.patches, 1):
+        diff = _diff(tree, f"kernel/sched/stand-in-{n}.txt", f"patch {n}\n")
+        box.add(
+            f"From: Wanpeng Li <kernellwp@gmail.com>\nSubject: [PATCH v2 {n}/9] {entry.subject}"
+            f"\n\nFrom: Wanpeng Li <wanpengli@tencent.com>\n\nstand-in\n---\n{diff}"
+        )
+    box.flush()
+    report = apply_series(series, folder, tree, source=tmp_path / "v2.mbox", check_only=True)
+    assert [r.status for r in report.results] == [Status.applied] * 9
+    assert [r.subject for r in report.results] == [p.subject for p in series.patches]
+    assert report.target is None and not (tree / "kernel/sched/stand-in-1.txt").exists()
