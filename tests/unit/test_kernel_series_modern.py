@@ -46,7 +46,8 @@ def test_upstream_series_have_markers_and_a_git_source(
     assert (series.landed_in, len(series.patches)) == expected
     assert all(p.markers for p in series.patches)
     git = [s for s in series.sources if s.kind is SourceKind.git]
-    assert git and git[0].range is not None and git[0].range.endswith(series.landed_in)
+    assert series.landed_in is not None and git and git[0].range is not None
+    assert git[0].range.endswith(series.landed_in)
     # an unverified or unknown hash says where the fact came from (or that none was found)
     assert all(p.note for p in series.patches if p.upstream_status is HashStatus.unknown)
 
