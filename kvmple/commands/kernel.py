@@ -229,6 +229,10 @@ def _series_show(args: argparse.Namespace) -> int:
         if index in presence:
             state = "IN TREE" if presence[index].upstream else "not in tree"
             _say(f"      {state}: {presence[index].evidence}")
+    from kvmple.commands.series_view import benchmark_lines, knob_lines
+
+    for line in knob_lines(series) + benchmark_lines(series):
+        _say(line)
     return 0
 
 
