@@ -16,7 +16,7 @@ import platform
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,9 @@ __all__ = ["CampaignOptions", "CampaignOutcome", "print_report", "run_campaign"]
 log = logging.getLogger("kvmple.campaign")
 
 
-def _read_host() -> HostFacts:
+def _read_host(factors: Iterable[str] = ()) -> HostFacts:
+    """The host's facts, with which of the registry's knobs and of ``factors`` (knobs named by
+    what they change, e.g. kvm.halt_poll_ns) it cannot provide."""
     seam = real_seam()
     report = diagnose(seam=seam)
     if not report.can_run:
@@ -62,7 +64,10 @@ def _read_host() -> HostFacts:
         "machine": platform.machine(),
     }
     unavailable = knobs.unavailable(
-        knobs.REGISTRY, seam, accelerator=report.accelerator, host_reason=report.reason
+        dict.fromkeys([*knobs.REGISTRY, *factors]),
+        seam,
+        accelerator=report.accelerator,
+        host_reason=report.reason,
     )
     return HostFacts(
         accelerator=report.accelerator,
@@ -122,7 +127,7 @@ def run_campaign(
     resume_id: str | None = None,
 ) -> CampaignOutcome:
     """Run a new campaign from ``loaded``, or continue ``resume_id``."""
-    host = _read_host()
+    host = _read_host(f.knob for f in loaded.playbook.factors) if loaded else _read_host()
     with open_store(options.db_url) as store:
         if resume_id is not None:
             meta, loaded = _resume(store, resume_id, host)

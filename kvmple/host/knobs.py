@@ -16,65 +16,18 @@ and one line in :data:`REGISTRY`.
 from __future__ import annotations
 
 import logging
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
 
 from kvmple.errors import HostError, KvmpleError
-from kvmple.host import ple
+from kvmple.host import paramknobs, ple
+from kvmple.host.knob import Knob, KnobReading
+
+__all__ = ["REGISTRY", "Applied", "Knob", "KnobReading", "PleKnob", "applied", "get", "unavailable"]
 from kvmple.host.seam import HostSeam
 
 log = logging.getLogger("kvmple.host.knobs")
-
-
-class KnobReading(Protocol):
-    """What a knob reads back from the host (stored as run provenance via ``to_json``)."""
-
-    def to_json(self) -> dict[str, object]: ...
-
-
-class Knob(ABC):
-    """One host tunable a campaign factor varies; each subclass narrows the reading type
-    its read/apply/restore return (restore takes back what its read gave).
-
-    ``settings`` are the values a playbook may ask for (strings, as the plan keys them);
-    ``needs_kvm`` knobs mean nothing when guests run under TCG, so a TCG host cannot provide
-    them whatever the knob's own check says.
-    """
-
-    name: ClassVar[str]  # the playbook's ``factors[].knob``
-    title: ClassVar[str]  # how messages name it ("PLE")
-    settings: ClassVar[tuple[str, ...]]
-    needs_kvm: ClassVar[bool] = True
-    change_note: ClassVar[str] = ""  # said when a setting is applied (how, what is unverified)
-    provider_hint: ClassVar[str] = ""  # where to find a host that has it
-
-    @abstractmethod
-    def available(self, seam: HostSeam) -> str | None:
-        """None when this host has the knob, else why not (one line; changes nothing)."""
-
-    @abstractmethod
-    def read(self, seam: HostSeam) -> KnobReading:
-        """The knob's current state (HostError when unreadable or unavailable)."""
-
-    @abstractmethod
-    def apply(self, seam: HostSeam, setting: str) -> KnobReading:
-        """Set ``setting`` and return the state read back; HostError (after which the host may
-        be changed: :meth:`restore` puts it back) when the read-back differs from the request,
-        or when the change is impossible now (then nothing changed)."""
-
-    @abstractmethod
-    def restore(self, seam: HostSeam, before: KnobReading) -> KnobReading:
-        """Put back ``before`` (an earlier :meth:`read`) and return the state read back."""
-
-    def check_setting(self, setting: object) -> str:
-        """``setting`` as this knob's canonical string (ValueError naming the allowed ones)."""
-        if isinstance(setting, str) and setting in self.settings:
-            return setting
-        allowed = " or ".join(repr(s) for s in self.settings)
-        raise ValueError(f"knob {self.name!r} takes {allowed}, not {setting!r}")
 
 
 class PleKnob(Knob):
@@ -116,14 +69,20 @@ REGISTRY: dict[str, Knob] = {knob.name: knob for knob in (PleKnob(),)}
 
 
 def get(name: str) -> Knob:
-    """The knob called ``name`` (HostError naming the known ones)."""
-    try:
+    """The knob called ``name``: one of :data:`REGISTRY`, a KVM module parameter
+    ``MODULE.PARAM`` or a /sys path (:mod:`kvmple.host.paramknobs`); HostError otherwise,
+    naming the known ones."""
+    if name in REGISTRY:
         return REGISTRY[name]
-    except KeyError:
-        raise HostError(
-            f"unknown host knob {name!r}",
-            hint=f"known knobs: {', '.join(sorted(REGISTRY))}",
-        ) from None
+    if paramknobs.MODULE_PARAM.match(name):
+        return paramknobs.ModuleParamKnob(name)
+    if name.startswith("/"):
+        return paramknobs.SysfsPathKnob(name)
+    raise HostError(
+        f"unknown host knob {name!r}",
+        hint=f"known knobs: {', '.join(sorted(REGISTRY))}, a KVM module parameter "
+        "(kvm.halt_poll_ns, kvm_intel.ple_window, ...) or a /sys or /sys/kernel/debug path",
+    )
 
 
 def unavailable(
@@ -139,7 +98,7 @@ def unavailable(
         knob = get(name)
         reason = knob.available(seam)
         if reason is None and knob.needs_kvm and accelerator != "kvm":
-            reason = host_reason or f"{knob.title} is not available"
+            reason = knob.without_kvm(seam, host_reason)
         if reason is not None:
             missing[name] = reason
     return missing

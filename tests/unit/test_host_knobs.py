@@ -251,7 +251,10 @@ repetitions: 1
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (("knob: ple", "knob: colour"), r"factors.0.knob: .*unknown host knob 'colour': use 'ple'"),
+        (
+            ("knob: ple", "knob: colour"),
+            r"factors.0.knob: .*unknown host knob 'colour' \(known knobs: ple, a KVM module",
+        ),
         (('"off", "on"', '"off", "max"'), r"knob 'ple' takes 'on' or 'off', not 'max'"),
     ],
 )
