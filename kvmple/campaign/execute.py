@@ -23,7 +23,7 @@ from kvmple.campaign.model import CampaignOutcome, HostFacts
 from kvmple.campaign.plan import UNAVAILABLE, Block, Plan, PlannedRun
 from kvmple.campaign.playbook import Playbook
 from kvmple.errors import CampaignError, GuestError, WorkloadError
-from kvmple.host import knobs
+from kvmple.host import knobs, vmknobs
 from kvmple.host.seam import real_seam
 from kvmple.image import resolve
 from kvmple.results import CampaignMeta, RunRecord, Store
@@ -139,7 +139,8 @@ class _Context:
     tries: dict[str, int] = field(default_factory=dict)  # this invocation
 
 
-def _specs(ctx: _Context) -> list[Any]:
+def _specs(ctx: _Context, block: Block) -> list[Any]:
+    per_vm = vmknobs.qemu_args(_settings(block))
     specs = []
     for role, guest in ctx.playbook.guests.items():
         emulator = guest.emulator_pin or tuple(sorted(guest.host_cpus))
@@ -154,9 +155,15 @@ def _specs(ctx: _Context) -> list[Any]:
                 accelerator="kvm" if ctx.host.accelerator == "kvm" else "tcg",
                 extra_kernel_args=tuple(guest.kernel_args.split()),
                 campaign_id=ctx.meta.id,
+                qemu_args=per_vm,
             )
         )
     return specs
+
+
+def _settings(block: Block) -> list[tuple[str, str]]:
+    """The block's knob settings this host provides (unavailable ones are only recorded)."""
+    return [(knob, value) for knob, value in block.knobs if value != UNAVAILABLE]
 
 
 @contextlib.contextmanager
@@ -231,11 +238,15 @@ def _boot_and_run(ctx: _Context, index: int, block: Block) -> None:
         boot_start = time.monotonic()
         guests = stack.enter_context(
             boot_guests(
-                _specs(ctx), ready_timeout=playbook.timeouts.boot, keep_smt_siblings=keep_smt
+                _specs(ctx, block),
+                ready_timeout=playbook.timeouts.boot,
+                keep_smt_siblings=keep_smt,
             )
         )
         ctx.outcome.boots += 1
         by_role = {g.spec.role: g for g in guests}
+        per_vm = vmknobs.check_guests(_settings(block), [g.name for g in guests])
+        knobs.update({name: setting.to_json() for name, setting in per_vm.items()})
         booted = time.monotonic()
         workloads = _prepare(ctx, by_role)
         ctx.outcome.boot_seconds += time.monotonic() - boot_start

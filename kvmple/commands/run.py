@@ -54,8 +54,9 @@ def _say_what_this_host_provides(playbook: Any) -> None:
     if missing:
         reduced = build_plan(playbook, missing)
         titles = " and ".join(knobs.get(name).title for name in missing)
+        plural = "s" if len(missing) > 1 else ""
         ui.out.print(
-            f"this host cannot provide the {titles} factor: 'kvmple run' stops; with "
+            f"this host cannot provide the {titles} factor{plural}: 'kvmple run' stops; with "
             f"--allow-unavailable it runs {len(reduced.runs)} runs with {titles} recorded as "
             "unavailable"
         )

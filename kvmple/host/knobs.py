@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from kvmple.errors import HostError, KvmpleError
-from kvmple.host import paramknobs, ple
+from kvmple.host import paramknobs, ple, vmknobs
 from kvmple.host.knob import Knob, KnobReading
 
 __all__ = ["REGISTRY", "Applied", "Knob", "KnobReading", "PleKnob", "applied", "get", "unavailable"]
@@ -64,7 +64,7 @@ class PleKnob(Knob):
         return ple.apply(seam, before.values)
 
 
-REGISTRY: dict[str, Knob] = {knob.name: knob for knob in (PleKnob(),)}
+REGISTRY: dict[str, Knob] = {knob.name: knob for knob in (PleKnob(), *vmknobs.VM_KNOBS.values())}
 """Every knob a playbook factor may name, by name."""
 
 

@@ -105,7 +105,7 @@ def domain_xml(spec: VMSpec, *, overlay: Path, console_log: Path, ssh_port: int)
     commandline = ET.SubElement(domain, f"{{{QEMU_NS}}}commandline")
     # the same user-mode NIC plain-QEMU guests get (kvmple.qemu), at a fixed PCI slot
     nic = netdev_args(ssh_port, netdev_id="kvmplenet0", device_extra="bus=pci.0,addr=0x1e")
-    for arg in nic:
+    for arg in (*nic, *spec.qemu_args):
         ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", {"value": arg})
 
     ET.indent(domain)
