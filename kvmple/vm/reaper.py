@@ -170,6 +170,8 @@ def reap_owner(seen: Announced, owner_pid: int, owner_start: int | None) -> None
         except KvmpleError as exc:
             _log(f"owner {owner_pid} died: could not destroy {domain}: {exc.message}")
     for state_dir in sorted(seen.state_dirs):
+        if not os.path.isdir(os.path.join(state_dir, "vm", "records")):
+            continue  # gone (a test's temporary directory): nothing to forget, create nothing
         os.environ["KVMPLE_STATE_DIR"] = state_dir  # registry reads it (paths.state_dir)
         for record in registry.all_records():
             if (
