@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from kvmple import paths
 from kvmple.errors import KvmpleError
@@ -128,8 +129,13 @@ def disown(domain: str) -> None:
 
 
 def _log(message: str) -> None:
+    """Append to state/vm/reaper.log when that directory still exists (never create it)."""
+    override = os.environ.get("KVMPLE_STATE_DIR")
+    directory = Path(override) / "vm" if override else registry.vm_dir()
+    if not directory.is_dir():
+        return
     try:
-        with (registry.vm_dir() / LOG_NAME).open("a", encoding="utf-8") as log:
+        with (directory / LOG_NAME).open("a", encoding="utf-8") as log:
             log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} reaper {os.getpid()}: {message}\n")
     except OSError:
         pass
