@@ -121,6 +121,36 @@ def _uname(guest: Guest, log: Path) -> str:
     return result.stdout.strip()
 
 
+def _check_inputs(kernel: Path, initrd: Path | None) -> None:
+    if not kernel.is_file():
+        raise GuestError(f"{kernel}: no kernel image", hint="run 'kvmple kernel build' first")
+    if initrd is not None and not initrd.is_file():
+        raise UsageError(f"--initrd {initrd}: no such file")
+    missing = [p for p in ("qemu-system-x86_64", "qemu-img") if which(p) is None]
+    if missing:
+        raise HostError(
+            f"programs the image boot test needs are missing: {', '.join(missing)}",
+            hint="run scripts/setup-host.sh (qemu-system-x86, qemu-utils)",
+        )
+
+
+def _judge(image: str, release: str, expected: str, log: Path, expect_lines: Sequence[str]) -> None:
+    """GuestError unless ``release`` is ``expected`` and the console has every expected line."""
+    if release != expected:
+        raise GuestError(
+            f"image boot test ({image}): user space runs release {release!r}, "
+            f"expected {expected!r}",
+            hint="the booted kernel is not the one built from this tree",
+        )
+    console = ConsoleLog(log).text()
+    absent = [line for line in expect_lines if line not in console]
+    if absent:
+        raise GuestError(
+            f"image boot test ({image}): console lacks the expected line(s): " + "; ".join(absent),
+            hint=f"full console log: {log}",
+        )
+
+
 def image_boot_test(
     kernel: Path,
     expected_release: str,
@@ -137,17 +167,9 @@ def image_boot_test(
 ) -> ImageBootResult:
     """Boot ``kernel`` with ``image`` as root; GuestError unless SSH (pinned key) works and
     ``uname -r`` there is ``expected_release``. The console log is kept at ``log``; the
-    overlay and everything else of the boot is removed on every exit, Ctrl-C included."""
-    if not kernel.is_file():
-        raise GuestError(f"{kernel}: no kernel image", hint="run 'kvmple kernel build' first")
-    if initrd is not None and not initrd.is_file():
-        raise UsageError(f"--initrd {initrd}: no such file")
-    missing = [p for p in ("qemu-system-x86_64", "qemu-img") if which(p) is None]
-    if missing:
-        raise HostError(
-            f"programs the image boot test needs are missing: {', '.join(missing)}",
-            hint="run scripts/setup-host.sh (qemu-system-x86, qemu-utils)",
-        )
+    overlay and everything else of the boot is removed on every exit, Ctrl-C included.
+    UsageError for a missing --initrd, HostError when QEMU or qemu-img is missing."""
+    _check_inputs(kernel, initrd)
     if accel == "auto":
         accel = usable_accelerator()
     cmdline = boot_cmdline(image.cmdline, append)
@@ -177,20 +199,7 @@ def image_boot_test(
             os.replace(workdir / "console.log", log)
         shutil.rmtree(workdir, ignore_errors=True)
     total = time.monotonic() - start
-    if release != expected_release:
-        raise GuestError(
-            f"image boot test ({image.name}): user space runs release {release!r}, "
-            f"expected {expected_release!r}",
-            hint="the booted kernel is not the one built from this tree",
-        )
-    console = ConsoleLog(log).text()
-    absent = [line for line in expect_lines if line not in console]
-    if absent:
-        raise GuestError(
-            f"image boot test ({image.name}): console lacks the expected line(s): "
-            + "; ".join(absent),
-            hint=f"full console log: {log}",
-        )
+    _judge(image.name, release, expected_release, log, expect_lines)
     return ImageBootResult(
         passed=True,
         release=release,

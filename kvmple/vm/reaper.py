@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from kvmple import paths
 from kvmple.errors import KvmpleError
@@ -128,8 +129,13 @@ def disown(domain: str) -> None:
 
 
 def _log(message: str) -> None:
+    """Append to state/vm/reaper.log when that directory still exists (never create it)."""
+    override = os.environ.get("KVMPLE_STATE_DIR")
+    directory = Path(override) / "vm" if override else registry.vm_dir()
+    if not directory.is_dir():
+        return
     try:
-        with (registry.vm_dir() / LOG_NAME).open("a", encoding="utf-8") as log:
+        with (directory / LOG_NAME).open("a", encoding="utf-8") as log:
             log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} reaper {os.getpid()}: {message}\n")
     except OSError:
         pass
@@ -170,6 +176,8 @@ def reap_owner(seen: Announced, owner_pid: int, owner_start: int | None) -> None
         except KvmpleError as exc:
             _log(f"owner {owner_pid} died: could not destroy {domain}: {exc.message}")
     for state_dir in sorted(seen.state_dirs):
+        if not os.path.isdir(os.path.join(state_dir, "vm", "records")):
+            continue  # gone (a test's temporary directory): nothing to forget, create nothing
         os.environ["KVMPLE_STATE_DIR"] = state_dir  # registry reads it (paths.state_dir)
         for record in registry.all_records():
             if (
