@@ -333,8 +333,8 @@ def _build(args: argparse.Namespace) -> int:
         f"  config    sha256 {str(manifest['config_sha256'])[:16]}; "
         f"{check['checked']} fragment options checked"
     )
-    for label in ("other_arch", "allowed_to_vanish"):
-        for line in check[label]:
+    for label in ("other_arch", "allowed_to_vanish", "built_in_without_modules"):
+        for line in check.get(label, []):
             _say(f"  note      {line} ({label.replace('_', ' ')})")
     series = manifest.get("series")
     if isinstance(series, dict):
