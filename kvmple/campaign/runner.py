@@ -55,6 +55,7 @@ def _read_host() -> HostFacts:
         "doctor_verdict": report.verdict,
         "accelerator": report.accelerator,
         "kvm_module": report.kvm_module.name if report.kvm_module else None,
+        "ple_basis": report.ple_basis,
         "machine": platform.machine(),
     }
     return HostFacts(
