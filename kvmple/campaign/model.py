@@ -53,3 +53,5 @@ class HostFacts:
     ple_reason: str | None
     kvm_module: str | None
     facts: dict[str, Any] = field(default_factory=dict)
+    online_cpus: tuple[int, ...] = ()  # empty: unknown (then CPU pins are not checked)
+    mem_available_mib: int | None = None  # None: unknown

@@ -22,10 +22,12 @@ from typing import Any
 
 from kvmple import __version__, paths, ui
 from kvmple.campaign.execute import execute
+from kvmple.campaign.hostfit import host_fit
 from kvmple.campaign.model import CampaignOptions, CampaignOutcome, HostFacts
 from kvmple.campaign.plan import UNAVAILABLE, build_plan
 from kvmple.campaign.playbook import LoadedPlaybook, Playbook, parse_playbook
 from kvmple.errors import CampaignError, HostError, Interrupted, KvmpleError
+from kvmple.host.topology import read_mem_available_mib
 from kvmple.results import CampaignMeta, Store, open_store
 
 __all__ = ["CampaignOptions", "CampaignOutcome", "print_report", "run_campaign"]
@@ -33,10 +35,10 @@ __all__ = ["CampaignOptions", "CampaignOutcome", "print_report", "run_campaign"]
 log = logging.getLogger("kvmple.campaign")
 
 
-def _read_host() -> HostFacts:
+def _read_host(probe_kvm: bool = True) -> HostFacts:
     from kvmple.host.doctor import diagnose
 
-    report = diagnose()
+    report = diagnose(probe_kvm=probe_kvm)
     if not report.can_run:
         raise HostError(
             f"kvmple cannot run on this host: {report.reason}",
@@ -66,6 +68,30 @@ def _read_host() -> HostFacts:
         ple_reason=report.ple_reason,
         kvm_module=report.kvm_module.name if report.kvm_module else None,
         facts=facts,
+        online_cpus=report.topology.online,
+        mem_available_mib=read_mem_available_mib(),
+    )
+
+
+def read_host_for_dry_run() -> HostFacts:
+    """The host facts without booting the KVM probe (a cached result only)."""
+    return _read_host(probe_kvm=False)
+
+
+def check_host_fit(playbook: Playbook, host: HostFacts, allow_unavailable: bool) -> None:
+    """Refuse (HostError, nothing created) when the host misses a requirement other than an
+    allowed-to-be-unavailable factor; every unmet requirement is named at once. PLE alone
+    is left to _unavailable_factors (CampaignError with the --allow-unavailable hint)."""
+    unmet = host_fit(playbook, host)
+    hard = [u for u in unmet if u.requirement != "PLE"]
+    if not hard:
+        return
+    listed = hard + [u for u in unmet if u.requirement == "PLE" and not allow_unavailable]
+    raise HostError(
+        f"this host does not fit playbook {playbook.name!r}, nothing was created: "
+        + "; ".join(u.describe() for u in listed),
+        hint="change the playbook's pin/memory_mib for this host, or run it on one that fits "
+        "('kvmple run --dry-run PLAYBOOK' lists every requirement)",
     )
 
 
@@ -114,6 +140,8 @@ def run_campaign(
 ) -> CampaignOutcome:
     """Run a new campaign from ``loaded``, or continue ``resume_id``."""
     host = _read_host()
+    if resume_id is None and loaded is not None:
+        check_host_fit(loaded.playbook, host, options.allow_unavailable)  # before the store
     with open_store(options.db_url) as store:
         if resume_id is not None:
             meta, loaded = _resume(store, resume_id, host)
