@@ -19,6 +19,7 @@ from pathlib import Path
 from kvmple.errors import CommandTimeout, GuestError
 from kvmple.image.artifact import Image
 from kvmple.keys import installation_key
+from kvmple.qemuopts import escape_qemu_value
 from kvmple.run import Result, background, run
 
 # Polls inside the guest (one SSH round trip) until the broker completes an AMQP handshake.
@@ -91,7 +92,7 @@ def qemu_argv(
         "-append",
         boot.cmdline,
         "-drive",
-        f"file={overlay},if=virtio,format=qcow2,cache=unsafe",
+        f"file={escape_qemu_value(str(overlay))},if=virtio,format=qcow2,cache=unsafe",
         "-netdev",
         f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22",
         "-device",

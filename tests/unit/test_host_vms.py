@@ -115,3 +115,28 @@ def test_split_qemu_option(text: str, parts: list[str]) -> None:
 
     assert split_qemu_option(text) == parts
     assert split_qemu_option(",".join(escape_qemu_value(p) for p in parts)) == parts
+
+
+def test_probe_overlay_path_with_a_comma_is_escaped(tmp_path: Path) -> None:
+    """A QEMU option kvmple builds keeps a comma in a path as ',,' (read back as one path)."""
+    from kvmple.image.artifact import Image
+    from kvmple.image.probe import qemu_argv
+    from kvmple.qemuopts import qemu_option_fields
+
+    folder = tmp_path / "a,b"
+    image = Image(
+        name="img",
+        key="k" * 64,
+        qcow2=folder / "disk.qcow2",
+        kernel=folder / "vmlinuz",
+        initrd=None,
+        cmdline="root=/dev/vda",
+        ssh_user="root",
+        host_keys=(),
+        manifest={},
+    )
+    argv = qemu_argv(
+        image, folder / "o.qcow2", folder / "c.log", 2222, cpus=1, memory_mib=256, accel="tcg"
+    )
+    drive = argv[argv.index("-drive") + 1]
+    assert qemu_option_fields(drive)[1]["file"] == str(folder / "o.qcow2")
