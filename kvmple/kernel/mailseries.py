@@ -135,6 +135,7 @@ def select_series(mails: list[Mail], revision: int | None = None) -> MailSeries:
         )
     if all(lm.counters_inferred for lm in with_diff):
         return _unnumbered(lmsgs, origins, revision)
+    lmsgs, resent = _newest_copies(lmsgs, origins)
     box = b4.LoreMailbox()
     for lm in lmsgs:
         box.add_message(lm.msg)
@@ -148,7 +149,33 @@ def select_series(mails: list[Mail], revision: int | None = None) -> MailSeries:
     series = box.get_series(chosen, codereview_trailers=False)
     if series is None:
         raise PatchError(f"revision v{chosen}: all patches missing")
-    return _assemble(box, series, revisions, origins)
+    result = _assemble(box, series, revisions, origins)
+    result.dropped.extend(resent)
+    return result
+
+
+def _newest_copies(
+    lmsgs: list[b4.LoreMessage], origins: dict[int, str]
+) -> tuple[list[b4.LoreMessage], list[Dropped]]:
+    """One mail per [PATCH vN m/n]: a RESEND (or a second copy) replaces the earlier one.
+    b4 would take a second m/n of one revision for an additional patch."""
+    newest: dict[tuple[int, int, int], b4.LoreMessage] = {}
+    for lm in lmsgs:
+        if lm.has_diff and not lm.reply and not lm.counters_inferred:
+            key = (lm.revision, lm.counter, lm.expected)
+            if key not in newest or lm.date >= newest[key].date:
+                newest[key] = lm
+    keep = {id(lm) for lm in newest.values()}
+    kept, dropped = [], []
+    for lm in lmsgs:
+        if lm.has_diff and not lm.reply and not lm.counters_inferred and id(lm) not in keep:
+            later = newest[(lm.revision, lm.counter, lm.expected)]
+            what = f"{origins.get(id(lm.msg), '?')} {lm.full_subject!r}"
+            why = f"an earlier copy of v{lm.revision} {lm.counter}/{lm.expected}; "
+            dropped.append(Dropped(what, why + f"{later.full_subject!r} is newer"))
+        else:
+            kept.append(lm)
+    return kept, dropped
 
 
 def _assemble(

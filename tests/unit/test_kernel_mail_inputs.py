@@ -238,3 +238,23 @@ def test_git_tree_needs_a_range(tmp_path: Path) -> None:
 
 def test_base_is_what_the_builders_patch() -> None:
     assert "int b = 2;" in BASE
+
+
+def test_a_resend_replaces_the_earlier_copy(tmp_path: Path) -> None:
+    early, late = "Mon, 1 Aug 2005 10:00:00 +0000", "Mon, 8 Aug 2005 10:00:00 +0000"
+    one = patch_body("One.", "int b = 2;", "int b = 3;")
+    two = patch_body("Two.", "int c = 4;", "int c = 5;")
+    mails = [
+        mail("[PATCH v2 1/2] one", one, msgid="a1@x", date=early),
+        mail("[PATCH v2 2/2] two", two, msgid="a2@x", date=early),
+        mail("[PATCH RESEND v2 1/2] one", one, msgid="b1@x", date=late),
+    ]
+    found = load_mbox(write_mbox(tmp_path / "m", mails))
+    assert [(p.subject, p.origin.split()[-1]) for p in found.patches] == [
+        ("one", "3"),
+        ("two", "2"),
+    ]
+    assert found.dropped == [
+        f"mbox {tmp_path / 'm'} message 1 '[PATCH v2 1/2] one': an earlier copy of v2 1/2; "
+        "'[PATCH RESEND v2 1/2] one' is newer"
+    ]
