@@ -214,6 +214,8 @@ def _assemble(
 
 
 def _why_dropped(lm: b4.LoreMessage, chosen: int, newest: str) -> str:
+    if lm.reply and lm.has_diff:
+        return "a reply carrying a diff (a suggestion in the discussion, not a patch of the series)"
     if lm.reply or (lm.in_reply_to and not lm.has_diff):
         trailers = ", ".join(t.as_string() for t in lm.trailers)
         return "a reply without a diff" + (f" (trailers collected: {trailers})" if trailers else "")

@@ -44,6 +44,7 @@ DEFAULT_LINE = re.compile(
 _SENT_ONLY = re.compile(rf"^{_ID}time:? ?(\d+(?:\.\d+)?) ?s, .*?\b(sent|received): {_RATE}")
 _CONSUMER = re.compile(rf"consumer latency: {_LAT}")
 _CONFIRM = re.compile(rf"confirm latency: {_LAT}")
+_LEGACY = re.compile(r"min/avg/max latency: (\d+)/(\d+)/(\d+) (ms|µs|us)")
 _SUM_SENT = re.compile(rf"^{_ID}sending rate avg: {_RATE}\s*$")
 _SUM_RECV = re.compile(rf"^{_ID}receiving rate avg: {_RATE}\s*$")
 _SUM_LAT = re.compile(rf"^{_ID}(consumer|confirm) latency min/median/75th/95th/99th {_LAT}\s*$")
@@ -73,6 +74,8 @@ class RateSample:
     received_per_sec: float | None
     consumer_latency: Latency | None = None
     confirm_latency: Latency | None = None
+    # PerfTest before percentiles (--legacy-metrics): "min/avg/max latency: a/b/c µs"
+    min_avg_max_latency: tuple[int, int, int, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,7 @@ def _default_samples(lines: list[str]) -> list[RateSample]:
         m = DEFAULT_LINE.match(line)
         if m is None:
             continue
+        legacy = _LEGACY.search(line)
         samples.append(
             RateSample(
                 float(m.group(1)),
@@ -138,6 +142,11 @@ def _default_samples(lines: list[str]) -> list[RateSample]:
                 float(m.group(3)),
                 _latency(_CONSUMER.search(line)),
                 _latency(_CONFIRM.search(line)),
+                (
+                    (int(legacy[1]), int(legacy[2]), int(legacy[3]), legacy[4].replace("us", "µs"))
+                    if legacy
+                    else None
+                ),
             )
         )
     return samples

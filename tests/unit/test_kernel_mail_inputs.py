@@ -258,3 +258,22 @@ def test_a_resend_replaces_the_earlier_copy(tmp_path: Path) -> None:
         f"mbox {tmp_path / 'm'} message 1 '[PATCH v2 1/2] one': an earlier copy of v2 1/2; "
         "'[PATCH RESEND v2 1/2] one' is newer"
     ]
+
+
+def test_a_reply_carrying_a_diff_is_not_a_patch_of_the_series(tmp_path: Path) -> None:
+    mails = [
+        mail("[PATCH 1/1] one", patch_body("One.", "int b = 2;", "int b = 3;"), msgid="p@x"),
+        mail(
+            "Re: [PATCH 1/1] one",
+            "How about this instead?\n\n" + patch_body("Alt.", "int b = 2;", "int b = 7;"),
+            msgid="r@x",
+            reply_to="p@x",
+            author="R <r@example.com>",
+        ),
+    ]
+    found = load_mbox(write_mbox(tmp_path / "m", mails))
+    assert [p.subject for p in found.patches] == ["one"]
+    assert "+int b = 3;" in found.patches[0].text
+    assert found.dropped[0].endswith(
+        "a reply carrying a diff (a suggestion in the discussion, not a patch of the series)"
+    )

@@ -204,3 +204,15 @@ def test_explicit_rabbitmq_format_on_the_cli(
         == 0
     )
     assert json.loads(capsys.readouterr().out)["transfers_per_sec"] == 29494
+
+
+def test_rabbitmq_legacy_metrics_keep_min_avg_max_with_the_unit() -> None:
+    text = (
+        "id: test-1, time: 1.000s, sent: 9000 msg/s, received: 8990 msg/s, "
+        "min/avg/max latency: 310/2004/9870 µs \n"
+        "id: test-1, sending rate avg: 9000 msg/s\nid: test-1, receiving rate avg: 8990 msg/s\n"
+    )
+    report = parse_any(text).to_json()
+    assert report["transfers_per_sec"] == 17990
+    assert report["samples"][0]["min_avg_max_latency"] == (310, 2004, 9870, "µs")
+    assert report["samples"][0]["consumer_latency"] is None
