@@ -99,7 +99,10 @@ def _unavailable_factors(playbook: Playbook, host: HostFacts, allow: bool) -> di
     missing: dict[str, str] = {}
     for factor in playbook.factors:
         if factor.knob == "ple" and not host.ple_available:
-            missing["ple"] = host.ple_reason or host.reason or "PLE is not available"
+            basis = host.facts.get("ple_basis")
+            missing["ple"] = (host.ple_reason or host.reason or "PLE is not available") + (
+                f" (decided by {basis})" if basis else ""
+            )
     if missing and not allow:
         knob, reason = next(iter(missing.items()))
         raise CampaignError(

@@ -80,7 +80,10 @@ def decide_ple(seam: HostSeam) -> PleDecision:
         )
         return PleDecision(module, False, f"sysfs: /sys/module/{module.name}", reason)
     if module.parameter(spec.switch) is None:
-        reason = f"{spec.module} exposes no {spec.switch} parameter in sysfs"
+        reason = (
+            f"{spec.module} exposes no {spec.switch} parameter in sysfs (an older kernel "
+            "hard-codes it: kvmple cannot switch PLE there)"
+        )
         return PleDecision(module, False, f"sysfs: {spec.module} parameters", reason)
     cpu = read_cpuinfo(seam.proc_root)
     from_cpu = cpu.ple_from_cpuinfo

@@ -106,3 +106,15 @@ def test_real_run_refuses_before_creating_anything(
     assert "pins CPU(s) 999" in err and "PLE" not in err.split("hint")[0]
     assert cli.main(["run", str(path)]) == 4  # without --allow-unavailable PLE is listed too
     assert "PLE: the KVM module is kvm_pvm" in capsys.readouterr().err
+
+
+def test_campaign_records_how_ple_was_decided(tmp_path: Path) -> None:
+    """Campaigns give the doctor's answer and say how it was decided (kind 1)."""
+    playbook = load_playbook(_playbook(tmp_path)).playbook
+    host = _host()
+    host.facts["ple_basis"] = "kvm_intel ple_gap=0 (this kernel's /proc/cpuinfo has no line)"
+    missing = runner._unavailable_factors(playbook, host, True)
+    assert missing == {
+        "ple": "the KVM module is kvm_pvm (decided by kvm_intel ple_gap=0 (this kernel's "
+        "/proc/cpuinfo has no line))"
+    }
