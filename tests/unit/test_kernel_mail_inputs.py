@@ -277,3 +277,23 @@ def test_a_reply_carrying_a_diff_is_not_a_patch_of_the_series(tmp_path: Path) ->
     assert found.dropped[0].endswith(
         "a reply carrying a diff (a suggestion in the discussion, not a patch of the series)"
     )
+
+
+def test_nightly_config_takes_an_mbox_relative_to_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside a config, paths are relative to the config; the same detector opens them."""
+    from kvmple.nightly.config import load_config
+
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    lore_thread(jobs / "thread.mbx")
+    (jobs / "nightly.yaml").write_text(
+        "name: mail\ntree: {path: ../linux, ref: main}\nseries: thread.mbx\n"
+        "series_revision: 1\nplaybook: p.yaml\n"
+    )
+    monkeypatch.chdir(tmp_path)  # not the config's folder
+    config = load_config(jobs / "nightly.yaml").config
+    assert config.series == str(jobs / "thread.mbx")
+    opened = open_series(config.series, revision=config.series_revision)
+    assert opened.kind is InputKind.mbox and opened.series.version == "v1"
