@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from kvmple.errors import HostError
+from kvmple.qemuopts import escape_qemu_value
 
 QEMU = "qemu-system-x86_64"
 Accelerator = Literal["kvm", "tcg"]
@@ -95,7 +96,10 @@ class Drive:
     format: str = "qcow2"
 
     def arg(self) -> str:
-        return f"file={self.path},if=virtio,format={self.format},cache=unsafe"
+        # QEMU splits options on ","; a comma in the path is written ",," (qemuopts)
+        return (
+            f"file={escape_qemu_value(str(self.path))},if=virtio,format={self.format},cache=unsafe"
+        )
 
 
 @dataclass(frozen=True)

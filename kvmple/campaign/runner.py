@@ -22,6 +22,7 @@ from typing import Any
 
 from kvmple import __version__, paths, ui
 from kvmple.campaign.execute import execute
+from kvmple.campaign.hostfit import host_fit
 from kvmple.campaign.model import CampaignOptions, CampaignOutcome, HostFacts
 from kvmple.campaign.plan import UNAVAILABLE, build_plan
 from kvmple.campaign.playbook import LoadedPlaybook, Playbook, parse_playbook
@@ -29,6 +30,7 @@ from kvmple.errors import CampaignError, HostError, Interrupted, KvmpleError
 from kvmple.host import knobs
 from kvmple.host.doctor import diagnose
 from kvmple.host.seam import real_seam
+from kvmple.host.topology import read_mem_available_mib
 from kvmple.results import CampaignMeta, Store, open_store
 from kvmple.results.report import default_report_path, load_analysis, render, write_report
 from kvmple.workloads import get_workload
@@ -38,11 +40,11 @@ __all__ = ["CampaignOptions", "CampaignOutcome", "print_report", "run_campaign"]
 log = logging.getLogger("kvmple.campaign")
 
 
-def _read_host(factors: Iterable[str] = ()) -> HostFacts:
+def _read_host(factors: Iterable[str] = (), *, probe_kvm: bool = True) -> HostFacts:
     """The host's facts, with which of the registry's knobs and of ``factors`` (knobs named by
     what they change, e.g. kvm.halt_poll_ns) it cannot provide."""
     seam = real_seam()
-    report = diagnose(seam=seam)
+    report = diagnose(seam=seam, probe_kvm=probe_kvm)
     if not report.can_run:
         raise HostError(
             f"kvmple cannot run on this host: {report.reason}",
@@ -61,6 +63,7 @@ def _read_host(factors: Iterable[str] = ()) -> HostFacts:
         "doctor_verdict": report.verdict,
         "accelerator": report.accelerator,
         "kvm_module": report.kvm_module.name if report.kvm_module else None,
+        "ple_basis": report.ple_basis,
         "machine": platform.machine(),
     }
     unavailable = knobs.unavailable(
@@ -76,6 +79,30 @@ def _read_host(factors: Iterable[str] = ()) -> HostFacts:
         kvm_module=report.kvm_module.name if report.kvm_module else None,
         unavailable_knobs=unavailable,
         facts=facts,
+        online_cpus=report.topology.online,
+        mem_available_mib=read_mem_available_mib(),
+    )
+
+
+def read_host_for_dry_run(factors: Iterable[str] = ()) -> HostFacts:
+    """The host facts without booting the KVM probe (a cached result only)."""
+    return _read_host(factors, probe_kvm=False)
+
+
+def check_host_fit(playbook: Playbook, host: HostFacts, allow_unavailable: bool) -> None:
+    """Refuse (HostError, nothing created) when the host misses a requirement other than an
+    allowed-to-be-unavailable factor; every unmet requirement is named at once. Factors
+    alone are left to _unavailable_factors (CampaignError with the --allow-unavailable hint)."""
+    unmet = host_fit(playbook, host)
+    hard = [u for u in unmet if not u.factor]
+    if not hard:
+        return
+    listed = hard + [u for u in unmet if u.factor and not allow_unavailable]
+    raise HostError(
+        f"this host does not fit playbook {playbook.name!r}, nothing was created: "
+        + "; ".join(u.describe() for u in listed),
+        hint="change the playbook's pin/memory_mib for this host, or run it on one that fits "
+        "('kvmple run --dry-run PLAYBOOK' lists every requirement)",
     )
 
 
@@ -127,7 +154,10 @@ def run_campaign(
     resume_id: str | None = None,
 ) -> CampaignOutcome:
     """Run a new campaign from ``loaded``, or continue ``resume_id``."""
-    host = _read_host(f.knob for f in loaded.playbook.factors) if loaded else _read_host()
+    factors = [f.knob for f in loaded.playbook.factors] if loaded else []
+    host = _read_host(factors)
+    if resume_id is None and loaded is not None:
+        check_host_fit(loaded.playbook, host, options.allow_unavailable)  # before the store
     with open_store(options.db_url) as store:
         if resume_id is not None:
             meta, loaded = _resume(store, resume_id, host)

@@ -41,7 +41,10 @@ class PleKnob(Knob):
     provider_hint = "use a host where 'kvmple doctor' says kvm+ple"
 
     def available(self, seam: HostSeam) -> str | None:
-        return ple.availability(seam)[1]
+        decision = ple.decide_ple(seam)  # the one answer doctor and `ple status` give too
+        if decision.available:
+            return None
+        return f"{decision.reason} (decided by {decision.basis})"
 
     def read(self, seam: HostSeam) -> ple.PleKnobs:
         return ple.read_knobs(seam)

@@ -19,7 +19,7 @@ import json
 import os
 import platform
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from kvmple import paths
@@ -231,6 +231,25 @@ def run_probe(binary: str, accel: str, timeout: float = DEFAULT_TIMEOUT) -> Prob
         )
 
 
+def scaled_budget(base: float, load1: float, ncpus: int, cap: float = 4.0) -> float:
+    """``base`` seconds stretched by the run queue beyond the CPUs (1-minute load average /
+    CPUs, at most ``cap`` times): on a host whose CPUs are all busy QEMU starts slower."""
+    return base * min(cap, max(1.0, load1 / max(ncpus, 1)))
+
+
+def _probe_kvm_on_a_loaded_host(qemu: str, timeout: float) -> ProbeOutcome:
+    """The KVM probe with a budget that holds on a loaded host: scaled by the measured load,
+    and retried once (with twice the budget) when the guest never ran at all, which on a
+    busy host means QEMU had not started the guest yet, not that KVM cannot run it."""
+    budget = scaled_budget(timeout, os.getloadavg()[0], os.cpu_count() or 1)
+    outcome = run_probe(qemu, "kvm", budget)
+    if outcome.status == "timeout" and not outcome.stages:
+        first = outcome.detail
+        outcome = run_probe(qemu, "kvm", 2 * budget)
+        outcome = replace(outcome, detail=f"{outcome.detail} (retried once; first: {first})")
+    return outcome
+
+
 def _cache_path() -> Path:
     return paths.state_dir() / CACHE_FILE
 
@@ -277,13 +296,13 @@ def boot_probe(
         cached = load_cached(key)
         if cached is not None:
             return cached
-    tcg = run_probe(qemu, "tcg", timeout)
+    tcg = run_probe(qemu, "tcg", scaled_budget(timeout, os.getloadavg()[0], os.cpu_count() or 1))
     if not dev_kvm.exists():
         kvm = ProbeOutcome("kvm", "skipped", 0.0, "", f"{dev_kvm} does not exist")
     elif not os.access(dev_kvm, os.R_OK | os.W_OK):
         kvm = ProbeOutcome("kvm", "skipped", 0.0, "", f"no read/write access to {dev_kvm}")
     else:
-        kvm = run_probe(qemu, "kvm", timeout)
+        kvm = _probe_kvm_on_a_loaded_host(qemu, timeout)
     probe = BootProbe(kvm, tcg, kernel, qemu_version, kvm_module)
     if tcg.passed:  # a probe whose control failed proves nothing: do not remember it
         _store(probe)

@@ -174,6 +174,7 @@ def build_kernel(request: BuildRequest) -> dict[str, object]:
             "checked": check.checked,
             "other_arch": [m.describe() for m in check.other_arch],
             "allowed_to_vanish": [m.describe() for m in check.allowed],
+            "built_in_without_modules": [m.describe() for m in check.built_in],
         },
         "modules": str(modules_dir) if modules_dir else None,
         "tree": str(src),

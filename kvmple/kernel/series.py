@@ -72,6 +72,7 @@ class PatchEntry(BaseModel):
 class SourceKind(StrEnum):
     quilt = "quilt"
     mbox = "mbox"
+    diff = "diff"
     format_patch = "format-patch"
     git = "git"
     lore = "lore"
@@ -81,7 +82,7 @@ class Source(BaseModel):
     """Where the patch text comes from."""
 
     model_config = _FROZEN
-    kind: SourceKind = Field(description="quilt | mbox | format-patch | git | lore")
+    kind: SourceKind = Field(description="quilt | mbox | diff | format-patch | git | lore")
     path: str | None = Field(
         default=None,
         description="quilt dir / mbox file / format-patch dir, relative to the manifest",

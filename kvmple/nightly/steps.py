@@ -30,8 +30,7 @@ from kvmple.kernel.boottest import boot_test
 from kvmple.kernel.build import BUILTIN_FRAGMENT, BuildRequest, build_kernel, load_manifest
 from kvmple.kernel.configs import BOOT_TEST_ALLOWED_TO_VANISH
 from kvmple.kernel.install import kvmple_command
-from kvmple.kernel.series import load_series
-from kvmple.kernel.sources import series_from_quilt_dir
+from kvmple.kernel.seriesinput import open_series
 from kvmple.nightly.baseline import last_good_night
 from kvmple.nightly.config import LoadedConfig, NightlyConfig
 from kvmple.nightly.notify import write_atomic
@@ -285,18 +284,21 @@ def apply(ctx: StepContext) -> tuple[str, dict[str, Any]]:
     if into.exists() or _branch_exists(ctx, source, f"kvmple/{into.name}"):
         ctx.log(f"removing an earlier night's (or attempt's) worktree {into}")
         remove_worktree(ctx, source, into, f"kvmple/{into.name}")
-    name = ctx.config.series
-    folder = Path(name)
-    if folder.is_dir() and (folder / "series").is_file() and not (folder / "series.yaml").exists():
-        series = series_from_quilt_dir(folder)
-    else:
-        series, folder = load_series(name)
+    opened = open_series(ctx.config.series, revision=ctx.config.series_revision)
+    series, folder = opened.series, opened.folder
     ctx.log(
         f"applying {series.name} ({len(series.patches)} patches) to {source} at "
         f"{commit[:12]} into {into}"
     )
     try:
-        report = apply_series(series, folder, source, into=into, source=ctx.config.series_from)
+        report = apply_series(
+            series,
+            folder,
+            source,
+            into=into,
+            source=ctx.config.series_from or opened.source,
+            revision=ctx.config.series_revision,
+        )
     except KvmpleError as exc:
         ctx.log(f"FAILED: {exc.message}\nhint: {exc.hint}")
         raise

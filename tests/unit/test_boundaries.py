@@ -2,6 +2,7 @@
 
 - only kvmple/vm/libvirt_backend.py imports libvirt
 - only kvmple/remote.py imports paramiko; nothing imports fabric or invoke
+- only kvmple/kernel/mailseries.py imports b4
 - only kvmple/run.py imports subprocess (the one local-process chokepoint)
 - run.py and errors.py import nothing of kvmple but errors (and run.py the pump), pump.py
   nothing of kvmple
@@ -35,6 +36,7 @@ ONLY = {
     "fabric": set(),
     "invoke": set(),
     "subprocess": {"kvmple/run.py"},
+    "b4": {"kvmple/kernel/mailseries.py"},
 }
 
 
@@ -112,7 +114,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         "foundation",
         frozenset(
             {"__init__", "errors", "pump", "run", "paths", "fsutil", "executor", "remote"}
-            | {"keys", "ui", "qemu", "config", "console"}
+            | {"keys", "ui", "qemu", "qemuopts", "config", "console"}
         ),
     ),
     ("host", frozenset({"host"})),

@@ -253,7 +253,7 @@ repetitions: 1
     [
         (
             ("knob: ple", "knob: colour"),
-            r"factors.0.knob: .*unknown host knob 'colour' \(known knobs: cpu-pm, ple, a KVM module",
+            r"factors.0.knob: .*unknown host knob .colour. \(known knobs: cpu-pm, ple, a KVM",
         ),
         (('"off", "on"', '"off", "max"'), r"knob 'ple' takes 'on' or 'off', not 'max'"),
     ],

@@ -367,6 +367,7 @@ def test_cli_status_on_pvm_host(
         "available": False,
         "module": "kvm_pvm",
         "reason": doc["reason"],
+        "basis": "sysfs: /sys/module/kvm_pvm",
     }
     assert "kvm_pvm" in doc["reason"]
     assert cli.main(["ple", "off"]) == 4
