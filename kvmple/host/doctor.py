@@ -64,6 +64,16 @@ def _tcg_reason(
     return "; ".join(parts) or "KVM is not usable"
 
 
+def _without_ple(ple_reason: str) -> str:
+    if ple_reason.startswith("unknown"):  # ple.decide_ple: nothing on the host can tell
+        return f"KVM boots guests; PLE is {ple_reason}"
+    return f"KVM boots guests, but there is no PLE: {ple_reason}"
+
+
+def _by(basis: str) -> str:
+    return f" (decided by {basis})" if basis else ""
+
+
 def decide(
     *,
     cpu: CpuInfo,
@@ -115,11 +125,7 @@ def decide(
         )
     elif ple_reason is not None:
         verdict, accel, ple_available = "kvm", "kvm", False
-        reason = (
-            f"KVM boots guests; PLE is {ple_reason}"
-            if ple_reason.startswith("unknown")
-            else f"KVM boots guests, but there is no PLE: {ple_reason}"
-        )
+        reason = _without_ple(ple_reason)
         advice = (
             "kvmple runs guests under KVM; PLE factors are recorded as unavailable. For PLE"
             " experiments use a CPU with PLE (Intel 'ple' VMX feature, AMD 'pausefilter')."
@@ -127,9 +133,7 @@ def decide(
     else:
         assert module is not None
         verdict, accel, ple_available = "kvm+ple", "kvm", True
-        reason = f"KVM boots guests and {module.name} has pause-loop exiting" + (
-            f" (decided by {ple_basis})" if ple_basis else ""
-        )
+        reason = f"KVM boots guests and {module.name} has pause-loop exiting" + _by(ple_basis)
         advice = (
             "ready: 'kvmple ple status' shows the knobs, 'kvmple ple on|off' switches them"
             f" ({RELOAD_NOT_VERIFIED})."

@@ -302,6 +302,8 @@ def apply(ctx: StepContext) -> tuple[str, dict[str, Any]]:
     except KvmpleError as exc:
         ctx.log(f"FAILED: {exc.message}\nhint: {exc.hint}")
         raise
+    for line in report.dropped:
+        ctx.log(f"  dropped: {line}")
     for result in report.results:
         ctx.log(
             f"  {result.index:3}. [{result.status.value}] {result.subject}"
@@ -313,6 +315,8 @@ def apply(ctx: StepContext) -> tuple[str, dict[str, Any]]:
         "method": report.method,
         "counts": {s.value: report.count(s) for s in Status if report.count(s)},
         "branch": report.branch,
+        "revision": report.revision,
+        "dropped": report.dropped,
         "worktree": str(report.target) if report.target else None,
         "tree": str(report.target or source),
     }

@@ -188,8 +188,10 @@ def parse_qpid_full(text: str, where: str = "perftest output") -> PerftestReport
             hint="a run that did not finish has no figures",
         )
     if not iterations:
-        raise WorkloadError(
-            f"{where}: no qpid-perftest report found (no 'Total transfers/sec:' line)",
+        raise InputError(
+            f"{where}: no qpid-perftest report found (looked for 'Total N transfers of S bytes "
+            "in T seconds.' followed by the rates, 'Total transfers/sec:' and 'Total "
+            "Mbytes/sec:')",
             hint="is this the output of qpid-perftest or kvmple-perftest?",
         )
     return PerftestReport("qpid-perftest", tuple(iterations), averages)
@@ -265,7 +267,7 @@ def parse_qpid_summary(text: str, where: str = "perftest output") -> PerftestRep
         else:
             iterations.append(iteration)
     if not iterations:
-        raise WorkloadError(
+        raise InputError(
             f"{where}: no qpid-perftest -s summary line found (4 tab-separated numbers)",
             hint="is this the output of qpid-perftest -s?",
         )
@@ -283,7 +285,7 @@ def parse_kvmple(text: str, where: str = "perftest output") -> PerftestReport:
             except ValueError as exc:
                 raise WorkloadError(f"{where}: unreadable {RESULT_TAG} line: {exc}") from None
     if record is None:
-        raise WorkloadError(f"{where}: no {RESULT_TAG} line (was --machine given?)")
+        raise InputError(f"{where}: no {RESULT_TAG} line (was --machine given?)")
     if record.get("format") != 1:
         raise WorkloadError(
             f"{where}: {RESULT_TAG} format {record.get('format')!r} is not supported",
