@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -204,3 +205,49 @@ def test_boot_test_of_something_that_is_not_a_kernel(tmp_path: Path) -> None:
         boot_test(image, "6.1.0", initrd=initrd, accel="tcg", timeout=30)
     assert "boot test" in caught.value.message
     assert "console log" in (caught.value.hint or "")
+
+
+FAKE_KBUILD = """
+tinyconfig:
+\t@printf 'CONFIG_MODULES=y\\nCONFIG_64BIT=y\\n' > $(O)/.config
+olddefconfig:
+\t@true
+bzImage:
+\t@echo '  CC      init/main.o'; mkdir -p $(O)/arch/x86/boot
+\t@echo kernel > $(O)/arch/x86/boot/bzImage
+modules:
+\t@true
+modules_install:
+\t@mkdir -p $(INSTALL_MOD_PATH)/lib/modules/6.1.0-fake
+kernelrelease:
+\t@echo 6.1.0-fake
+"""
+
+
+def test_build_runs_every_step_and_writes_the_manifest(tmp_path: Path) -> None:
+    """The whole build_kernel path (base config, fragment merge, olddefconfig, check,
+    bzImage, modules_install, kernelrelease, manifest) against a tree whose Makefile and
+    merge_config.sh stand in for kbuild's."""
+    tree = make_tree(tmp_path / "linux")
+    with (tree / "Makefile").open("a") as makefile:
+        makefile.write(FAKE_KBUILD)
+    merge = tree / "scripts" / "kconfig" / "merge_config.sh"
+    merge.parent.mkdir(parents=True)
+    merge.write_text(
+        '#!/bin/sh\n# -m -O OUT CONFIG FRAGMENT...\nconfig=$4; shift 4\ncat "$@" >> "$config"\n'
+    )
+    merge.chmod(0o755)
+    fragment = tmp_path / "extra.config"
+    fragment.write_text("CONFIG_64BIT=y\n")
+    out = tmp_path / "out"
+    manifest = build_kernel(
+        BuildRequest(tree=tree, out=out, fragments=(str(fragment),), ccache=False, jobs=1)
+    )
+    assert manifest["release"] == "6.1.0-fake"
+    assert manifest["image"] == str(out / "arch" / "x86" / "boot" / "bzImage")
+    assert manifest["modules"] == str(out / "modules-install")
+    assert (out / "modules-install" / "lib" / "modules" / "6.1.0-fake").is_dir()
+    assert manifest["fragments"] == [str(fragment)] and manifest["base"] == "tinyconfig"
+    assert json.loads((out / "kvmple-build.json").read_text()) == manifest
+    log = (out / "build.log").read_text()
+    assert "CC      init/main.o" in log
