@@ -136,7 +136,7 @@ LAZY_ALLOWED: dict[tuple[str, str], str] = {
     ("kvmple/vm/lifecycle.py", "kvmple.host.doctor"): "issue 15: one guest runtime",
     # an optional dependency (kvmple[postgres]) that costs ~1 s to import: only a
     # postgresql:// store pays for it
-    ("kvmple/results/store.py", "psycopg"): "optional dependency, imported on use",
+    ("kvmple/results/db.py", "psycopg"): "optional dependency, imported on use",
 }
 MODULE_CYCLES_ALLOWED: set[frozenset[str]] = {
     # issue 15 (one guest runtime): the kernel boot gate and `kernel boot-test --image`
