@@ -29,7 +29,15 @@ def register(sub: Any) -> None:
     )
     actions = kernel.add_subparsers(dest="kernel_command", metavar="ACTION")
     actions.required = True
+    _register_series(actions)
+    _register_source(actions)
+    _register_apply(actions)
+    _register_build(actions)
+    _register_boot_test(actions)
+    _register_install(actions)
 
+
+def _register_series(actions: Any) -> None:
     series = actions.add_parser("series", help="list or show patch series manifests")
     series_actions = series.add_subparsers(dest="series_command", metavar="ACTION")
     series_actions.required = True
@@ -42,6 +50,8 @@ def register(sub: Any) -> None:
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=_series_show)
 
+
+def _register_source(actions: Any) -> None:
     source = actions.add_parser("source", help="get kernel sources from the package registry")
     source_actions = source.add_subparsers(dest="source_command", metavar="ACTION")
     source_actions.required = True
@@ -56,6 +66,8 @@ def register(sub: Any) -> None:
     debian.add_argument("--suite", default="bookworm")
     debian.set_defaults(handler=_source_debian)
 
+
+def _register_apply(actions: Any) -> None:
     apply = actions.add_parser("apply", help="apply a series into a fresh worktree/copy")
     apply.add_argument("--tree", type=Path, required=True, help="the kernel source tree")
     apply.add_argument(
@@ -79,6 +91,8 @@ def register(sub: Any) -> None:
     apply.add_argument("--json", action="store_true")
     apply.set_defaults(handler=_apply)
 
+
+def _register_build(actions: Any) -> None:
     build = actions.add_parser("build", help="configure and build a kernel tree")
     build.add_argument("--tree", type=Path, required=True)
     build.add_argument("--out", type=Path, help="build directory (make O=)")
@@ -109,6 +123,8 @@ def register(sub: Any) -> None:
     build.add_argument("--json", action="store_true")
     build.set_defaults(handler=_build)
 
+
+def _register_boot_test(actions: Any) -> None:
     boot = actions.add_parser("boot-test", help="boot the built kernel in QEMU (the gate)")
     _build_dir_args(boot)
     boot.add_argument(
@@ -135,6 +151,8 @@ def register(sub: Any) -> None:
     boot.add_argument("--json", action="store_true")
     boot.set_defaults(handler=_boot_test)
 
+
+def _register_install(actions: Any) -> None:
     install = actions.add_parser("install", help="install on this host (not verified on hardware)")
     _build_dir_args(install)
     install.add_argument("--method", choices=("auto", "grub-reboot", "kexec"), default="auto")
