@@ -29,15 +29,7 @@ def register(sub: Any) -> None:
     )
     actions = kernel.add_subparsers(dest="kernel_command", metavar="ACTION")
     actions.required = True
-    _register_series(actions)
-    _register_source(actions)
-    _register_apply(actions)
-    _register_build(actions)
-    _register_boot_test(actions)
-    _register_install(actions)
 
-
-def _register_series(actions: Any) -> None:
     series = actions.add_parser("series", help="list or show patch series manifests")
     series_actions = series.add_subparsers(dest="series_command", metavar="ACTION")
     series_actions.required = True
@@ -50,8 +42,6 @@ def _register_series(actions: Any) -> None:
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=_series_show)
 
-
-def _register_source(actions: Any) -> None:
     source = actions.add_parser("source", help="get kernel sources from the package registry")
     source_actions = source.add_subparsers(dest="source_command", metavar="ACTION")
     source_actions.required = True
@@ -66,8 +56,6 @@ def _register_source(actions: Any) -> None:
     debian.add_argument("--suite", default="bookworm")
     debian.set_defaults(handler=_source_debian)
 
-
-def _register_apply(actions: Any) -> None:
     apply = actions.add_parser("apply", help="apply a series into a fresh worktree/copy")
     apply.add_argument("--tree", type=Path, required=True, help="the kernel source tree")
     apply.add_argument(
@@ -90,9 +78,11 @@ def _register_apply(actions: Any) -> None:
     )
     apply.add_argument("--json", action="store_true")
     apply.set_defaults(handler=_apply)
+    _register_build_actions(actions)
 
 
-def _register_build(actions: Any) -> None:
+def _register_build_actions(actions: Any) -> None:
+    """build, boot-test and install."""
     build = actions.add_parser("build", help="configure and build a kernel tree")
     build.add_argument("--tree", type=Path, required=True)
     build.add_argument("--out", type=Path, help="build directory (make O=)")
@@ -123,8 +113,6 @@ def _register_build(actions: Any) -> None:
     build.add_argument("--json", action="store_true")
     build.set_defaults(handler=_build)
 
-
-def _register_boot_test(actions: Any) -> None:
     boot = actions.add_parser("boot-test", help="boot the built kernel in QEMU (the gate)")
     _build_dir_args(boot)
     boot.add_argument(
@@ -151,8 +139,6 @@ def _register_boot_test(actions: Any) -> None:
     boot.add_argument("--json", action="store_true")
     boot.set_defaults(handler=_boot_test)
 
-
-def _register_install(actions: Any) -> None:
     install = actions.add_parser("install", help="install on this host (not verified on hardware)")
     _build_dir_args(install)
     install.add_argument("--method", choices=("auto", "grub-reboot", "kexec"), default="auto")
