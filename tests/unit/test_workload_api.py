@@ -31,7 +31,14 @@ from kvmple.workloads.spin import SpinParams, check_loops
 
 
 def test_registry_names_and_kinds() -> None:
-    assert set(WORKLOADS) == {"amqp-perftest", "hackbench", "spin"}
+    assert set(WORKLOADS) == {
+        "amqp-perftest",
+        "dbench",
+        "hackbench",
+        "spin",
+        "sysbench-mutex",
+        "sysbench-threads",
+    }
     assert isinstance(get_workload("amqp-perftest"), MeasuredWorkload)
     assert isinstance(get_workload("hackbench"), MeasuredWorkload)
     assert isinstance(get_workload("spin"), LoadWorkload)
