@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvmple import __version__, ui
-from kvmple.campaign import evidence, quiet
+from kvmple import ui
+from kvmple.campaign import quiet
+from kvmple.campaign.frame import Attempt, measure_run
 from kvmple.campaign.model import CampaignOutcome, HostFacts
 from kvmple.campaign.plan import UNAVAILABLE, Block, Plan, PlannedRun
 from kvmple.campaign.playbook import Playbook
+from kvmple.campaign.provenance import run_provenance
 from kvmple.errors import CampaignError, GuestError, WorkloadError
 from kvmple.host import knobs, vmknobs
 from kvmple.host.seam import real_seam
@@ -50,23 +50,6 @@ def stored_failures(stored: Sequence[RunRecord]) -> dict[str, int]:
             base = record.run_key.split("@", 1)[0]
             failures[base] = failures.get(base, 0) + 1
     return failures
-
-
-class _PhaseClock:
-    """Wall time per phase of one run (stored with its evidence; bench/campaign.py sums them to
-    show where the overhead is)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        start = time.monotonic()
-        try:
-            yield
-        finally:
-            spent = time.monotonic() - start
-            self.seconds[name] = round(self.seconds.get(name, 0.0) + spent, 3)
 
 
 def execute(
@@ -315,21 +298,6 @@ def _precise_enough(ctx: _Context, run: PlannedRun) -> bool:
     )
 
 
-def _guest_facts(ctx: _Context) -> dict[str, Any]:
-    return {
-        role: {
-            "image": g.image,
-            "vcpus": g.vcpus,
-            "memory_mib": g.memory_mib,
-            "pin": [list(p) for p in g.pin],
-            "emulator_pin": list(g.emulator_pin or sorted(g.host_cpus)),
-            "kernel_args": g.kernel_args,
-            "accelerator": ctx.host.accelerator,
-        }
-        for role, g in ctx.playbook.guests.items()
-    }
-
-
 def _one_run(
     ctx: _Context,
     *,
@@ -341,223 +309,83 @@ def _one_run(
     block_facts: dict[str, Any],
     shared: frozenset[int],
 ) -> bool:
-    """Run once and store the record; True when it succeeded."""
-    playbook = ctx.playbook
-    measured_role = playbook.measured_role
+    """Run once and store the record; True when it succeeded, False when it failed and may
+    be retried (GuestError when the guests died, WorkloadError past MAX_ATTEMPTS)."""
     cell = {**run.cell.as_dict(), "overcommit": run.overcommit}
     label = " ".join(f"{k}={v}" for k, v in cell.items())
     attempt = ctx.failures.get(run.key, 0) + 1
     ctx.bar.update(ctx.task, description=label)
-    provenance: dict[str, Any] = {
-        "host": {
-            k: ctx.host.facts.get(k)
-            for k in ("hostname", "cpu_model", "accelerator", "doctor_verdict", "kvm_module")
-        },
-        "kernel": {k: ctx.host.facts.get(k) for k in ("kernel_release", "cmdline")},
-        "knobs": block_facts["knobs"],
-        "guest": _guest_facts(ctx),
-        "image": {
-            role: {
-                "name": img.name,
-                "key": img.key,
-                "kernel_release": img.manifest.get("kernel_release"),
-            }
-            for role, img in ctx.images.items()
-        },
-        "affinity": block_facts["affinity"],
-        "vcpu_threads": block_facts["threads"],
-        "kvmple_version": __version__,
-        "playbook_hash": ctx.meta.playbook_hash,
-        "seed": playbook.order.seed,
-        "block": block_index,
-        "position": position,
-        "attempt": attempt,
-        "params": {role: run.params_for(role) for role in playbook.workloads},
-        "overcommit": run.overcommit,
-    }
-    started = time.time()
-    measured = workloads[measured_role]
-    executor = guests[measured_role].executor
-    frame = _RunFrame(ctx, run, guests, workloads, shared)
-    status, reason, figures, raw, window = "failed", "", {}, "", 0.0
-    guest_error: GuestError | None = None
-    try:
-        with frame:
-            with frame.clock.phase("measure_call"):
-                measurement = measured.measure(
-                    executor,
-                    run.params_for(measured_role),
-                    timeout=playbook.timeouts.run,
-                    before_window=frame.start_loads,
-                    after_window=frame.stop_loads,
-                )
-            if not frame.loads_started:  # it ignored before_window: measured without load
-                raise CampaignError(
-                    f"workload {playbook.workloads[measured_role].name} never started the "
-                    "load (it must call before_window)",
-                    hint="a bug in that workload's measure(); no figures were stored",
-                )
-        frame.check_loads()
-        figures = {k: float(v) for k, v in measurement.figures.items()}
-        raw = measurement.raw_output
-        window = measurement.window_s
-        if measurement.cpu is not None:
-            frame.evidence["guest_cpu"] = measurement.to_json()["cpu"]
-        status = "ok"
-    except WorkloadError as exc:
-        reason = exc.message
-        try:
-            measured.between_runs(executor, run.params_for(measured_role))
-        except WorkloadError as cleanup:
-            reason += f" (and the clean-up after it failed: {cleanup.message})"
-    except GuestError as exc:
-        reason = exc.message
-        guest_error = exc
-    ended = time.time()
-    key = run.key if status == "ok" else f"{run.key}@fail{attempt}"
-    record = RunRecord(
-        campaign_id=ctx.meta.id,
-        run_key=key,
-        cell=cell,
-        run_index=run.repetition,
-        status=status,  # type: ignore[arg-type]
-        reason=reason,
-        figures=figures,
-        raw=raw,
-        started=started,
-        ended=ended,
-        measure_seconds=window,
-        provenance=provenance,
-        evidence=frame.evidence,
+    provenance = run_provenance(
+        ctx.host,
+        ctx.playbook,
+        ctx.meta,
+        ctx.images,
+        run,
+        block_facts=block_facts,
+        block_index=block_index,
+        position=position,
+        attempt=attempt,
     )
-    ctx.store.add_run(record)
-    if status == "ok":
-        ctx.done.add(run.key)
-        ctx.outcome.ok += 1
-        ctx.outcome.measure_seconds += window
-        primary = ctx.meta.primary_metric
-        ctx.values.setdefault(_cell_key(cell), []).append(figures.get(primary, 0.0))
-        shown = f"{figures.get(primary, 0):,.0f} {ctx.meta.metric_unit}".strip()
-        log.info("run %s ok: %s", run.key, shown)
-        ctx.bar.console.print(
-            f"  run {ctx.outcome.ok + ctx.outcome.resumed_from:>3}/"
-            f"{ctx.outcome.planned}  {label}  rep {run.repetition}: {shown}"
+    started = time.time()
+    outcome = measure_run(
+        ctx.host, ctx.playbook, run, guests=guests, workloads=workloads, shared=shared
+    )
+    ended = time.time()
+    ctx.store.add_run(
+        RunRecord(
+            campaign_id=ctx.meta.id,
+            run_key=run.key if outcome.status == "ok" else f"{run.key}@fail{attempt}",
+            cell=cell,
+            run_index=run.repetition,
+            status=outcome.status,  # type: ignore[arg-type]
+            reason=outcome.reason,
+            figures=outcome.figures,
+            raw=outcome.raw,
+            started=started,
+            ended=ended,
+            measure_seconds=outcome.window,
+            provenance=provenance,
+            evidence=outcome.evidence,
         )
-        ctx.bar.update(ctx.task, advance=1, status=f"last: {shown}")
+    )
+    if outcome.status == "ok":
+        _count_ok(ctx, run, cell, label, outcome)
         return True
-    else:
-        ctx.failures[run.key] = attempt
-        ctx.tries[run.key] = tries = ctx.tries.get(run.key, 0) + 1
-        ctx.outcome.failed += 1
-        log.warning("run %s failed (attempt %d): %s", run.key, attempt, reason)
-        ui.warn(f"run {label} failed: {reason}")
-        if guest_error is not None:
-            raise guest_error
-        if tries >= MAX_ATTEMPTS:
-            raise WorkloadError(
-                f"run {label} failed {tries} times, last: {reason}",
-                hint=f"see the campaign log {ctx.outcome.log_path}",
-            )
-        return False
+    return _count_failure(ctx, run, label, attempt, outcome)
 
 
-class _RunFrame:
-    """What surrounds one run's timed window: the quietness check (taken while the measured
-    workload's clients start: their CPU time is QEMU's and ours, not foreign), the load
-    workloads (readied at once, started just before the window, stopped as soon as it ends
-    and judged on how they ran over it), host evidence over the window, and the wall time of
-    each phase. ``with frame:`` stops whatever is still running however the run ends."""
-
-    def __init__(
-        self,
-        ctx: _Context,
-        run: PlannedRun,
-        guests: dict[str, Any],
-        workloads: dict[str, Any],
-        shared: frozenset[int],
-    ) -> None:
-        self.run = run
-        self.shared = shared
-        self.exits = evidence.exit_evidence_source(ctx.host.accelerator, ctx.host.kvm_module)
-        self.clock = _PhaseClock()
-        self.evidence: dict[str, Any] = {"phases_s": self.clock.seconds}
-        self.loads_started = False
-        self.loads_stopped = False
-        self.load_problems: list[str] = []
-        self._held = contextlib.ExitStack()  # every load stopped on leaving the frame
-        self._timed = contextlib.ExitStack()  # ends evidence collection
-        self._collected: list[dict[str, Any]] = []  # filled in when _timed closes
-        own = [*_qemu_pids(guests), os.getpid()]
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvmple-quiet")
-        self._quiet = pool.submit(quiet.measure, shared, own, window=0.5)
-        pool.shutdown(wait=False)  # the reading finishes on its own in 0.5 s
-        # The loads' programs start now, in parallel with the measured workload's start-up,
-        # so before_window only has to give them the word.
-        limit = ctx.playbook.timeouts.run + 60
-        self._loads: dict[str, tuple[Any, Any]] = {}
-        try:
-            for role, workload in workloads.items():
-                if role != ctx.playbook.measured_role:
-                    held = workload.held(guests[role].executor, run.params_for(role), timeout=limit)
-                    self._loads[role] = (workload, self._held.enter_context(held))
-        except BaseException:
-            self._held.close()
-            raise
-
-    def start_loads(self) -> None:
-        """before_window: note the quietness, start the loads, start evidence."""
-        with self.clock.phase("quiet_wait"):
-            quietness = self._quiet.result()
-        self.evidence["quiet_before"] = {"foreign_cpus": quietness.foreign_cpus}
-        for _, held in self._loads.values():
-            with self.clock.phase("load_start"):
-                held.start()
-        self._collected.append(self._timed.enter_context(evidence.collect(self.shared, self.exits)))
-        self.loads_started = True
-
-    def stop_loads(self) -> None:
-        """after_window: evidence ends, the loads stop and report how they ran (judged by
-        check_loads); the measured workload winds down meanwhile."""
-        self._timed.close()
-        if self.loads_started and not self.loads_stopped:
-            self.loads_stopped = True
-            for role, (workload, held) in self._loads.items():
-                with self.clock.phase("load_stop"):
-                    status = held.stop()
-                self.evidence.setdefault("load", {})[role] = status.to_json()
-                found = workload.problems(status, self.run.params_for(role))
-                self.load_problems += [f"{role}: {problem}" for problem in found]
-        for found in self._collected:
-            self.evidence.update(found)
-        self._collected.clear()
-
-    def check_loads(self) -> None:
-        """A run whose load did not run as asked over its window has no valid figures."""
-        if self.load_problems:
-            raise WorkloadError(
-                f"the load did not run as asked during the window: {'; '.join(self.load_problems)}",
-                hint="something else competed for those vCPUs (other guest services; under "
-                "TCG a busy host), or min_busy is too strict for this machine",
-            )
-
-    def __enter__(self) -> _RunFrame:
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        try:
-            self.stop_loads()
-        except (WorkloadError, GuestError) as error:
-            if exc_info[0] is None:
-                raise
-            log.warning("stopping the loads after a failed run: %s", error.message)
-        finally:
-            self._held.__exit__(*exc_info)
+def _count_ok(
+    ctx: _Context, run: PlannedRun, cell: dict[str, Any], label: str, outcome: Attempt
+) -> None:
+    ctx.done.add(run.key)
+    ctx.outcome.ok += 1
+    ctx.outcome.measure_seconds += outcome.window
+    primary = ctx.meta.primary_metric
+    ctx.values.setdefault(_cell_key(cell), []).append(outcome.figures.get(primary, 0.0))
+    shown = f"{outcome.figures.get(primary, 0):,.0f} {ctx.meta.metric_unit}".strip()
+    log.info("run %s ok: %s", run.key, shown)
+    ctx.bar.console.print(
+        f"  run {ctx.outcome.ok + ctx.outcome.resumed_from:>3}/"
+        f"{ctx.outcome.planned}  {label}  rep {run.repetition}: {shown}"
+    )
+    ctx.bar.update(ctx.task, advance=1, status=f"last: {shown}")
 
 
-def _qemu_pids(guests: dict[str, Any]) -> list[int]:
-    pids = []
-    for guest in guests.values():
-        pid = guest.readback.get("qemu_pid")
-        if isinstance(pid, int):
-            pids.append(pid)
-    return pids
+def _count_failure(
+    ctx: _Context, run: PlannedRun, label: str, attempt: int, outcome: Attempt
+) -> bool:
+    """The retry policy: False (queue it again) until MAX_ATTEMPTS in this invocation, then
+    WorkloadError; a dead guest's GuestError propagates (the block reboots its guests)."""
+    ctx.failures[run.key] = attempt
+    ctx.tries[run.key] = tries = ctx.tries.get(run.key, 0) + 1
+    ctx.outcome.failed += 1
+    log.warning("run %s failed (attempt %d): %s", run.key, attempt, outcome.reason)
+    ui.warn(f"run {label} failed: {outcome.reason}")
+    if outcome.guest_error is not None:
+        raise outcome.guest_error
+    if tries >= MAX_ATTEMPTS:
+        raise WorkloadError(
+            f"run {label} failed {tries} times, last: {outcome.reason}",
+            hint=f"see the campaign log {ctx.outcome.log_path}",
+        )
+    return False

@@ -92,7 +92,11 @@ def register(sub: Any) -> None:
     )
     apply.add_argument("--json", action="store_true")
     apply.set_defaults(handler=_apply)
+    _register_build_actions(actions)
 
+
+def _register_build_actions(actions: Any) -> None:
+    """build, boot-test and install."""
     build = actions.add_parser("build", help="configure and build a kernel tree")
     build.add_argument("--tree", type=Path, required=True)
     build.add_argument("--out", type=Path, help="build directory (make O=)")

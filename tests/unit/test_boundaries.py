@@ -130,7 +130,7 @@ LEVEL = {unit: level for level, (_, units) in enumerate(LAYERS) for unit in unit
 LAZY_ALLOWED: dict[tuple[str, str], str] = {
     # an optional dependency (kvmple[postgres]) that costs ~1 s to import: only a
     # postgresql:// store pays for it
-    ("kvmple/results/store.py", "psycopg"): "optional dependency, imported on use",
+    ("kvmple/results/db.py", "psycopg"): "optional dependency, imported on use",
 }
 MODULE_CYCLES_ALLOWED: set[frozenset[str]] = set()
 

@@ -17,7 +17,7 @@ from kvmple.kernel import install as install_mod
 from kvmple.kernel.bootpass import record_pass
 from kvmple.kernel.boottest import BootResult
 from kvmple.kernel.install import HostFacts, Step
-from kvmple.nightly import steps
+from kvmple.nightly import kernel_steps, steps
 from kvmple.nightly.config import LoadedConfig, NightlyConfig
 from kvmple.nightly.resume import UNIT, resume_steps, resume_unit, with_resume
 from kvmple.nightly.state import NightState
@@ -132,11 +132,11 @@ def test_hardware_path_installs_reboots_and_checks_the_kernel_after(
     assert any(s.write_path and UNIT in s.write_path for s in plan.steps)
     assert ctx.state.step("install").outputs["installed"] == RELEASE
     # after the reboot: the old kernel came back (the one-shot entry fell back)
-    monkeypatch.setattr(steps.platform, "release", lambda: "6.1.0-old")
+    monkeypatch.setattr(kernel_steps.platform, "release", lambda: "6.1.0-old")
     with pytest.raises(HostError, match="fell back"):
         steps.install(ctx)
     # after the reboot: the new kernel runs
-    monkeypatch.setattr(steps.platform, "release", lambda: RELEASE)
+    monkeypatch.setattr(kernel_steps.platform, "release", lambda: RELEASE)
     detail, outputs = steps.install(ctx)
     assert detail == f"running the installed kernel {RELEASE}"
     assert outputs["installed"] == RELEASE

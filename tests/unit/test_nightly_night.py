@@ -15,6 +15,7 @@ import pytest
 
 from kvmple.cli import main
 from kvmple.errors import Interrupted, UsageError
+from kvmple.nightly import campaign_steps
 from kvmple.nightly import steps as steps_mod
 from kvmple.nightly.config import load_config
 from kvmple.nightly.night import _exclusive, run_night
@@ -273,7 +274,7 @@ def test_a_campaign_cut_short_is_found_for_resuming(tmp_path: Path) -> None:
                 update={"host": {"hostname": host}, "created": created, "name": "mini"}
             )
             store.create_campaign(meta)
-        found = steps_mod._find_started_campaign(store, "mini", "h1", since=200.0)
+        found = campaign_steps.find_started_campaign(store, "mini", "h1", since=200.0)
         assert found is not None and found.id == "mine"
-        assert steps_mod._find_started_campaign(store, "mini", "h1", since=300.0) is None
-        assert steps_mod._find_started_campaign(store, "other", "h1", since=0.0) is None
+        assert campaign_steps.find_started_campaign(store, "mini", "h1", since=300.0) is None
+        assert campaign_steps.find_started_campaign(store, "other", "h1", since=0.0) is None

@@ -102,9 +102,9 @@ def test_urls_and_bad_stores(tmp_path: Path) -> None:
 
 
 def test_migrations_upgrade_and_refuse_newer(url: str) -> None:
-    from kvmple.results.store import _connect
+    from kvmple.results.db import connect
 
-    store = Store(_connect(url))
+    store = Store(connect(url))
     store.migrate(upto=1)
     assert store.schema_version() == 1
     store.close()
