@@ -83,7 +83,8 @@ class SpinResult:
 
 def _ioctl(fd: int, request: int, arg: int | bytes | bytearray = 0) -> int:
     try:
-        return fcntl.ioctl(fd, request, arg)  # type: ignore[call-overload,no-any-return]
+        result = fcntl.ioctl(fd, request, arg)
+        return result if isinstance(result, int) else 0  # buffers are copied, not returned
     except OSError as exc:
         raise HostError(f"/dev/kvm ioctl {request:#x} failed: {exc}") from exc
 
