@@ -17,6 +17,7 @@ from typing import Literal
 
 from kvmple.errors import HostError, UsageError
 from kvmple.host import ple_state
+from kvmple.host.confounders import amd_without_pfthreshold
 from kvmple.host.cpuinfo import read_cpuinfo
 from kvmple.host.kvmmodule import KvmModule, PleModuleSpec, find_kvm_module
 from kvmple.host.seam import HostSeam
@@ -67,10 +68,23 @@ def availability(seam: HostSeam) -> tuple[KvmModule | None, str | None]:
     cpu = read_cpuinfo(seam.proc_root)
     if not cpu.ple_flag:
         return module, (f"the CPU lacks {spec.cpu_flag}: {spec.module} forces PLE off without it")
+    release = _release(seam)
+    if spec.module == "kvm_amd" and amd_without_pfthreshold(cpu, release):
+        return module, (
+            f"the CPU has pausefilter but not pfthreshold: kvm_amd on Linux {release} then "
+            "disables PAUSE interception entirely (svm.c svm_vm_init)"
+        )
     missing = [name for name in spec.names if module.parameter(name) is None]
     if spec.switch in missing:
         return module, f"{spec.module} exposes no {spec.switch} parameter in sysfs"
     return module, None
+
+
+def _release(seam: HostSeam) -> str:
+    try:
+        return (seam.proc_root / "sys" / "kernel" / "osrelease").read_text().strip()
+    except OSError:
+        return ""
 
 
 def require_ple(seam: HostSeam) -> tuple[KvmModule, PleModuleSpec]:
