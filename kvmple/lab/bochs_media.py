@@ -55,6 +55,7 @@ INNER_MODULES = (
     "ctypes",
     "json",
     "subprocess",
+    "runpy",  # python3 -m
 )
 # Shipped whole (every module, imported or not), so a lazy import on a path the scan did not
 # take still finds its module; the standard library is shipped as scanned.

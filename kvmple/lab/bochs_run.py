@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 from kvmple import paths
 from kvmple.errors import GuestError, HostError, UsageError
 from kvmple.fsutil import write_atomic
-from kvmple.run import which
+from kvmple.run import start_detached, which
 
 CPU_MODEL = "corei7_haswell_4770"  # VT-x with PLE in Bochs's VMX mask, TSC calibrates right
 IPS = 10_000_000  # emulated instructions per emulated second (guest time follows this)
@@ -162,16 +161,8 @@ def start(name: str, iso: Path, cpus: int = 1) -> BochsHost:
     config.write_text(bochsrc(iso, run_dir / "serial.txt", run_dir / "bochs.log", cpus))
     (run_dir / "serial.txt").touch()
     argv = ["unshare", "--net", "bochs-bin", "-q", "-f", str(config), "-rc", str(rc)]
-    with (run_dir / "bochs.out").open("wb") as out:
-        process = subprocess.Popen(  # an argv list, never a shell
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=run_dir,
-            start_new_session=True,
-        )
-    host = BochsHost(name, process.pid, os.getpid(), str(run_dir), str(iso), cpus, time.time())
+    pid = start_detached(argv, log=run_dir / "bochs.out", cwd=run_dir)
+    host = BochsHost(name, pid, os.getpid(), str(run_dir), str(iso), cpus, time.time())
     save(host)
     return host
 
