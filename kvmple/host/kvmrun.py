@@ -50,6 +50,11 @@ KVM_EXIT_INTR = 10
 EXIT_NAMES = {2: "IO", 5: "HLT", 6: "MMIO", 8: "SHUTDOWN", 9: "FAIL_ENTRY", 17: "INTERNAL_ERROR"}
 
 PAUSE_LOOP = bytes.fromhex("f390ebfc")  # pause; jmp $-2
+# The holder: "cmp byte [0x3000], 0; je $-7; hlt" -- busy (no PAUSE) until the release flag
+# at 0x3000 is set, then HLT, which without an in-kernel irqchip returns KVM_EXIT_HLT.
+HOLD_LOOP = bytes.fromhex("803e00300074f9f4")
+HOLD_ADDRESS = 0x2000
+RELEASE_FLAG = 0x3000
 CODE_ADDRESS = 0x1000
 MEMORY_SIZE = 0x10000  # 64 KiB at guest-physical 0
 TSS_ADDRESS = 0xFFFBD000  # where QEMU puts it; VMX without unrestricted guest needs one
@@ -131,9 +136,16 @@ def _timer(seconds: float) -> Iterator[None]:
 
 
 def spin_pause(
-    seconds: float, device: Path = Path("/dev/kvm"), debugfs: Path = Path("/sys/kernel/debug")
+    seconds: float,
+    device: Path = Path("/dev/kvm"),
+    debugfs: Path = Path("/sys/kernel/debug"),
+    holder: bool = False,
 ) -> SpinResult:
     """Run the PAUSE-loop guest for ``seconds`` of wall time (main thread only: SIGALRM).
+
+    ``holder``: a second vCPU (its own thread) busy-loops without PAUSE meanwhile, like a
+    lock holder; on a host with fewer CPUs than vCPUs it is preempted, so a PLE exit of the
+    spinner leads kvm_vcpu_on_spin to yield_to it (directed_yield_* statistics).
 
     Raises HostError when /dev/kvm cannot be opened or an ioctl fails, and when the guest
     leaves KVM_RUN for any reason other than the timer (its exit name is in the message).
@@ -151,6 +163,7 @@ def spin_pause(
         memory = mmap.mmap(-1, MEMORY_SIZE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         stack.callback(memory.close)
         memory[CODE_ADDRESS : CODE_ADDRESS + len(PAUSE_LOOP)] = PAUSE_LOOP
+        memory[HOLD_ADDRESS : HOLD_ADDRESS + len(HOLD_LOOP)] = HOLD_LOOP
         address = stack.enter_context(_buffer_address(memory))
         region = struct.pack("<IIQQQ", 0, 0, 0, MEMORY_SIZE, address)
         _ioctl(vm, KVM_SET_USER_MEMORY_REGION, region)
@@ -160,13 +173,41 @@ def spin_pause(
         run = mmap.mmap(vcpu, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         stack.callback(run.close)
         _real_mode_at(vcpu, CODE_ADDRESS)
+        hold = _start_holder(stack, vm, size) if holder else None
+        if hold is not None:  # also on errors: release and join before fds and memory close
+            stack.callback(hold.join, 30.0)
+            stack.callback(memory.__setitem__, RELEASE_FLAG, 1)
         start = time.monotonic()
         exit_name = _run_until_timer(vcpu, run, seconds)
         elapsed = round(time.monotonic() - start, 3)
+        if hold is not None:
+            memory[RELEASE_FLAG] = 1
+            hold.join(timeout=max(30.0, 10 * seconds))
+            if hold.is_alive():
+                raise HostError("the holder vCPU did not stop after its release flag was set")
         stats = read_vm_stats(debugfs, vm)
     if exit_name != "INTR":
         raise HostError(f"the PAUSE-loop guest left KVM_RUN with exit {exit_name}")
     return SpinResult(elapsed, exit_name, threading.get_native_id(), stats)
+
+
+def _start_holder(stack: contextlib.ExitStack, vm: int, size: int) -> threading.Thread:
+    vcpu = _ioctl(vm, KVM_CREATE_VCPU, 1)
+    stack.callback(os.close, vcpu)
+    run = mmap.mmap(vcpu, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    _real_mode_at(vcpu, HOLD_ADDRESS)
+
+    def hold() -> None:
+        while True:  # until HLT (released) or another exit
+            fcntl.ioctl(vcpu, KVM_RUN, 0)
+            (reason,) = struct.unpack_from("<I", run, 8)
+            if reason != KVM_EXIT_INTR:
+                return
+
+    thread = threading.Thread(target=hold, name="kvmple-holder-vcpu", daemon=True)
+    thread.start()
+    stack.callback(run.close)
+    return thread
 
 
 def _run_until_timer(vcpu: int, run: mmap.mmap, seconds: float) -> str:

@@ -54,13 +54,14 @@ def read_back() -> dict[str, int]:
     return dict(ple.read_knobs(real_seam()).values)
 
 
-def count_pause(seconds: float = SPIN_SECONDS) -> dict[str, Any]:
-    """The PAUSE-loop guest for ``seconds`` under kvmple's exit counter."""
+def count_pause(seconds: float = SPIN_SECONDS, holder: bool = False) -> dict[str, Any]:
+    """The PAUSE-loop guest for ``seconds`` under kvmple's exit counter (``holder``: with a
+    second, busy vCPU that the spinner's PLE exits can yield to)."""
     from kvmple.campaign.evidence import ExitCounter
     from kvmple.host.kvmrun import spin_pause
 
     with ExitCounter(tracefs=Path("/sys/kernel/tracing"), module="kvm_intel") as counter:
-        spin = spin_pause(seconds)
+        spin = spin_pause(seconds, holder=holder)
         counts = counter.counts()
         raw = {name: _hist_text(counter, name) for name in ("kvm_exit", "kvm_ple_window_update")}
     return {"spin": spin.to_json(), "counts": counts, "hist": raw}
@@ -73,12 +74,12 @@ def _hist_text(counter: Any, event: str) -> str:
     return ""
 
 
-def _setting(name: str, step: dict[str, Any] | None) -> dict[str, Any]:
+def _setting(name: str, step: dict[str, Any] | None, holder: bool = False) -> dict[str, Any]:
     _mark(f"setting {name}")
     entry: dict[str, Any] = {"setting": name, "command": step}
     try:
         entry["ple"] = read_back()
-        entry.update(count_pause())
+        entry.update(count_pause(holder=holder))
     except Exception as exc:  # reported to the outer host, which judges the whole run
         entry["error"] = f"{type(exc).__name__}: {exc}"
     return entry
@@ -102,6 +103,8 @@ def verify() -> dict[str, Any]:
         step = run_cli(["ple", action])
         doc["steps"].append(step)
         doc["settings"].append(_setting(action, step))
+    # recorded, not judged: whether kvm_vcpu_on_spin -> yield_to finds the preempted holder
+    doc["yield"] = _setting("on, 2 vCPUs (one holding)", None, holder=True)
     _mark("restore")
     doc["steps"].append(run_cli(["ple", "restore"]))
     doc["final"] = read_back()

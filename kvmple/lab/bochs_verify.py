@@ -163,7 +163,24 @@ def verify_ple(name: str, timeout: float = VERIFY_TIMEOUT) -> dict[str, Any]:
         "final": doc.get("final"),
         "steps": doc.get("steps", []),
         "settings": doc.get("settings", []),
+        "directed_yield": _yield_stats(doc.get("yield")),
         "console_log": str(log),
+    }
+
+
+def _yield_stats(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The two-vCPU run (spinner + preempted holder): KVM's directed-yield statistics and the
+    counts; recorded, not judged (whether yield_to finds the holder is the scheduler's)."""
+    if not entry:
+        return None
+    stats = entry.get("spin", {}).get("kvm_stats", {})
+    return {
+        "setting": entry.get("setting"),
+        "error": entry.get("error"),
+        "directed_yield_attempted": stats.get("directed_yield_attempted"),
+        "directed_yield_successful": stats.get("directed_yield_successful"),
+        "counts": entry.get("counts"),
+        "kvm_stats": stats,
     }
 
 

@@ -104,3 +104,15 @@ def test_records_and_orphan_reaping(tmp_path: Path) -> None:
     assert bochs_run.reap_orphans(include_detached=True) == ["kept"]
     with pytest.raises(UsageError, match="known: mine"):
         bochs_run.load("nope")
+
+
+def test_kvm_ioctl_numbers_match_the_uapi_header() -> None:
+    # include/uapi/linux/kvm.h, as the kernel's _IO/_IOW/_IOR macros encode them
+    from kvmple.host import kvmrun
+
+    assert kvmrun.KVM_CREATE_VM == 0xAE01
+    assert kvmrun.KVM_CREATE_VCPU == 0xAE41
+    assert kvmrun.KVM_RUN == 0xAE80
+    assert kvmrun.KVM_SET_USER_MEMORY_REGION == 0x4020AE46
+    assert kvmrun.KVM_GET_SREGS == 0x8138AE83
+    assert kvmrun.KVM_SET_REGS == 0x4090AE82
