@@ -8,7 +8,9 @@ runs in its own network namespace (``unshare --net``), where that port is unreac
 the host and two lab hosts never collide; its built-in debugger would stop at a prompt, so
 it starts with ``-rc`` holding ``c``; the guest's ACPI power-off ends Bochs with rc 1
 (logged as a PANIC), which is the normal end; ~150k "RDMSR: Unknown register" lines are
-silenced with ``error: action=ignore``.
+silenced with ``error: action=ignore``; without a sound card on the host, the ALSA mixer
+thread of Debian's build aborts at start ("buffer overflow detected"), hence the dummy sound
+driver and no PC speaker.
 
 Every lab host is recorded in ``state_dir()/lab-bochs/NAME.json`` (pid, owner pid, run
 directory) before Bochs starts, so ``kvmple vm gc`` (reap_orphans) kills a Bochs whose
@@ -49,6 +51,8 @@ boot: cdrom
 com1: enabled=1, mode=file, dev="{serial}"
 display_library: rfb, options="timeout=0"
 clock: sync=none, time0=utc
+sound: driver=dummy
+speaker: enabled=0
 log: {log}
 panic: action=fatal
 error: action=ignore
