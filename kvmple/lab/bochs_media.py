@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from kvmple.errors import HostError
+from kvmple.errors import BuildError, HostError
 from kvmple.fsutil import write_atomic
 from kvmple.kernel.build import LAB_INTEL_FRAGMENT_NAME, BuildRequest, build_kernel, load_manifest
 from kvmple.kernel.configs import LAB_INTEL_FRAGMENT
@@ -112,7 +112,7 @@ def lab_kernel(tarball: Path = KERNEL_TARBALL) -> dict[str, object]:
     out = lab_cache() / f"intel-kernel-{kernel_key()}"
     try:
         return load_manifest(out)
-    except Exception:  # not built yet (or interrupted): build it
+    except BuildError:  # not built yet (or interrupted): build it
         pass
     tree = unpack_tree(tarball, cache_dir())
     request = BuildRequest(

@@ -24,8 +24,8 @@ from kvmple.lab.bochs_inner import RESULT_MARK
 
 EMULATED = "emulated VT-x with PLE (Bochs): counts and times are not hardware figures"
 STAGE_FILE = "stages.json"
-UP_TIMEOUT = 900.0  # start -> kvm_intel loaded; measured 242 s with an XZ kernel
-VERIFY_TIMEOUT = 900.0  # kvm_intel loaded -> result
+UP_TIMEOUT = 1800.0  # start -> kvm_intel loaded: 242 s with an XZ kernel, idle host; x5 loaded
+VERIFY_TIMEOUT = 1800.0  # kvm_intel loaded -> result (a loaded host slows Bochs ~5x)
 
 
 @dataclass(frozen=True)
