@@ -116,7 +116,7 @@ def read_vm_stats(debugfs: Path, vm_fd: int) -> dict[str, int]:
     for entry in sorted(directory.iterdir()):
         if not entry.is_file():
             continue
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, IndexError):  # empty or not a number
             stats[entry.name] = int(entry.read_text().split()[0])
     return stats
 

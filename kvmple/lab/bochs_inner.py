@@ -19,6 +19,7 @@ import os
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,7 @@ def _setting(name: str, step: dict[str, Any] | None, holder: bool = False) -> di
         entry["ple"] = read_back()
         entry.update(count_pause(holder=holder))
     except Exception as exc:  # reported to the outer host, which judges the whole run
-        entry["error"] = f"{type(exc).__name__}: {exc}"
+        entry["error"] = _describe(exc)
     return entry
 
 
@@ -111,6 +112,13 @@ def verify() -> dict[str, Any]:
     return doc
 
 
+def _describe(exc: Exception) -> str:
+    """The error with where it happened (the lab host's console is all there is to read)."""
+    frames = traceback.extract_tb(exc.__traceback__)[-3:]
+    where = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
+    return f"{type(exc).__name__}: {exc} (at {where})"
+
+
 def _vmx_has_ple() -> bool:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("vmx flags"):
@@ -123,7 +131,7 @@ def main() -> int:
     try:
         doc = verify()
     except Exception as exc:  # the outer host must get an answer, never a hang
-        doc = {"error": f"{type(exc).__name__}: {exc}"}
+        doc = {"error": _describe(exc)}
     print(f"{RESULT_MARK} {json.dumps(doc, separators=(',', ':'))}", flush=True)
     return 0
 

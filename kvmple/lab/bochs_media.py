@@ -56,6 +56,7 @@ INNER_MODULES = (
     "json",
     "subprocess",
     "runpy",  # python3 -m
+    "traceback",
 )
 # Shipped whole (every module, imported or not), so a lazy import on a path the scan did not
 # take still finds its module; the standard library is shipped as scanned.
@@ -64,7 +65,7 @@ SITE = "opt/kvmple/lib"  # kvmple and its third-party imports inside the lab hos
 
 INIT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
-export PATH=/bin:/usr/bin HOME=/root
+export PATH=/bin:/usr/bin HOME=/root TERM=dumb NO_COLOR=1
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
@@ -83,12 +84,17 @@ echo "{STAGE_MARK} done uptime=$(cut -d' ' -f1 /proc/uptime)"
 poweroff -f
 """
 
-GRUB_CFG = """set timeout=0
+# GRUB talks on the serial console too, so a stall while loading shows in the console log
+GRUB_CFG = """serial --unit=0 --speed=115200
+terminal_output serial console
+set timeout=0
 set default=0
 menuentry "kvmple lab host (VT-x with PLE, Bochs)" {
+  echo "KVMPLE-LAB-STAGE grub-loading"
   linux /boot/bzImage console=ttyS0,115200 rdinit=/init panic=-1 nr_cpus=2 \
     mitigations=off no_timer_check
   initrd /boot/initrd.cpio
+  echo "KVMPLE-LAB-STAGE grub-loaded"
 }
 """
 
