@@ -5,7 +5,8 @@ change goes through :func:`apply`, which checks first and changes nothing when a
 wrong (no PLE, bad names or values, not root, VMs running, module in use), saves the
 original values before the first change, reloads, and reads the values back.
 
-The reload itself is **not verified on hardware** (see :mod:`kvmple.host.seam`).
+The reload with read-back is **verified on an emulated VT-x CPU with PLE (Bochs)**
+(``kvmple lab verify-ple``), not on hardware.
 """
 
 from __future__ import annotations
