@@ -145,7 +145,9 @@ def spin_pause(
 
     ``holder``: a second vCPU (its own thread) busy-loops without PAUSE meanwhile, like a
     lock holder; on a host with fewer CPUs than vCPUs it is preempted, so a PLE exit of the
-    spinner leads kvm_vcpu_on_spin to yield_to it (directed_yield_* statistics).
+    spinner has a preempted vCPU for kvm_vcpu_on_spin -> yield_to. (KVM 6.1 keeps no
+    statistic of that path: directed_yield_attempted/successful count the paravirtual
+    sched_yield hypercall, arch/x86/kvm/x86.c kvm_sched_yield.)
 
     Raises HostError when /dev/kvm cannot be opened or an ioctl fails, and when the guest
     leaves KVM_RUN for any reason other than the timer (its exit name is in the message).

@@ -169,8 +169,10 @@ def verify_ple(name: str, timeout: float = VERIFY_TIMEOUT) -> dict[str, Any]:
 
 
 def _yield_stats(entry: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The two-vCPU run (spinner + preempted holder): KVM's directed-yield statistics and the
-    counts; recorded, not judged (whether yield_to finds the holder is the scheduler's)."""
+    """The two-vCPU run (spinner + preempted holder): KVM's statistics and the counts;
+    recorded, not judged. directed_yield_attempted/successful count only the paravirtual
+    sched_yield hypercall (arch/x86/kvm/x86.c kvm_sched_yield), not PLE's kvm_vcpu_on_spin ->
+    yield_to, so they read 0 here; preemption_reported shows the holder being preempted."""
     if not entry:
         return None
     stats = entry.get("spin", {}).get("kvm_stats", {})
@@ -179,6 +181,9 @@ def _yield_stats(entry: dict[str, Any] | None) -> dict[str, Any] | None:
         "error": entry.get("error"),
         "directed_yield_attempted": stats.get("directed_yield_attempted"),
         "directed_yield_successful": stats.get("directed_yield_successful"),
+        "note": "directed_yield_* count the PV sched_yield hypercall (x86.c kvm_sched_yield), "
+        "not PLE's kvm_vcpu_on_spin -> yield_to, which has no KVM statistic in 6.1",
+        "preemption_reported": stats.get("preemption_reported"),
         "counts": entry.get("counts"),
         "kvm_stats": stats,
     }
