@@ -121,8 +121,14 @@ def lab_kernel(tarball: Path = KERNEL_TARBALL) -> dict[str, object]:
     except BuildError:  # not built yet (or interrupted): build it
         pass
     tree = unpack_tree(tarball, cache_dir())
+    # a cold build took over an hour on this 2-core host under load ~15 (the default
+    # one-hour limit killed it once); the output directory resumes where it stopped
     request = BuildRequest(
-        tree=tree, out=out, base="tinyconfig", fragments=(LAB_INTEL_FRAGMENT_NAME,)
+        tree=tree,
+        out=out,
+        base="tinyconfig",
+        fragments=(LAB_INTEL_FRAGMENT_NAME,),
+        timeout=4 * 3600.0,
     )
     return build_kernel(request)
 
