@@ -405,3 +405,23 @@ def which(program: str) -> str | None:
     path = os.environ.get("PATH", "")
     extra = ":/usr/local/sbin:/usr/sbin:/sbin"
     return shutil.which(program, path=path + extra)
+
+
+def start_detached(argv: Argv, *, log: Path, cwd: str | os.PathLike[str] | None = None) -> int:
+    """Start a process that outlives this call (its own session, output appended to ``log``)
+    and return its pid; the caller records the pid and ends it (kvmple.lab.bochs_run)."""
+    args = _argv(argv)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as sink:
+        try:
+            proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except FileNotFoundError as exc:
+            raise CommandError(f"command not found: {shlex.join(args)}") from exc
+    return proc.pid

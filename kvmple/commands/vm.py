@@ -306,7 +306,12 @@ def _print_report(report: gc.GcReport) -> None:
 
 
 def _gc(args: argparse.Namespace) -> int:
+    from kvmple.lab import bochs_run
+
     report = gc.collect(include_detached=args.all, uris=("qemu:///system",))
+    # Bochs lab hosts are processes, not libvirt domains: reaped by their own records
+    for name in bochs_run.reap_orphans(include_detached=args.all):
+        report.removed_records.append(f"lab host {name} (Bochs)")
     if args.json:
         ui.out.print_json(json.dumps(report.__dict__))
     else:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from kvmple import __version__
 from kvmple.host import ple as ple_mod
+from kvmple.host.confounders import Confounder
+from kvmple.host.confounders import detect as detect_confounders
 from kvmple.host.cpuinfo import CpuInfo, read_cpuinfo
 from kvmple.host.kvmmodule import KvmModule, find_kvm_module
 from kvmple.host.kvmprobe import BootProbe, boot_probe, cache_key, load_cached
@@ -176,6 +178,7 @@ class DoctorReport:
     libvirt: LibvirtInfo
     topology: Topology
     vms: tuple[RunningVm, ...]
+    confounders: tuple[Confounder, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         """The stable ``--json`` document (schema in docs/doctor-json.md)."""
@@ -210,6 +213,7 @@ class DoctorReport:
                     if spec is not None and self.ple_values is not None
                     else None
                 ),
+                "confounders": [c.to_json() for c in self.confounders],
             },
             "qemu": self.qemu.to_json(),
             "libvirt": self.libvirt.to_json(),
@@ -247,6 +251,9 @@ def diagnose(
     ple_reason = None if ple.available else ple.reason
     ple_values = ple_mod.read_knobs(seam).values if ple.available is not False else None
     vms = seam.vms.running()
+    found = detect_confounders(
+        cpu, platform.release(), seam.proc_root, seam.sys_root, seam.sys_root.parent
+    )
     verdict = decide(
         cpu=cpu,
         module=module,
@@ -266,7 +273,7 @@ def diagnose(
         ple_available=verdict.ple_available,
         can_run=verdict.can_run,
         problems=verdict.problems,
-        warnings=verdict.warnings,
+        warnings=verdict.warnings + tuple(c.describe() for c in found if c.kind != "halt-poll-ns"),
         kernel=platform.release(),
         cpu=cpu,
         dev_kvm=dev_kvm.exists(),
@@ -279,4 +286,5 @@ def diagnose(
         libvirt=libvirt,
         topology=read_topology(seam.sys_root.parent),
         vms=vms,
+        confounders=tuple(found),
     )

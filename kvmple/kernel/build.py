@@ -27,6 +27,7 @@ from kvmple.kernel.configs import (
     BOOT_TEST_ALLOWED_TO_VANISH,
     BOOT_TEST_FRAGMENT,
     IMAGE_BOOT_FRAGMENT,
+    LAB_INTEL_FRAGMENT,
     FragmentCheck,
     check_fragments,
     kconfig_symbols,
@@ -39,7 +40,12 @@ from kvmple.run import run, run_logged, which
 MANIFEST = "kvmple-build.json"
 BUILTIN_FRAGMENT = "kvmple-boot"  # name of BOOT_TEST_FRAGMENT on the command line
 IMAGE_FRAGMENT = "kvmple-image"  # name of IMAGE_BOOT_FRAGMENT (boot-test --image)
-BUILTIN_FRAGMENTS = {BUILTIN_FRAGMENT: BOOT_TEST_FRAGMENT, IMAGE_FRAGMENT: IMAGE_BOOT_FRAGMENT}
+LAB_INTEL_FRAGMENT_NAME = "kvmple-lab-intel"  # the Bochs VT-x lab host (kvmple lab up intel)
+BUILTIN_FRAGMENTS = {
+    BUILTIN_FRAGMENT: BOOT_TEST_FRAGMENT,
+    IMAGE_FRAGMENT: IMAGE_BOOT_FRAGMENT,
+    LAB_INTEL_FRAGMENT_NAME: LAB_INTEL_FRAGMENT,
+}
 
 
 @dataclass(frozen=True)
