@@ -18,7 +18,7 @@ from pathlib import Path
 from kvmple.errors import HostError
 from kvmple.host.knob import Knob
 from kvmple.host.seam import HostSeam
-from kvmple.host.vms import qemu_guest_name
+from kvmple.host.vms import process_argv, qemu_guest_name
 
 
 @dataclass(frozen=True)
@@ -86,11 +86,7 @@ def qemu_argv_of(proc_root: Path, guest: str) -> list[str] | None:
     for pid_dir in proc_root.iterdir():
         if not pid_dir.name.isdigit():
             continue
-        try:
-            raw = (pid_dir / "cmdline").read_bytes()
-        except OSError:
-            continue
-        argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+        argv = process_argv(pid_dir)
         if argv and Path(argv[0]).name.startswith("qemu") and qemu_guest_name(argv) == guest:
             return argv
     return None

@@ -54,9 +54,7 @@ def test_writable_parameter_is_written_read_back_and_restored(intel: FakeHost) -
 
 
 def test_read_only_parameter_reloads_keeping_ple_values(intel: FakeHost) -> None:
-    with knobs.applied(
-        [("ple", "off"), ("kvm_intel.ple_window", "8192")], intel.seam()
-    ) as done:
+    with knobs.applied([("ple", "off"), ("kvm_intel.ple_window", "8192")], intel.seam()) as done:
         assert intel.param("kvm_intel", "ple_window") == "8192"
         assert intel.param("kvm_intel", "ple_gap") == "0"  # the PLE factor survived the reload
         assert done["kvm_intel.ple_window"].to_json()["writable"] is False
@@ -92,9 +90,7 @@ def test_under_tcg_the_parameter_is_read_but_unavailable(intel: FakeHost) -> Non
         ["kvm.halt_poll_ns"], intel.seam(), accelerator="tcg", host_reason="KVM does not boot"
     )
     assert "reads 200000 here, but guests run under TCG" in missing["kvm.halt_poll_ns"]
-    gone = knobs.unavailable(
-        ["kvm.nonexistent"], intel.seam(), accelerator="kvm", host_reason=""
-    )
+    gone = knobs.unavailable(["kvm.nonexistent"], intel.seam(), accelerator="kvm", host_reason="")
     assert gone == {"kvm.nonexistent": "kvm has no parameter nonexistent (this kernel's version?)"}
 
 
