@@ -66,7 +66,6 @@ def run_provenance(
         "block": block_index,
         "position": position,
         "attempt": attempt,
-        "workloads": {role: spec.name for role, spec in playbook.workloads.items()},
         "params": {role: run.params_for(role) for role in playbook.workloads},
         "overcommit": run.overcommit,
     }
