@@ -200,6 +200,11 @@ class Recipe(Model):
     bring_your_own: BringYourOwn | None = Field(
         default=None, description="use an existing qcow2 + kernel + initrd instead of building"
     )
+    kvmple_venv: str | None = Field(
+        default=None,
+        description="guest path of a venv into which kvmple from this checkout and its "
+        "dependencies are installed offline (wheels built on the host); needs python3-venv",
+    )
 
     @field_validator("name")
     @classmethod
@@ -239,6 +244,15 @@ class Recipe(Model):
             raise ValueError(f"must be a size like '4G' or '3000M' (at least 256M), got {value!r}")
         return value
 
+    @field_validator("kvmple_venv")
+    @classmethod
+    def _venv(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"(/[A-Za-z0-9._-]+)+", value):
+            raise ValueError(f"must be an absolute guest path like /opt/kvmple/venv, got {value!r}")
+        if value is not None and ".." in value.split("/"):
+            raise ValueError(f"must not contain '..', got {value!r}")
+        return value
+
     @field_validator("initramfs_modules")
     @classmethod
     def _modules(cls, values: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -257,6 +271,7 @@ class Recipe(Model):
             "services": bool(self.services.enable or self.services.mask),
             "initramfs_modules": self.initramfs_modules is not None,
             "mirror": self.mirror is not None,
+            "kvmple_venv": self.kvmple_venv is not None,
         }
         given = [key for key, present in build_only.items() if present]
         if given:
