@@ -15,6 +15,7 @@ from kvmple.host import ple as ple_mod
 from kvmple.host.cpuinfo import CpuInfo, read_cpuinfo
 from kvmple.host.kvmmodule import KvmModule, find_kvm_module
 from kvmple.host.kvmprobe import BootProbe, boot_probe, cache_key, load_cached
+from kvmple.host.machine import Machine, read_machine
 from kvmple.host.seam import RELOAD_NOT_VERIFIED, HostSeam, real_seam
 from kvmple.host.topology import Topology, read_topology
 from kvmple.host.virt import LibvirtInfo, QemuInfo, libvirt_info, qemu_info
@@ -164,6 +165,7 @@ class DoctorReport:
     libvirt: LibvirtInfo
     topology: Topology
     vms: tuple[RunningVm, ...]
+    machine: Machine
 
     def to_json(self) -> dict[str, object]:
         """The stable ``--json`` document (schema in docs/doctor-json.md)."""
@@ -179,7 +181,7 @@ class DoctorReport:
             "can_run": self.can_run,
             "problems": list(self.problems),
             "warnings": list(self.warnings),
-            "host": {"kernel": self.kernel},
+            "host": {"kernel": self.kernel, "machine": self.machine.to_json()},
             "cpu": self.cpu.to_json(),
             "kvm": {
                 "dev_kvm": self.dev_kvm,
@@ -263,4 +265,5 @@ def diagnose(
         libvirt=libvirt,
         topology=read_topology(seam.sys_root.parent),
         vms=vms,
+        machine=read_machine(seam.sys_root, cpu),
     )

@@ -19,6 +19,7 @@ from kvmple.errors import HostError, UsageError
 from kvmple.host import ple_state
 from kvmple.host.cpuinfo import read_cpuinfo
 from kvmple.host.kvmmodule import KvmModule, PleModuleSpec, find_kvm_module
+from kvmple.host.machine import read_machine
 from kvmple.host.seam import HostSeam
 
 Mode = Literal["on", "off"]
@@ -66,7 +67,13 @@ def availability(seam: HostSeam) -> tuple[KvmModule | None, str | None]:
         )
     cpu = read_cpuinfo(seam.proc_root)
     if not cpu.ple_flag:
-        return module, (f"the CPU lacks {spec.cpu_flag}: {spec.module} forces PLE off without it")
+        # "(emulated)": a lab host under QEMU TCG, whose SVM has no pause filter at all
+        which = "(emulated) CPU" if read_machine(seam.sys_root, cpu).emulated else "CPU"
+        feature = "pause filter" if spec.vendor == "amd" else "PAUSE-loop exiting"
+        return module, (
+            f"the {which} has no {feature} (it lacks {spec.cpu_flag}): "
+            f"{spec.module} forces PLE off without it"
+        )
     missing = [name for name in spec.names if module.parameter(name) is None]
     if spec.switch in missing:
         return module, f"{spec.module} exposes no {spec.switch} parameter in sysfs"
