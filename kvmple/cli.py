@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fleet",
     "image",
     "kernel",
+    "lab",
     "nightly",
     "ple",
     "report",

@@ -125,8 +125,11 @@ def test_named_cpu_model_requires_its_features(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"cpu_features": ("svm",)}, {"cpu_model": "qemu64;rm"}, {"cpu_model": "qemu64",
-                                                                "cpu_features": ("s v m",)}],
+    [
+        {"cpu_features": ("svm",)},
+        {"cpu_model": "qemu64;rm"},
+        {"cpu_model": "qemu64", "cpu_features": ("s v m",)},
+    ],
 )
 def test_bad_cpu_model_or_features_refused(overrides: dict[str, object]) -> None:
     from kvmple.errors import ConfigError

@@ -1,0 +1,6 @@
+"""Lab hosts: emulated bare-metal machines where kvmple's KVM and host-kernel paths run for
+real (``kvmple lab``). ``amd``: QEMU TCG with emulated AMD-V (real kvm_amd, no PLE).
+
+A lab host is just a host: reachable over SSH on 127.0.0.1 with the installation key and a
+pinned host key, with kvmple itself installed inside (``kvmple`` on its PATH).
+"""
