@@ -200,6 +200,12 @@ class Recipe(Model):
     bring_your_own: BringYourOwn | None = Field(
         default=None, description="use an existing qcow2 + kernel + initrd instead of building"
     )
+    nested_images: tuple[str, ...] = Field(
+        default=(),
+        description="image recipes (names from guest-images/) built on the host and baked "
+        "into this image under /opt/kvmple, each with a bring_your_own recipe in "
+        "/opt/kvmple/guest-images/ (a lab host's guests: it has no network to build them)",
+    )
     kvmple_venv: str | None = Field(
         default=None,
         description="guest path of a venv into which kvmple from this checkout and its "
@@ -244,6 +250,14 @@ class Recipe(Model):
             raise ValueError(f"must be a size like '4G' or '3000M' (at least 256M), got {value!r}")
         return value
 
+    @field_validator("nested_images")
+    @classmethod
+    def _nested(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            if not NAME_RE.match(value):
+                raise ValueError(f"not an image recipe name: {value!r}")
+        return values
+
     @field_validator("kvmple_venv")
     @classmethod
     def _venv(cls, value: str | None) -> str | None:
@@ -272,6 +286,7 @@ class Recipe(Model):
             "initramfs_modules": self.initramfs_modules is not None,
             "mirror": self.mirror is not None,
             "kvmple_venv": self.kvmple_venv is not None,
+            "nested_images": bool(self.nested_images),
         }
         given = [key for key, present in build_only.items() if present]
         if given:

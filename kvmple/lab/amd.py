@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kvmple.errors import GuestError, KvmpleError
+from kvmple.keys import KEY_NAME, installation_key
 from kvmple.lab.model import LAB_CAMPAIGN, LabHost, save
 from kvmple.vm.lifecycle import Guest, boot_guests, detach
 from kvmple.vm.pinning import read_host_cpus
@@ -29,6 +30,8 @@ CPU_MODEL = "qemu64"
 CPU_FEATURES = ("svm", "npt", "vgif", "svme-addr-chk")
 # Console lines of a lab host that hangs rather than boots slowly (host-notes: seen with EPYC).
 STALL_MARKERS = ("self-detected stall", "rcu_sched detected stall", "soft lockup", "hard LOCKUP")
+# kvmple's default key directory for root inside the lab host (paths.state_dir() / "ssh")
+LAB_KEY_DIR = "/root/.local/state/kvmple/ssh"
 KVM_READY_CHECK = ("test", "-c", "/dev/kvm", "-a", "-d", "/sys/module/kvm_amd")
 
 
@@ -83,6 +86,15 @@ def wait_kvm(guest: Guest, deadline: float) -> None:
         time.sleep(2.0)
 
 
+def share_key(guest: Guest) -> None:
+    """Give the lab host this installation's SSH key: the guests baked into its image
+    (nested_images) authorize it, so kvmple inside the lab host reaches them."""
+    key = installation_key()
+    guest.executor.run(["mkdir", "-p", "-m", "700", LAB_KEY_DIR], timeout=60)
+    guest.executor.put(key.private, f"{LAB_KEY_DIR}/{KEY_NAME}", 0o600)
+    guest.executor.put(key.public, f"{LAB_KEY_DIR}/{KEY_NAME}.pub", 0o644)
+
+
 def up(options: AmdOptions, image: GuestImage) -> LabHost:
     """Boot the lab host, wait for SSH and kvm_amd, record it and leave it running.
 
@@ -94,6 +106,7 @@ def up(options: AmdOptions, image: GuestImage) -> LabHost:
     try:
         with boot_guests([spec], ready_timeout=options.ready_timeout_s) as (guest,):
             wait_kvm(guest, start + options.ready_timeout_s)
+            share_key(guest)
             host = LabHost(
                 name=options.name,
                 kind="amd",
