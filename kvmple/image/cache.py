@@ -67,8 +67,8 @@ def key_inputs(recipe: Recipe, mirror: str, public_key: str) -> dict[str, Any]:
         name: file_digest(guest_programs_dir() / name) for name in recipe.guest_programs
     }
     data.pop("description", None)  # words for humans do not change the image
-    if recipe.kvmple_venv is not None:  # the checkout installed into the image
-        data["kvmple_source"] = selfinstall.source_digest(selfinstall.checkout())
+    if recipe.kvmple_venv is not None:  # kvmple's dependencies installed into the image
+        data["kvmple_dependencies"] = selfinstall.dependencies_digest(selfinstall.checkout())
     return {
         "format": BUILDER_FORMAT,
         "recipe": data,

@@ -10,11 +10,14 @@ domain recorded like every guest, detached once ready so it outlives ``lab up``.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kvmple.errors import GuestError, KvmpleError
+from kvmple.image.selfinstall import kvmple_wheel
 from kvmple.keys import KEY_NAME, installation_key
 from kvmple.lab.model import LAB_CAMPAIGN, LabHost, save
 from kvmple.vm.lifecycle import Guest, boot_guests, detach
@@ -31,6 +34,7 @@ CPU_FEATURES = ("svm", "npt", "vgif", "svme-addr-chk")
 # Console lines of a lab host that hangs rather than boots slowly (host-notes: seen with EPYC).
 STALL_MARKERS = ("self-detected stall", "rcu_sched detected stall", "soft lockup", "hard LOCKUP")
 # kvmple's default key directory for root inside the lab host (paths.state_dir() / "ssh")
+LAB_VENV = "/opt/kvmple/venv"  # the recipe's kvmple_venv
 LAB_KEY_DIR = "/root/.local/state/kvmple/ssh"
 KVM_READY_CHECK = ("test", "-c", "/dev/kvm", "-a", "-d", "/sys/module/kvm_amd")
 
@@ -95,6 +99,20 @@ def share_key(guest: Guest) -> None:
     guest.executor.put(key.public, f"{LAB_KEY_DIR}/{KEY_NAME}.pub", 0o644)
 
 
+def install_kvmple(guest: Guest, wheel: Path) -> None:
+    """Install this checkout's kvmple (no dependencies: the image has them) into the lab
+    host's venv, so the kvmple inside is the one running here."""
+    remote = f"/tmp/{wheel.name}"
+    guest.executor.put(wheel, remote)
+    guest.executor.run(
+        [f"{LAB_VENV}/bin/pip", "install", "--quiet", "--no-deps", "--no-index",
+         "--force-reinstall", "--disable-pip-version-check", remote],
+        timeout=600,
+        what="installing kvmple into the lab host",
+    )  # fmt: skip
+    guest.executor.run(["rm", "-f", remote], timeout=60)
+
+
 def up(options: AmdOptions, image: GuestImage) -> LabHost:
     """Boot the lab host, wait for SSH and kvm_amd, record it and leave it running.
 
@@ -102,11 +120,18 @@ def up(options: AmdOptions, image: GuestImage) -> LabHost:
     the console shows one) or QEMU refuses the CPU model; nothing is left behind then.
     """
     spec = lab_spec(options, image)
+    with tempfile.TemporaryDirectory(prefix="kvmple-lab-wheel-") as scratch:
+        wheel = kvmple_wheel(Path(scratch))  # before booting: a broken checkout fails early
+        return _boot(options, spec, image, wheel)
+
+
+def _boot(options: AmdOptions, spec: VMSpec, image: GuestImage, wheel: Path) -> LabHost:
     start = time.monotonic()
     try:
         with boot_guests([spec], ready_timeout=options.ready_timeout_s) as (guest,):
             wait_kvm(guest, start + options.ready_timeout_s)
             share_key(guest)
+            install_kvmple(guest, wheel)
             host = LabHost(
                 name=options.name,
                 kind="amd",
