@@ -147,7 +147,7 @@ def _build(recipe: Recipe, source: Path, inputs: dict[str, Any], key: str) -> Im
     mirror = str(inputs["mirror"])
     steps = _Steps(recipe.name)
     ui.note(f"building image {recipe.name} ({key[:16]}) from {mirror}; log: {log}")
-    inner = [(load_recipe(find_recipe(n)), resolve(n)) for n in recipe.nested_images]
+    inner_recipes = [find_recipe(n) for n in recipe.nested_images]  # a typo fails now
     with cache.staging(recipe.name, key) as staged:
         tree = staged / "tree"
         with steps.step("debootstrap") as status:
@@ -168,7 +168,11 @@ def _build(recipe: Recipe, source: Path, inputs: dict[str, Any], key: str) -> Im
             )
         with steps.step("configure"):
             configure(recipe, tree, installation_key().public_line, log)
-            nested.install(tree, inner)
+        if inner_recipes:
+            # built (or found) only now: another process may be building them meanwhile
+            with steps.step("nested images"):
+                nested.install(tree, [(load_recipe(p), build(p)) for p in inner_recipes])
+        with steps.step("manifest"):
             release = kernel_release(tree)
             packages = manifest.installed_packages(tree)
             key_files = manifest.host_key_files(tree)
