@@ -67,3 +67,13 @@ def test_nested_image_and_its_byo_recipe_land_in_the_tree(tmp_path: Path) -> Non
     assert byo["cmdline"][-1] == "init=/sbin/kvmple-init"
     # the recipe is valid once the files are where the lab host will see them
     Recipe.model_validate({**byo, "bring_your_own": None})
+
+
+def test_new_recipe_keys_do_not_change_old_cache_keys() -> None:
+    """Images cached before kvmple_venv/nested_images existed keep their keys."""
+    from kvmple.image.cache import key_inputs
+
+    plain = key_inputs(Recipe(name="x"), "http://m", "ssh-ed25519 AAAA")
+    assert "kvmple_venv" not in plain["recipe"] and "nested_images" not in plain["recipe"]
+    used = key_inputs(Recipe(name="x", nested_images=("y",)), "http://m", "ssh-ed25519 AAAA")
+    assert used["recipe"]["nested_images"] == ["y"]
