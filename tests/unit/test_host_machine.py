@@ -65,3 +65,25 @@ def test_emulated_amd_without_pause_filter_says_so(tmp_path: Path) -> None:
     _dmi(tmp_path / "sys", "QEMU", "Standard PC (i440FX + PIIX, 1996)")
     _, why = ple.availability(host.seam())
     assert why is not None and "the (emulated) CPU has no pause filter" in why
+
+
+def _probe(kvm_s: float, tcg_s: float, kvm_status: str = "passed"):  # type: ignore[no-untyped-def]
+    from kvmple.host.kvmprobe import BootProbe, ProbeOutcome
+
+    return BootProbe(
+        ProbeOutcome("kvm", kvm_status, kvm_s, "PGLD", "x"),
+        ProbeOutcome("tcg", "passed", tcg_s, "PGLD", "x"),
+        "6.1",
+        "7.2",
+        "kvm_amd",
+    )
+
+
+def test_slow_machine_kvm_must_beat_tcg() -> None:
+    from kvmple.host.doctor import _judge_slow_machine
+
+    assert _judge_slow_machine(_probe(10.5, 22.4)).kvm_boots  # a lab host: nested KVM wins
+    assert not _judge_slow_machine(_probe(60.0, 22.4)).kvm_boots  # slower than emulation
+    fast_host = _probe(0.3, 0.35)  # the usual budget: nothing to judge
+    assert _judge_slow_machine(fast_host) is fast_host
+    assert _judge_slow_machine(None) is None
