@@ -128,7 +128,9 @@ def _ssh(args: argparse.Namespace) -> int:
     from kvmple.remote import SSHExecutor
 
     record = find(args.name, _running()).record
-    remote = [a for a in args.remote if a != "--"] if args.remote else []
+    remote = list(args.remote or [])
+    if remote[:1] == ["--"]:  # only the separator: a '--' inside the command is the command's
+        remote = remote[1:]
     if remote:
         with SSHExecutor(
             "127.0.0.1",

@@ -162,7 +162,7 @@ def test_failed_lab_host_leaves_nothing(
     env = _env(tmp_path)
     failed = kvmple(env, "lab", "up", "amd", "--name", "t-bad", *extra, timeout=UP_TIMEOUT)
     assert failed.returncode == 7, failed.stderr
-    last = [ln for ln in failed.stderr.splitlines() if ln.startswith("error")]
+    last = [ln for ln in failed.stderr.splitlines() if ln.startswith("kvmple: error:")]
     assert last and expect in last[0], failed.stderr
     assert "Traceback" not in failed.stderr
     assert "kvmple-lab-t-bad" not in lab_domains()
