@@ -29,8 +29,10 @@ if TYPE_CHECKING:
 
 RECIPE = "debian12-labhost"
 CPU_MODEL = "qemu64"
-# What TCG's SVM offers (TCG_SVM_FEATURES); without npt kvm_amd runs shadow paging.
-CPU_FEATURES = ("svm", "npt", "vgif", "svme-addr-chk")
+# What TCG's SVM offers (TCG_SVM_FEATURES); without npt kvm_amd runs shadow paging. Then
+# x86-64-v2, which qemu64 lacks: numpy 2.x wheels require it and python died by a signal
+# on 'import numpy' inside a lab host without it (kvmple run's report).
+CPU_FEATURES = ("svm", "npt", "vgif", "svme-addr-chk", "ssse3", "sse4.1", "sse4.2", "popcnt")
 # Console lines of a lab host that hangs rather than boots slowly (host-notes: seen with EPYC).
 STALL_MARKERS = ("self-detected stall", "rcu_sched detected stall", "soft lockup", "hard LOCKUP")
 # kvmple's default key directory for root inside the lab host (paths.state_dir() / "ssh")

@@ -147,6 +147,35 @@ def test_module_reload_reads_back_and_is_refused_while_a_vm_runs(lab: dict[str, 
     assert json.loads(back.stdout)["after"] == {"nested": "1"}
 
 
+def test_kvm_campaign_inside(lab: dict[str, str]) -> None:
+    """lab-smoke inside the lab host: two nested libvirt type='kvm' guests pinned to its CPU
+    0, hackbench vs 0/1 busy loops, PLE recorded unavailable, stored like any run."""
+    start = time.monotonic()
+    campaign = kvmple(
+        lab, "lab", "ssh", "--timeout", "3000", NAME, "--",
+        "env", "-C", "/opt/kvmple", "kvmple", "run", "playbooks/lab-smoke.yaml",
+        "--allow-unavailable", "--no-report",
+        timeout=3100,
+    )  # fmt: skip
+    print(f"lab-smoke campaign inside the lab host: {time.monotonic() - start:.0f} s")
+    assert campaign.returncode == 0, campaign.stderr[-3000:]
+    export = ssh(lab, "kvmple", "results", "export", "--format", "json")
+    assert export.returncode == 0, export.stderr
+    (exported,) = json.loads(export.stdout)["campaigns"]
+    runs = [r for r in exported["runs"] if r["status"] == "ok"]
+    assert len(runs) == 2, [(r["status"], r["reason"]) for r in exported["runs"]]
+    for run_ in runs:
+        provenance = run_["provenance"]
+        assert provenance["host"]["accelerator"] == "kvm"
+        assert provenance["host"]["kvm_module"] == "kvm_amd"
+        for role in ("bench", "spin"):
+            assert provenance["affinity"][role] == {"0": [0]}, provenance["affinity"]
+            assert provenance["vcpu_threads"][role], provenance["vcpu_threads"]
+        assert run_["figures"]["time"] > 0
+        assert "kvm_exits" in run_["evidence"], run_["evidence"]
+    assert "pause filter" in json.dumps(exported["meta"]) + json.dumps(exported["runs"])
+
+
 @pytest.mark.parametrize(
     ("extra", "expect"),
     [
