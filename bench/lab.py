@@ -64,7 +64,8 @@ def main() -> None:
             print(f"lab-smoke campaign inside (2 runs, nested KVM):     {camp_s:7.1f} s")
             _, log = kvmple(
                 "lab", "ssh", NAME, "--", "sh", "-c",
-                "grep -h -e 'guests ready' -e 'complete:' /root/.local/share/kvmple/campaigns/*/*.log",
+                "grep -h -e 'guests ready' -e 'complete:' "
+                "/root/.local/share/kvmple/campaigns/*/*.log",
             )  # fmt: skip
             for line in log.stdout.splitlines():
                 print("  " + line.split(" INFO ", 1)[-1])
