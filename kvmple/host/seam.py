@@ -4,7 +4,7 @@ roots, the module loader and the running-VM lister.
 The real loader (``modprobe -r`` then ``modprobe MODULE k=v...``) is verified on an emulated
 AMD-V host (QEMU TCG, ``kvmple lab``: kvm_amd reloaded with ``nested=0/1``, read back, and
 refused while a VM runs; tests/lab) but not with PLE parameters on hardware; unit tests drive
-the same logic with :mod:`kvmple.host.fakes`, whose loader rewrites a fake sysfs tree.
+the same logic with tests/fixtures/fake_host.py, whose loader rewrites a fake sysfs tree.
 """
 
 from __future__ import annotations

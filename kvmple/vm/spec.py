@@ -61,6 +61,8 @@ class VMSpec:
     accelerator: Accelerator
     extra_kernel_args: tuple[str, ...] = ()
     campaign_id: str = "manual"
+    # per-VM knob settings as QEMU arguments (kvmple.host.vmknobs: -overcommit cpu-pm=on)
+    qemu_args: tuple[str, ...] = ()
     # A named QEMU CPU model with required features (e.g. a lab host's emulated AMD-V:
     # "qemu64" + ("svm", "npt")); None: host-passthrough under KVM, QEMU's default under TCG.
     cpu_model: str | None = None

@@ -23,16 +23,21 @@ from kvmple.workloads.base import (
     Metric,
     parse_params,
 )
+from kvmple.workloads.dbench import Dbench, DbenchParams
 from kvmple.workloads.hackbench import Hackbench, HackbenchParams
 from kvmple.workloads.programs import GUEST_BIN, PROGRAMS, ensure_programs
 from kvmple.workloads.spin import SpinLoops, SpinParams
+from kvmple.workloads.sysbench import SysbenchMutex, SysbenchThreads
 
 Workload = MeasuredWorkload | LoadWorkload
 
 WORKLOADS: dict[str, Callable[..., Any]] = {
     AmqpPerftest.name: AmqpPerftest,
+    Dbench.name: Dbench,
     Hackbench.name: Hackbench,
     SpinLoops.name: SpinLoops,
+    SysbenchMutex.name: SysbenchMutex,
+    SysbenchThreads.name: SysbenchThreads,
 }
 
 
@@ -53,6 +58,8 @@ __all__ = [
     "WORKLOADS",
     "AmqpPerftest",
     "CpuSplit",
+    "Dbench",
+    "DbenchParams",
     "Hackbench",
     "HackbenchParams",
     "HeldLoad",
@@ -65,6 +72,8 @@ __all__ = [
     "PerftestParams",
     "SpinLoops",
     "SpinParams",
+    "SysbenchMutex",
+    "SysbenchThreads",
     "Workload",
     "ensure_programs",
     "get_workload",

@@ -11,15 +11,13 @@ own output parser and a lower-is-better metric. hackbench prints::
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kvmple.errors import CommandTimeout, WorkloadError
-from kvmple.executor import Executor
-from kvmple.workloads.base import Measurement, Metric, parse_params
-from kvmple.workloads.programs import GUEST_BIN
+from kvmple.errors import WorkloadError
+from kvmple.workloads.base import Metric
+from kvmple.workloads.oneshot import OneShotWorkload
 
 _TIME = re.compile(r"^Time:\s*([0-9]+(?:\.[0-9]+)?)\s*$", re.MULTILINE)
 _MODE = re.compile(r"^Running in (process|threaded) mode with (\d+) groups", re.MULTILINE)
@@ -65,75 +63,21 @@ def parse_hackbench(text: str, where: str = "hackbench output") -> float:
     return float(found[0])
 
 
-class Hackbench:
+class Hackbench(OneShotWorkload):
     """hackbench: seconds for all groups to pass their messages (lower is better)."""
 
     name: ClassVar[str] = "hackbench"
-    kind: ClassVar[str] = "measure"
     metrics: ClassVar[tuple[Metric, ...]] = (
         Metric("time", "s", False, "hackbench's 'Time:' for the whole run"),
     )
     primary: ClassVar[str] = "time"
     params_model: ClassVar[type[BaseModel]] = HackbenchParams
+    program: ClassVar[str] = "hackbench"
+    package: ClassVar[str] = "rt-tests"
 
-    def __init__(self, *, bin_dir: str = GUEST_BIN) -> None:
-        self.bin_dir = bin_dir  # uniform constructor; hackbench comes from rt-tests
+    def argv(self, params: HackbenchParams) -> list[str]:
+        return params.argv()
 
-    def prepare(
-        self,
-        executor: Executor,
-        *,
-        timeout: float,
-        params: Mapping[str, Any] | BaseModel | None = None,
-    ) -> None:
-        result = executor.run(
-            ["hackbench", "--help"], timeout=min(timeout, 60), check=False, what="hackbench"
-        )
-        if "hackbench" not in (result.stdout + result.stderr):
-            raise WorkloadError(
-                f"hackbench is not usable on {executor.name}",
-                hint="install Debian's rt-tests package (the debian12-amqp image has it)",
-            )
-
-    def measure(
-        self,
-        executor: Executor,
-        params: Mapping[str, Any] | BaseModel,
-        *,
-        timeout: float,
-        before_window: Callable[[], None] | None = None,
-        after_window: Callable[[], None] | None = None,
-    ) -> Measurement:
-        p = parse_params(HackbenchParams, params, where=f"workload {self.name} params")
-        if before_window is not None:
-            before_window()  # hackbench's start-up is part of what it times: nothing to stage
-        try:
-            result = executor.run(p.argv(), timeout=timeout, check=False, what="hackbench")
-        except CommandTimeout as exc:
-            raise WorkloadError(
-                f"hackbench on {executor.name} did not finish within {timeout:g}s",
-                hint="use fewer --loops/--groups, or a longer run timeout",
-            ) from exc
-        if after_window is not None:
-            after_window()
-        if not result.ok:
-            tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise WorkloadError(
-                f"hackbench failed on {executor.name} (exit {result.returncode}): {tail[0]}"
-            )
-        seconds = parse_hackbench(result.stdout, where=f"hackbench output on {executor.name}")
-        mode = _MODE.search(result.stdout)
-        notes = (mode.group(0),) if mode else ()
-        return Measurement(
-            workload=self.name,
-            params=p.model_dump(),
-            figures={"time": seconds},
-            primary="time",
-            window_s=seconds,
-            raw_output=result.stdout,
-            iterations=({"time": seconds},),
-            notes=notes,
-        )
-
-    def between_runs(self, executor: Executor, params: Mapping[str, Any] | BaseModel) -> None:
-        """hackbench leaves nothing behind."""
+    def parse(self, text: str, where: str) -> tuple[dict[str, float], tuple[str, ...]]:
+        mode = _MODE.search(text)
+        return {"time": parse_hackbench(text, where)}, ((mode.group(0),) if mode else ())

@@ -20,13 +20,21 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kvmple.errors import WorkloadError
 from kvmple.executor import LocalExecutor
 from kvmple.run import run, which
-from kvmple.workloads import AmqpPerftest, Hackbench, SpinLoops
+from kvmple.workloads import (
+    AmqpPerftest,
+    Dbench,
+    Hackbench,
+    SpinLoops,
+    SysbenchMutex,
+    SysbenchThreads,
+)
 from kvmple.workloads.perftest_output import machine_record
 from kvmple.workloads.programs import guest_dir
 from tests.support import need, need_program, need_root
@@ -484,6 +492,22 @@ def test_hackbench_on_host() -> None:
     assert m.notes and "groups" in m.notes[0]
 
 
+@pytest.mark.parametrize(
+    ("workload", "params"),
+    [
+        (Dbench(), {"clients": 2, "time": 2, "directory": "/var/tmp/kvmple-dbench-test"}),
+        (SysbenchThreads(), {"threads": 2, "time": 1}),
+        (SysbenchMutex(), {"threads": 2, "locks": 2000, "loops": 100}),
+    ],
+)
+def test_dbench_and_sysbench_on_host(workload: Any, params: dict[str, Any]) -> None:
+    need(which(workload.program) is not None, f"{workload.package} not installed")
+    workload.prepare(LocalExecutor(), timeout=30, params=params)
+    m = workload.measure(LocalExecutor(), params, timeout=120)
+    assert m.value > 0 and m.window_s > 0 and set(m.figures) >= {m.primary}
+    workload.between_runs(LocalExecutor(), params)
+
+
 # ------------------------------------------------------------------------- guests (TCG)
 
 URI = "qemu:///system"
@@ -615,3 +639,19 @@ def test_perftest_in_guest_drops_with_busy_loops_in_the_other_guest(
 
     queues = amqp.run(["rabbitmqctl", "list_queues", "-q", "name"], timeout=180)
     assert "kvmple-perftest" not in queues.stdout  # nothing leaks between runs
+
+
+def test_dbench_and_sysbench_in_a_tcg_guest(guests: tuple[object, object]) -> None:
+    """The modern directed-yield workloads run in the image's guest, figures parsed."""
+    guest = guests[1].executor  # type: ignore[attr-defined]
+    cases: list[tuple[Any, dict[str, Any]]] = [
+        (Dbench(), {"clients": 2, "time": 3}),
+        (SysbenchThreads(), {"threads": 2, "time": 2}),
+        (SysbenchMutex(), {"threads": 2, "locks": 2000, "loops": 100}),
+    ]
+    for workload, params in cases:
+        workload.prepare(guest, timeout=60, params=params)
+        m = workload.measure(guest, params, timeout=180)
+        print(f"{workload.name} in a TCG guest: {m.primary} = {m.value:g}")
+        assert m.value > 0 and m.workload == workload.name
+        workload.between_runs(guest, params)

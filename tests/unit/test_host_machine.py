@@ -8,8 +8,8 @@ import pytest
 
 from kvmple.host import ple
 from kvmple.host.cpuinfo import CpuInfo
-from kvmple.host.fakes import make_fake_host
 from kvmple.host.machine import read_machine
+from tests.fixtures.fake_host import make_fake_host
 
 
 def _cpu(*flags: str) -> CpuInfo:

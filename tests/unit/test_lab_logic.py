@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from kvmple.errors import GuestError, HostError, UsageError
-from kvmple.host.fakes import make_fake_host
 from kvmple.host.vms import RunningVm
 from kvmple.lab import amd
 from kvmple.lab.model import LAB_CAMPAIGN, LabHost, entries, save
 from kvmple.lab.reload import reload_with
 from kvmple.vm import registry
 from kvmple.vm.domxml import domain_xml
+from tests.fixtures.fake_host import make_fake_host
 from tests.unit.test_vm_spec import FakeImage
 
 

@@ -31,7 +31,14 @@ from kvmple.workloads.spin import SpinParams, check_loops
 
 
 def test_registry_names_and_kinds() -> None:
-    assert set(WORKLOADS) == {"amqp-perftest", "hackbench", "spin"}
+    assert set(WORKLOADS) == {
+        "amqp-perftest",
+        "dbench",
+        "hackbench",
+        "spin",
+        "sysbench-mutex",
+        "sysbench-threads",
+    }
     assert isinstance(get_workload("amqp-perftest"), MeasuredWorkload)
     assert isinstance(get_workload("hackbench"), MeasuredWorkload)
     assert isinstance(get_workload("spin"), LoadWorkload)
@@ -189,7 +196,7 @@ def test_failed_runs_raise_with_the_reason(code: int, stderr: str, message: str)
 
 
 def test_a_zero_exit_without_figures_is_still_a_failure() -> None:
-    with pytest.raises(WorkloadError, match="no qpid-perftest -s summary"):
+    with pytest.raises(WorkloadError, match="not a perftest log kvmple recognises; it is empty"):
         measurement_from_result("amqp-perftest", PerftestParams(), _result(0, "\n"), "g")
 
 
