@@ -5,7 +5,7 @@ kvmple plus every dependency; libvirt-python compiles against the host's libvirt
 host and image are the same Debian release, so the same Python ABI and libvirt soname) into
 a content-addressed wheelhouse under ``cache_dir()/wheelhouse/``. The build then creates the
 venv inside the tree (``chroot python3 -m venv``) and installs from the copied wheels with
-``pip --no-index``. The image's cache key covers ``dependencies_digest`` (pyproject.toml),
+``pip --no-index``. The image's cache key covers ``dependencies_digest`` (pyproject's deps),
 not kvmple's own source: rebuilding a lab host image (~15 min) for every commit would be
 too slow, so ``kvmple lab up`` installs the current checkout's kvmple wheel (``kvmple_wheel``,
 pure Python, no dependencies) into the running machine instead. Measured here: the
@@ -15,9 +15,11 @@ wheelhouse (87 MiB, 37 wheels) takes ~9 s with a warm pip cache.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
+import tomllib
 from pathlib import Path
 
 from kvmple import paths
@@ -54,8 +56,12 @@ def source_digest(root: Path) -> str:
 
 
 def dependencies_digest(root: Path) -> str:
-    """sha256 of pyproject.toml: what decides the dependency set baked into an image."""
-    return hashlib.sha256((root / "pyproject.toml").read_bytes()).hexdigest()
+    """sha256 of pyproject.toml's [project] dependencies and requires-python: what decides
+    the set baked into an image (a changed tool setting or marker does not rebuild it)."""
+    with (root / "pyproject.toml").open("rb") as handle:
+        project = tomllib.load(handle).get("project", {})
+    wanted = {k: project.get(k) for k in ("dependencies", "requires-python")}
+    return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()
 
 
 def kvmple_wheel(directory: Path) -> Path:

@@ -77,3 +77,13 @@ def test_new_recipe_keys_do_not_change_old_cache_keys() -> None:
     assert "kvmple_venv" not in plain["recipe"] and "nested_images" not in plain["recipe"]
     used = key_inputs(Recipe(name="x", nested_images=("y",)), "http://m", "ssh-ed25519 AAAA")
     assert used["recipe"]["nested_images"] == ["y"]
+
+
+def test_dependencies_digest_ignores_tool_settings(tmp_path: Path) -> None:
+    base = '[project]\nname = "k"\ndependencies = ["a>=1"]\n'
+    (tmp_path / "pyproject.toml").write_text(base)
+    first = selfinstall.dependencies_digest(tmp_path)
+    (tmp_path / "pyproject.toml").write_text(base + '[tool.pytest.ini_options]\nmarkers = ["x"]\n')
+    assert selfinstall.dependencies_digest(tmp_path) == first
+    (tmp_path / "pyproject.toml").write_text(base.replace('"a>=1"', '"a>=1", "b"'))
+    assert selfinstall.dependencies_digest(tmp_path) != first
