@@ -1,65 +1,250 @@
-"""``kvmple lab up intel`` and ``kvmple lab verify-ple NAME``: the Bochs VT-x lab host with
-Pause-Loop Exiting, and the PLE verification kvmple runs on it (kvmple.lab.bochs_verify)."""
+"""``kvmple lab up|list|ssh|down|verify-ple``: emulated lab hosts where KVM runs for real:
+AMD-V under QEMU TCG (kvmple.lab.amd) and VT-x with PLE under Bochs (kvmple.lab.bochs_verify)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import time
+from pathlib import Path
 from typing import Any
 
+from rich.table import Table
+
 from kvmple import ui
+from kvmple.errors import UsageError
 
-EPILOG = """\
-up intel     boot a lab host under Bochs with an emulated VT-x CPU that has PLE
-             (corei7_haswell_4770): a kernel kvmple builds (cached), busybox + Python +
-             kvmple in an initramfs, a GRUB ISO. It has no network: once kvm_intel is
-             loaded it runs kvmple's PLE verification by itself and reports on its console.
-             Returns when kvm_intel is loaded.
-verify-ple   wait for that verification, judge it and end the lab host: 'kvmple ple
-             status/off/on/restore' with read-back, and PAUSE exits / PLE window updates
-             counted (hist triggers) with PLE on (> 0) and off (exactly 0).
-down         stop a Bochs lab host and remove its files.
+UP_EPILOG = """\
+amd: QEMU TCG emulating an AMD-V machine (qemu64,+svm,+npt,+vgif,+svme-addr-chk). Inside,
+kvm_amd is real (/dev/kvm, libvirt type='kvm' guests) but there is no PLE: TCG has no pause
+filter. Emulated timings are not hardware timings. The lab host runs until 'kvmple lab down'.
 
-Bochs is slow (an interpreter): figures from it are emulated, never hardware figures.
-Exit codes: 0 verified/done, 2 unknown name, 4 missing tools, 7 lab host stalled or
-stopped (console tail shown), 9 kernel build failed, 12 verification contradicted.
+intel: Bochs emulating a VT-x CPU that has PLE (corei7_haswell_4770): a kernel kvmple builds
+(cached), busybox + Python + kvmple in an initramfs, a GRUB ISO. It has no network: once
+kvm_intel is loaded it runs kvmple's PLE verification by itself and reports on its console
+('kvmple lab verify-ple NAME' collects and judges it). Bochs is an interpreter: its figures
+are emulated, never hardware figures. --cpus 1 or 2.
 """
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "lab",
-        help="lab hosts: emulated machines with real KVM (Bochs VT-x with PLE)",
-        description="Emulated lab hosts where kvmple's KVM paths run for real.",
-        epilog=EPILOG,
+    lab = sub.add_parser(
+        "lab", help="emulated lab hosts with a real KVM (AMD-V under TCG, VT-x+PLE under Bochs)"
+    )
+    lab_sub = lab.add_subparsers(dest="lab_command", metavar="ACTION")
+    lab_sub.required = True
+
+    up = lab_sub.add_parser(
+        "up",
+        help="boot a lab host and wait for SSH and the KVM module",
+        epilog=UP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    actions = parser.add_subparsers(dest="lab_action", metavar="ACTION")
-    actions.required = True
-    up = actions.add_parser("up", help="start a lab host")
-    kinds = up.add_subparsers(dest="kind", metavar="KIND")
-    kinds.required = True
-    intel = kinds.add_parser("intel", help="Bochs, emulated VT-x with PLE (slow)")
-    intel.add_argument("--name", default="intel", help="lab host name (default intel)")
-    intel.add_argument("--cpus", type=int, default=1, choices=(1, 2), help="emulated CPUs")
-    intel.add_argument("--timeout", type=float, default=1800.0, help="seconds to kvm_intel")
-    intel.add_argument("--json", action="store_true")
-    intel.set_defaults(handler=_up_intel)
-    verify = actions.add_parser("verify-ple", help="collect and judge the PLE verification")
+    up.add_argument("kind", choices=("amd", "intel"), help="what the lab host emulates")
+    up.add_argument("--name", default=None, help="lab host name (default: the kind)")
+    up.add_argument("--cpus", type=int, default=2, help="emulated CPUs (default 2)")
+    up.add_argument("--memory", type=int, default=3072, metavar="MiB", help="default 3072")
+    up.add_argument("--cpu-model", default=None, help="QEMU CPU model (default qemu64)")
+    up.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="to SSH + kvm_amd (amd, default 900) or to kvm_intel loaded (intel, default 1800)",
+    )
+    up.add_argument("--json", action="store_true", help="print the lab host as JSON")
+    up.set_defaults(handler=_up)
+
+    listing = lab_sub.add_parser("list", help="lab hosts kvmple started")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_list)
+
+    ssh = lab_sub.add_parser("ssh", help="log into a lab host (or run a command in it)")
+    ssh.add_argument("name")
+    ssh.add_argument("remote", nargs=argparse.REMAINDER, help="command to run instead of a shell")
+    ssh.add_argument("--timeout", type=float, default=3600.0, help="for a command (seconds)")
+    ssh.set_defaults(handler=_ssh)
+
+    reload = lab_sub.add_parser(
+        "reload-module",
+        help="(run on a lab host) reload kvm_amd/kvm_intel with PARAM=VALUE and read it back",
+        description="Reload the KVM vendor module through the PLE switch's path (refused while "
+        "a VM runs), with the given parameters, and read them back from sysfs.",
+    )
+    reload.add_argument("assignments", nargs="+", metavar="PARAM=VALUE")
+    reload.add_argument("--json", action="store_true")
+    reload.set_defaults(handler=_reload)
+
+    verify = lab_sub.add_parser(
+        "verify-ple", help="(intel) collect and judge the PLE verification, then end the lab host"
+    )
     verify.add_argument("name", metavar="NAME")
     verify.add_argument("--timeout", type=float, default=1800.0, help="seconds to the verdict")
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(handler=_verify_ple)
-    down = actions.add_parser("down", help="stop a Bochs lab host")
-    down.add_argument("name", metavar="NAME")
+
+    down = lab_sub.add_parser("down", help="stop lab hosts and remove their files")
+    down.add_argument("names", nargs="*")
+    down.add_argument("--all", action="store_true", help="every lab host")
     down.set_defaults(handler=_down)
+
+
+def _running() -> set[str]:
+    from kvmple.vm.libvirt_backend import connect
+    from kvmple.vm.spec import DOMAIN_PREFIX
+
+    with connect("qemu:///system") as lv:
+        return {n for n in lv.names(DOMAIN_PREFIX) if lv.is_running(n)}
+
+
+def _up(args: argparse.Namespace) -> int:
+    from kvmple.image import resolve
+    from kvmple.lab import amd
+
+    if args.kind == "intel":
+        return _up_intel(args)
+    name = args.name or args.kind
+    if args.cpus < 1 or args.memory < 1024:
+        raise UsageError("a lab host needs --cpus >= 1 and --memory >= 1024 (MiB)")
+    options = amd.AmdOptions(
+        name=name,
+        cpus=args.cpus,
+        memory_mib=args.memory,
+        cpu_model=args.cpu_model or amd.CPU_MODEL,
+        ready_timeout_s=args.ready_timeout or 900.0,
+    )
+    image = resolve(amd.RECIPE)
+    ui.note(f"booting lab host {name} ({options.cpu}, {args.cpus} CPUs, {args.memory} MiB)...")
+    host = amd.up(options, image)
+    if args.json:
+        ui.out.print_json(json.dumps(host.to_json()))
+    print(f"ready {host.name} after {host.ready_s:.0f} s (kvm_amd loaded)", flush=True)
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from kvmple.lab.model import entries
+
+    found = entries(_running())
+    if args.json:
+        ui.out.print_json(json.dumps([e.to_json() for e in found]))
+        return 0
+    table = Table()
+    for column in ("name", "kind", "CPUs", "memory", "ssh", "uptime", "state"):
+        table.add_column(column)
+    for entry in found:
+        row = entry.to_json()
+        table.add_row(
+            entry.name,
+            str(row["kind"] or "-"),
+            str(row["cpus"] or "-"),
+            f"{row['memory_mib']} MiB" if row["memory_mib"] else "-",
+            f"127.0.0.1:{row['ssh_port']}",
+            time.strftime("%H:%M:%S", time.gmtime(entry.uptime_s())),
+            entry.state,
+        )
+    ui.err.print(table if found else "no lab hosts")
+    return 0
+
+
+def _ssh(args: argparse.Namespace) -> int:
+    from kvmple.lab.model import find
+    from kvmple.remote import SSHExecutor
+
+    record = find(args.name, _running()).record
+    remote = list(args.remote or [])
+    if remote[:1] == ["--"]:  # only the separator: a '--' inside the command is the command's
+        remote = remote[1:]
+    if remote:
+        with SSHExecutor(
+            "127.0.0.1",
+            record.ssh_port,
+            record.ssh_user,
+            Path(record.ssh_key),
+            record.host_keys,
+            name=f"lab host {record.role}",
+        ) as executor:
+            result = executor.stream(
+                remote, lambda line: print(line, flush=True), args.timeout, check=False
+            )
+        ui.err.out(result.stderr, end="", highlight=False)
+        return result.returncode
+    known_hosts = Path(record.run_dir) / "known_hosts"
+    label = f"[127.0.0.1]:{record.ssh_port}"
+    known_hosts.write_text("".join(f"{label} {key}\n" for key in record.host_keys))
+    argv = [
+        "ssh",
+        "-o", "IdentitiesOnly=yes",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={known_hosts}",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-i", record.ssh_key,
+        "-p", str(record.ssh_port),
+        f"{record.ssh_user}@127.0.0.1",
+    ]  # fmt: skip
+    os.execvp("ssh", argv)  # an interactive session: hand the terminal over to ssh
+
+
+def _reload(args: argparse.Namespace) -> int:
+    from kvmple.host.seam import real_seam
+    from kvmple.lab.reload import reload_with
+
+    values: dict[str, int] = {}
+    for word in args.assignments:
+        name, eq, value = word.partition("=")
+        if not eq or not name or not value.isdigit():
+            raise UsageError(f"{word!r} is not PARAM=VALUE with a whole number, e.g. nested=0")
+        values[name] = int(value)
+    result = reload_with(real_seam(), values)
+    if args.json:
+        ui.out.print_json(json.dumps(result.to_json()))
+    else:
+        read = ", ".join(f"{k}={v}" for k, v in result.after.items())
+        print(f"{result.module} reloaded; read back {read}", flush=True)
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from kvmple.lab import bochs_run
+    from kvmple.lab.model import entries, find
+    from kvmple.vm import gc
+
+    if not args.names and not args.all:
+        raise UsageError("name the lab hosts to stop, or pass --all")
+    bochs = {h.name: h for h in bochs_run.all_hosts()}
+    for name in list(args.names) if not args.all else list(bochs):
+        if name in bochs:
+            bochs_run.stop(bochs[name])
+            ui.err.print(f"removed lab host {name} (Bochs)", soft_wrap=True, markup=False)
+    args.names = [n for n in args.names if n not in bochs]
+    if not args.names and not args.all:
+        return 0
+    running = _running()
+    chosen = entries(running) if args.all else [find(n, running) for n in args.names]
+    report = gc.GcReport()
+    for entry in chosen:
+        if entry.record.owner_alive:
+            report.kept.append(f"{entry.name}: still booting in process {entry.record.owner_pid}")
+            continue
+        gc.reap(entry.record, report)
+    for domain in report.removed_records:
+        ui.err.print(f"removed lab host {domain}", soft_wrap=True, markup=False)
+    for line in report.kept + report.errors:
+        ui.err.print(f"warning: {line}", soft_wrap=True, markup=False)
+    if not chosen:
+        ui.err.print("no lab hosts")
+    return 1 if report.errors else 0
 
 
 def _up_intel(args: argparse.Namespace) -> int:
     from kvmple.lab.bochs_verify import EMULATED, up_intel
 
-    ui.note(f"building/starting the Bochs lab host {args.name} ({EMULATED})")
-    lab = up_intel(args.name, cpus=args.cpus, timeout=args.timeout)
+    ui.note(f"building/starting the Bochs lab host {args.name or 'intel'} ({EMULATED})")
+    if args.cpus not in (1, 2):
+        raise UsageError("the Bochs lab host takes --cpus 1 or 2")
+    name = args.name or "intel"
+    lab = up_intel(name, cpus=args.cpus, timeout=args.ready_timeout or 1800.0)
     doc = {
         "name": lab.host.name,
         "kind": "intel",
@@ -111,11 +296,3 @@ def _print_report(report: dict[str, Any]) -> None:
     ui.out.print(f"  times from Bochs start: {stages}")
     verdict = "verified" if report["verified"] else "NOT verified"
     ui.out.print(f"  {verdict}; console log {report['console_log']}")
-
-
-def _down(args: argparse.Namespace) -> int:
-    from kvmple.lab import bochs_run
-
-    bochs_run.stop(bochs_run.load(args.name))
-    ui.note(f"lab host {args.name} stopped")
-    return 0

@@ -21,6 +21,7 @@ from kvmple.host import ple_state
 from kvmple.host.confounders import amd_without_pfthreshold
 from kvmple.host.cpuinfo import read_cpuinfo
 from kvmple.host.kvmmodule import KvmModule, PleModuleSpec, find_kvm_module
+from kvmple.host.machine import read_machine
 from kvmple.host.seam import HostSeam
 
 Mode = Literal["on", "off"]
@@ -100,7 +101,13 @@ def decide_ple(seam: HostSeam) -> PleDecision:
             return PleDecision(module, False, f"/proc/cpuinfo {line} + kernel {release}", reason)
         return PleDecision(module, True, f"/proc/cpuinfo {line} lists {spec.cpu_flag}", None)
     if from_cpu is False:
-        reason = f"the CPU lacks {spec.cpu_flag}: {spec.module} forces PLE off without it"
+        # "(emulated)": a lab host under QEMU TCG, whose SVM has no pause filter at all
+        which = "(emulated) CPU" if read_machine(seam.sys_root, cpu).emulated else "CPU"
+        feature = "pause filter" if spec.vendor == "amd" else "PAUSE-loop exiting"
+        reason = (
+            f"the {which} has no {feature} (it lacks {spec.cpu_flag}): "
+            f"{spec.module} forces PLE off without it"
+        )
         return PleDecision(module, False, f"/proc/cpuinfo {line}", reason)
     return _decide_from_switch(module, spec)
 

@@ -1,10 +1,11 @@
 """The one injectable seam between kvmple's host logic and the machine: sysfs and procfs
 roots, the module loader and the running-VM lister.
 
-The real loader (``modprobe -r`` then ``modprobe MODULE k=v...``) is verified on a real
-kvm_intel with PLE inside the Bochs lab host (kvmple lab verify-ple), not on hardware; unit
-tests drive the same logic with tests/fixtures/fake_host.py, whose loader rewrites a fake sysfs
-tree.
+The real loader (``modprobe -r`` then ``modprobe MODULE k=v...``) is verified on two
+emulated lab hosts, not on hardware: on an emulated AMD-V host (QEMU TCG, ``kvmple lab up
+amd``: kvm_amd reloaded with ``nested=0/1``, read back, refused while a VM runs) and on a real
+kvm_intel with PLE inside the Bochs lab host (``kvmple lab verify-ple``). Unit tests drive the
+same logic with tests/fixtures/fake_host.py, whose loader rewrites a fake sysfs tree.
 """
 
 from __future__ import annotations

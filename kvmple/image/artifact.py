@@ -70,16 +70,21 @@ def host_key_lines(text: str) -> tuple[str, ...]:
 
 
 def load_image(directory: Path) -> Image:
-    """Read a complete cache directory back into an ``Image``."""
+    """Read a complete cache directory back into an ``Image``.
+
+    The files are taken from ``directory`` itself, by their names in image.json: a cache that
+    was moved or renamed (another KVMPLE_CACHE_DIR, a copied cache) still points at its own
+    files, never at where they were built.
+    """
     try:
         data = json.loads((directory / IMAGE_FILE).read_text(encoding="utf-8"))
         manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
         return Image(
             name=data["name"],
             key=data["key"],
-            qcow2=Path(data["qcow2"]),
-            kernel=Path(data["kernel"]),
-            initrd=Path(data["initrd"]),
+            qcow2=directory / Path(data["qcow2"]).name,
+            kernel=directory / Path(data["kernel"]).name,
+            initrd=directory / Path(data["initrd"]).name,
             cmdline=data["cmdline"],
             ssh_user=data["ssh_user"],
             host_keys=tuple(data["host_keys"]),

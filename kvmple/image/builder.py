@@ -20,7 +20,7 @@ from typing import Any
 
 from kvmple import paths, ui
 from kvmple.errors import BuildError, ConfigError, HostError
-from kvmple.image import byo, cache, manifest
+from kvmple.image import byo, cache, manifest, nested
 from kvmple.image.artifact import IMAGE_FILE, Image, cmdline_for, host_key_lines, load_image
 from kvmple.image.configure import CMDLINE, before_packages, configure, kernel_release
 from kvmple.image.debootstrap import debootstrap
@@ -100,7 +100,13 @@ def build(recipe: Path, *, rebuild: bool = False) -> Image:
 
 def _key_inputs(recipe: Recipe) -> dict[str, Any]:
     mirror = recipe.mirror or default_mirror(recipe.suite, recipe.distribution)
-    return cache.key_inputs(recipe, mirror, installation_key().public_line)
+    inputs = cache.key_inputs(recipe, mirror, installation_key().public_line)
+    if recipe.nested_images:  # an image inside changes this one
+        inputs["nested_images"] = {
+            name: cache.cache_key(_key_inputs(load_recipe(find_recipe(name))))
+            for name in recipe.nested_images
+        }
+    return inputs
 
 
 def _check_host() -> None:
@@ -141,6 +147,7 @@ def _build(recipe: Recipe, source: Path, inputs: dict[str, Any], key: str) -> Im
     mirror = str(inputs["mirror"])
     steps = _Steps(recipe.name)
     ui.note(f"building image {recipe.name} ({key[:16]}) from {mirror}; log: {log}")
+    inner_recipes = [find_recipe(n) for n in recipe.nested_images]  # a typo fails now
     with cache.staging(recipe.name, key) as staged:
         tree = staged / "tree"
         with steps.step("debootstrap") as status:
@@ -161,6 +168,11 @@ def _build(recipe: Recipe, source: Path, inputs: dict[str, Any], key: str) -> Im
             )
         with steps.step("configure"):
             configure(recipe, tree, installation_key().public_line, log)
+        if inner_recipes:
+            # built (or found) only now: another process may be building them meanwhile
+            with steps.step("nested images"):
+                nested.install(tree, [(load_recipe(p), build(p)) for p in inner_recipes])
+        with steps.step("manifest"):
             release = kernel_release(tree)
             packages = manifest.installed_packages(tree)
             key_files = manifest.host_key_files(tree)

@@ -27,6 +27,7 @@ from typing import Any
 
 from kvmple import paths
 from kvmple.errors import StoreError, UsageError
+from kvmple.image import selfinstall
 from kvmple.image.artifact import IMAGE_FILE, Image, load_image
 from kvmple.image.recipe import Recipe, guest_programs_dir
 from kvmple.run import run
@@ -66,6 +67,12 @@ def key_inputs(recipe: Recipe, mirror: str, public_key: str) -> dict[str, Any]:
         name: file_digest(guest_programs_dir() / name) for name in recipe.guest_programs
     }
     data.pop("description", None)  # words for humans do not change the image
+    # keys added after images were cached count only when used: old keys stay valid
+    for name, unset in (("kvmple_venv", None), ("nested_images", [])):
+        if data.get(name) == unset:
+            data.pop(name, None)
+    if recipe.kvmple_venv is not None:  # kvmple's dependencies installed into the image
+        data["kvmple_dependencies"] = selfinstall.dependencies_digest(selfinstall.checkout())
     return {
         "format": BUILDER_FORMAT,
         "recipe": data,

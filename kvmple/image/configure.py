@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kvmple.errors import BuildError, CommandError
+from kvmple.image import selfinstall
 from kvmple.image.recipe import Recipe, guest_programs_dir
 from kvmple.run import run_logged
 
@@ -79,6 +80,7 @@ def configure(recipe: Recipe, tree: Path, public_key: str, log: Path) -> None:
         ("services", lambda: _services(recipe, tree, log)),
         ("files", lambda: _files(recipe, tree)),
         ("guest programs", lambda: _guest_programs(recipe, tree)),
+        ("kvmple venv", lambda: _kvmple_venv(recipe, tree, log)),
         ("initramfs", lambda: _initramfs(recipe, tree, log)),
         ("clean", lambda: _clean(tree)),
     ]
@@ -159,6 +161,11 @@ def _guest_programs(recipe: Recipe, tree: Path) -> None:
     for name in recipe.guest_programs:
         source = guest_programs_dir() / name
         write(tree, f"{GUEST_BIN}/{name}", source.read_bytes(), 0o755)
+
+
+def _kvmple_venv(recipe: Recipe, tree: Path, log: Path) -> None:
+    if recipe.kvmple_venv is not None:
+        selfinstall.install(tree, recipe.kvmple_venv, log)
 
 
 def kernel_release(tree: Path) -> str:

@@ -200,6 +200,17 @@ class Recipe(Model):
     bring_your_own: BringYourOwn | None = Field(
         default=None, description="use an existing qcow2 + kernel + initrd instead of building"
     )
+    nested_images: tuple[str, ...] = Field(
+        default=(),
+        description="image recipes (names from guest-images/) built on the host and baked "
+        "into this image under /opt/kvmple, each with a bring_your_own recipe in "
+        "/opt/kvmple/guest-images/ (a lab host's guests: it has no network to build them)",
+    )
+    kvmple_venv: str | None = Field(
+        default=None,
+        description="guest path of a venv into which kvmple from this checkout and its "
+        "dependencies are installed offline (wheels built on the host); needs python3-venv",
+    )
 
     @field_validator("name")
     @classmethod
@@ -239,6 +250,23 @@ class Recipe(Model):
             raise ValueError(f"must be a size like '4G' or '3000M' (at least 256M), got {value!r}")
         return value
 
+    @field_validator("nested_images")
+    @classmethod
+    def _nested(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            if not NAME_RE.match(value):
+                raise ValueError(f"not an image recipe name: {value!r}")
+        return values
+
+    @field_validator("kvmple_venv")
+    @classmethod
+    def _venv(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"(/[A-Za-z0-9._-]+)+", value):
+            raise ValueError(f"must be an absolute guest path like /opt/kvmple/venv, got {value!r}")
+        if value is not None and ".." in value.split("/"):
+            raise ValueError(f"must not contain '..', got {value!r}")
+        return value
+
     @field_validator("initramfs_modules")
     @classmethod
     def _modules(cls, values: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -257,6 +285,8 @@ class Recipe(Model):
             "services": bool(self.services.enable or self.services.mask),
             "initramfs_modules": self.initramfs_modules is not None,
             "mirror": self.mirror is not None,
+            "kvmple_venv": self.kvmple_venv is not None,
+            "nested_images": bool(self.nested_images),
         }
         given = [key for key, present in build_only.items() if present]
         if given:

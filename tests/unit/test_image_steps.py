@@ -228,6 +228,15 @@ def test_image_record_round_trip(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text(json.dumps(image.manifest))
     assert load_image(tmp_path) == image
     assert load_image(tmp_path).manifest == image.manifest
+    # a cache directory moved elsewhere reads its own files, not the ones it was built with
+    moved = tmp_path.parent / f"{tmp_path.name}-moved"
+    tmp_path.rename(moved)
+    again = load_image(moved)
+    assert (again.qcow2, again.kernel, again.initrd) == (
+        moved / "disk.qcow2",
+        moved / "vmlinuz",
+        moved / "initrd.img",
+    )
 
 
 def test_disk_too_small_is_a_clear_build_error(tmp_path: Path) -> None:

@@ -1,0 +1,90 @@
+"""Lab hosts without a VM: the reload chain on a fake sysfs, the lab spec, the records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kvmple.errors import GuestError, HostError, UsageError
+from kvmple.host.vms import RunningVm
+from kvmple.lab import amd
+from kvmple.lab.model import LAB_CAMPAIGN, LabHost, entries, save
+from kvmple.lab.reload import reload_with
+from kvmple.vm import registry
+from kvmple.vm.domxml import domain_xml
+from tests.fixtures.fake_host import make_fake_host
+from tests.unit.test_vm_spec import FakeImage
+
+
+def _amd_host(tmp_path: Path):  # type: ignore[no-untyped-def]
+    host = make_fake_host(tmp_path, "amd-nople")
+    (host.sys_root / "module/kvm_amd/parameters/nested").write_text("1\n")
+    return host
+
+
+def test_reload_reads_back_what_was_asked(tmp_path: Path) -> None:
+    host = _amd_host(tmp_path)
+    result = reload_with(host.seam(), {"nested": 0})
+    assert (result.before, result.after) == ({"nested": "1"}, {"nested": "0"})
+    assert host.loader.calls == [("kvm_amd", {"nested": 0})]
+
+
+def test_reload_refused_while_a_vm_runs(tmp_path: Path) -> None:
+    host = _amd_host(tmp_path)
+    host.vms.vms.append(RunningVm("inner", "libvirt qemu:///system", 42, True, "qemu"))
+    with pytest.raises(HostError, match="VM\\(s\\) running, nothing changed"):
+        reload_with(host.seam(), {"nested": 0})
+    assert host.loader.calls == []
+    assert host.param("kvm_amd", "nested") == "1"
+
+
+def test_reload_read_back_mismatch_is_an_error(tmp_path: Path) -> None:
+    host = _amd_host(tmp_path)
+    host.loader.clamp = {"nested": 1}
+    with pytest.raises(HostError, match="nested asked 0 read 1"):
+        reload_with(host.seam(), {"nested": 0})
+
+
+def test_reload_unknown_parameter(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="no parameter bogus"):
+        reload_with(_amd_host(tmp_path).seam(), {"bogus": 1})
+
+
+def test_lab_spec_has_emulated_amd_v() -> None:
+    spec = amd.lab_spec(amd.AmdOptions(name="t1", cpus=2), FakeImage())
+    assert (spec.accelerator, spec.cpu_model) == ("tcg", "qemu64")
+    assert "svm" in spec.cpu_features and spec.domain_name == "kvmple-lab-t1"
+    xml = domain_xml(spec, overlay=Path("/o"), console_log=Path("/c"), ssh_port=2222)
+    assert '<feature policy="require" name="svm" />' in xml
+    assert amd.AmdOptions().cpu.startswith("qemu64,+svm,+npt,+vgif,+svme-addr-chk,")
+
+
+def test_stall_in_console_tail_is_named() -> None:
+    spec = amd.lab_spec(amd.AmdOptions(name="t2"), FakeImage())
+    plain = GuestError("guest x did not answer SSH; console tail:\nRun /init")
+    assert amd._explain(plain, spec) is plain
+    stalled = GuestError("did not answer; console tail:\nrcu: INFO: rcu_sched self-detected stall")
+    assert "stalled while booting" in amd._explain(stalled, spec).message
+
+
+def test_lab_records_list_and_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KVMPLE_STATE_DIR", str(tmp_path))
+    record = registry.GuestRecord(
+        domain="kvmple-lab-a", uri="qemu:///system", role="a", campaign_id=LAB_CAMPAIGN,
+        image="debian12-labhost", run_dir=str(registry.guests_dir() / "kvmple-lab-a"),
+        ssh_port=40022, ssh_user="root", ssh_key="/k", host_keys=("ssh-ed25519 AAAA",),
+        owner_pid=0, owner_start=None, detached=True, created=1.0,
+    )  # fmt: skip
+    registry.claim(record)
+    Path(record.run_dir).mkdir()
+    assert [e.state for e in entries(set())] == ["stopped"]
+    assert [e.state for e in entries({"kvmple-lab-a"})] == ["orphaned"]
+    save(record, LabHost("a", "amd", record.domain, 2, 3072, "qemu64,+svm", "img", 1.0, 99.0))
+    (entry,) = entries({"kvmple-lab-a"})
+    row = entry.to_json()
+    assert (row["state"], row["kind"], row["cpus"], row["ssh_port"]) == ("running", "amd", 2, 40022)
+    json.dumps(row)
+    registry.forget(record)  # the lab record goes with the guest's run directory
+    assert entries({"kvmple-lab-a"}) == []
