@@ -346,6 +346,7 @@ def _one_run(
             measure_seconds=outcome.window,
             provenance=provenance,
             evidence=outcome.evidence,
+            kvm=outcome.kvm,
         )
     )
     if outcome.status == "ok":
