@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from kvmple.errors import HostError
 from kvmple.host import confounders, kvmstats
 from kvmple.host.cpuinfo import read_cpuinfo
 from kvmple.results.evidence import (
@@ -44,6 +45,8 @@ def find_confounders(
         found = confounders.detect(
             cpu, release or platform.release(), proc_root, sys_root, etc_root
         )
+    except HostError as exc:
+        return Unavailable(unavailable=f"cannot read the host's confounders: {exc.message}")
     except OSError as exc:
         return Unavailable(unavailable=f"cannot read the host's confounders: {exc}")
     return tuple(ConfounderFinding(**c.to_json()) for c in found)
