@@ -11,7 +11,7 @@ from typing import Any
 
 from kvmple.errors import StoreError
 from kvmple.results.cells import Cell, check_pooling, group_cells
-from kvmple.results.evidence import RunEvidence
+from kvmple.results.evidence import RunEvidence, ple_label_warning
 from kvmple.results.records import CampaignMeta, CellValue, RunRecord
 from kvmple.results.rfc import (
     PLE_ROWS,
@@ -305,6 +305,10 @@ def analyse(
             warnings.append(
                 f"cell {r.label} has no successful run ({len(r.cell.failed_runs)} failed)"
             )
+    for r in results:
+        labelled = ple_label_warning(r.label, r.cell.cell.get("ple"), r.kvm)
+        if labelled:
+            warnings.append(labelled)
     ple_reason = _ple_unavailable(meta, runs)
     tables: list[RfcTable] = []
     vs: list[VsRfc] = []

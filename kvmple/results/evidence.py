@@ -123,3 +123,29 @@ def summarise_confounders(records: Sequence[RunEvidence]) -> str:
         return _reasons(missing) if missing else "not recorded"
     distinct = sorted({f"{c.kind}: {c.detail}" for findings in found for c in findings})
     return "; ".join(distinct) if distinct else "none found"
+
+
+# Confounders that switch PLE off for a guest whatever the module parameters say
+# (kvmple.host.confounders): a cell labelled "PLE on" with them is labelled, never trusted.
+PLE_DEFEATING = ("overcommit-cpu-pm", "amd-no-pfthreshold")
+
+
+def ple_label_warning(label: str, ple: object, records: Sequence[RunEvidence]) -> str | None:
+    """A warning when a cell labelled PLE on had a PLE-defeating confounder during its runs."""
+    if str(ple).lower() not in ("on", "true"):
+        return None
+    kinds = sorted(
+        {
+            c.kind
+            for r in records
+            if not isinstance(r.confounders, Unavailable)
+            for c in r.confounders
+            if c.kind in PLE_DEFEATING
+        }
+    )
+    if not kinds:
+        return None
+    return (
+        f"cell {label} is labelled PLE on, but {', '.join(kinds)} was found on the host during "
+        "its runs: PLE did not apply to (some of) its guests (see the evidence table)"
+    )

@@ -211,3 +211,21 @@ def test_report_without_kvm_evidence_has_no_section() -> None:
     assert evidence_table(a) is None
     assert "evidence per cell" not in render_text(a)
     assert analysis_dict(a)["cells"][0]["kvm_evidence"]["exits"] == "not recorded"
+
+
+def test_a_ple_on_cell_with_a_ple_defeating_confounder_is_labelled() -> None:
+    cpu_pm = ConfounderFinding(
+        kind="overcommit-cpu-pm",
+        where="pid 4242",
+        detail="qemu-system-x86_64 -overcommit cpu-pm=on",
+        effect="PLE is off for it",
+    )
+    meta, runs = synthetic_campaign("cpupm", runs_per_cell=3, sizes=(8,), ple=("off", "on"))
+    defeated = KVM_ON.model_copy(update={"confounders": (cpu_pm,)})
+    runs = [r.model_copy(update={"kvm": defeated}) for r in runs]
+    a = analyse(meta, runs, resamples=FAST)
+    labelled = [w for w in a.warnings if "overcommit-cpu-pm" in w]
+    assert labelled and all("ple=on" in w and "PLE did not apply" in w for w in labelled)
+    assert len(labelled) == 3  # the three ple=on cells (one per overcommit), not the off ones
+    clean = analyse(meta, [r.model_copy(update={"kvm": KVM_ON}) for r in runs], resamples=FAST)
+    assert not [w for w in clean.warnings if "PLE did not apply" in w]
