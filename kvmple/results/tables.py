@@ -190,17 +190,26 @@ def evidence_table(analysis: CampaignAnalysis) -> Table | None:
     directed yields, confounders, or "unavailable: why" (None: no run has KVM evidence)."""
     if not any(r.kvm for r in analysis.cells):
         return None
+    reasons: dict[str, str] = {}  # "unavailable: why" -> its footnote mark, said once
+
+    def shown(text: str) -> str:
+        if not text.startswith("unavailable: "):
+            return text
+        mark = reasons.setdefault(text, f"[{len(reasons) + 1}]")
+        return f"unavailable {mark}"
+
     rows = tuple(
         (
             r.label,
             mean_ci(r.stats),
-            summarise_exits(r.kvm),
-            summarise_yield(r.kvm),
-            summarise_confounders(r.kvm),
+            shown(summarise_exits(r.kvm)),
+            shown(summarise_yield(r.kvm)),
+            shown(summarise_confounders(r.kvm)),
         )
         for r in analysis.cells
     )
     notes = (
+        *(f"{mark} {text}" for text, mark in reasons.items()),
         "exits: kvm:kvm_exit counted by tracefs hist triggers over each run's window "
         "(PAUSE = VMX reason 40 / SVM 0x77), means per run",
         "directed yield: KVM's directed_yield_attempted/successful (debugfs, Linux 5.13+), "

@@ -193,8 +193,10 @@ def test_report_shows_evidence_beside_throughput() -> None:
     on = next(row for label, row in rows.items() if "ple=on" in label)
     off = next(row for label, row in rows.items() if "ple=off" in label)
     assert "(±" in on[1] and on[2].startswith("40.0 PAUSE") and on[3].startswith("6.0 attempted")
-    assert off[2].startswith("unavailable: guests run under QEMU TCG")
-    assert off[3] == f"unavailable: {TCG_NO_KVM}"
+    # each reason is said once, as a footnote the cells point to
+    assert (off[2], off[3]) == ("unavailable [1]", "unavailable [2]")
+    assert table.notes[0].startswith("[1] unavailable: guests run under QEMU TCG")
+    assert table.notes[1] == f"[2] unavailable: {TCG_NO_KVM}"
     text = render_text(a)
     assert "evidence per cell (did the mechanism fire?)" in text
     assert "40.0 PAUSE / 300.0 exits" in text and "unavailable: guests run under QEMU TCG" in text
