@@ -354,8 +354,9 @@ def _one_run(
             started=started,
             ended=ended,
             measure_seconds=outcome.window,
-            provenance=provenance,
+            provenance=provenance.to_record(),
             evidence=outcome.evidence,
+            kvm=outcome.kvm,
         )
     )
     if outcome.status == "ok":

@@ -13,11 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvmple.campaign import evidence, quiet
+from kvmple.campaign import evidence, kvmevidence, quiet
 from kvmple.campaign.model import HostFacts
 from kvmple.campaign.plan import PlannedRun
 from kvmple.campaign.playbook import Playbook
 from kvmple.errors import CampaignError, GuestError, WorkloadError
+from kvmple.results.evidence import ConfounderFinding, RunEvidence, Unavailable
 
 log = logging.getLogger("kvmple.campaign")
 
@@ -59,6 +60,11 @@ class RunFrame:
         self.run = run
         self.shared = shared
         self.exits = evidence.exit_evidence_source(host.accelerator, host.kvm_module)
+        self.yields = kvmevidence.YieldReader(host.accelerator, qemu_pid_by_role(guests))
+        self.kvm: RunEvidence | None = None  # set when the window closes
+        self._confounders: tuple[ConfounderFinding, ...] | Unavailable = Unavailable(
+            unavailable="the window never opened"
+        )
         self.clock = PhaseClock()
         self.evidence: dict[str, Any] = {"phases_s": self.clock.seconds}
         self.loads_started = False
@@ -89,6 +95,9 @@ class RunFrame:
         with self.clock.phase("quiet_wait"):
             quietness = self._quiet.result()
         self.evidence["quiet_before"] = {"foreign_cpus": quietness.foreign_cpus}
+        with self.clock.phase("kvm_evidence"):
+            self._confounders = kvmevidence.find_confounders()
+            self.yields.start()
         for _, held in self._loads.values():
             with self.clock.phase("load_start"):
                 held.start()
@@ -108,6 +117,10 @@ class RunFrame:
                 found = workload.problems(status, self.run.params_for(role))
                 self.load_problems += [f"{role}: {problem}" for problem in found]
         for found in self._collected:
+            exits = found.pop("kvm_exits", {"unavailable": "the window never closed"})
+            self.kvm = kvmevidence.run_evidence(
+                exits.get("unavailable", exits), self.yields.finish(), self._confounders
+            )
             self.evidence.update(found)
         self._collected.clear()
 
@@ -134,13 +147,17 @@ class RunFrame:
             self._held.__exit__(*exc_info)
 
 
-def qemu_pids(guests: dict[str, Any]) -> list[int]:
-    pids = []
-    for guest in guests.values():
+def qemu_pid_by_role(guests: dict[str, Any]) -> dict[str, int | None]:
+    """Guest role -> its QEMU's pid as read back at boot (None: not read back)."""
+    found: dict[str, int | None] = {}
+    for role, guest in guests.items():
         pid = guest.readback.get("qemu_pid")
-        if isinstance(pid, int):
-            pids.append(pid)
-    return pids
+        found[role] = pid if isinstance(pid, int) else None
+    return found
+
+
+def qemu_pids(guests: dict[str, Any]) -> list[int]:
+    return [pid for pid in qemu_pid_by_role(guests).values() if pid is not None]
 
 
 @dataclass
@@ -153,6 +170,7 @@ class Attempt:
     raw: str = ""
     window: float = 0.0
     evidence: dict[str, Any] = field(default_factory=dict)
+    kvm: RunEvidence | None = None  # None: the window never opened
     guest_error: GuestError | None = None
 
 
@@ -204,4 +222,5 @@ def measure_run(
     except GuestError as exc:
         outcome.reason = exc.message
         outcome.guest_error = exc
+    outcome.kvm = frame.kvm  # failed attempts keep theirs too
     return outcome

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvmple.errors import HostError
+from kvmple.host.kvmstats import read_stat_dir
 
 KVMIO = 0xAE
 
@@ -109,17 +110,8 @@ def _real_mode_at(vcpu: int, address: int) -> None:
 
 
 def read_vm_stats(debugfs: Path, vm_fd: int) -> dict[str, int]:
-    """Every integer statistic in the VM's debugfs directory (sums over its vCPUs)."""
-    directory = debugfs / "kvm" / f"{os.getpid()}-{vm_fd}"
-    stats: dict[str, int] = {}
-    if not directory.is_dir():
-        return stats
-    for entry in sorted(directory.iterdir()):
-        if not entry.is_file():
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):  # empty or not a number
-            stats[entry.name] = int(entry.read_text().split()[0])
-    return stats
+    """Every integer statistic in this process's VM ``vm_fd`` (sums over its vCPUs)."""
+    return read_stat_dir(debugfs / "kvm" / f"{os.getpid()}-{vm_fd}")
 
 
 @contextlib.contextmanager

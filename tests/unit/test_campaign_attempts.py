@@ -17,12 +17,14 @@ import pytest
 
 from kvmple import ui
 from kvmple.campaign import execute
+from kvmple.campaign.kvmevidence import TCG_NO_KVM
 from kvmple.campaign.model import CampaignOutcome, HostFacts
 from kvmple.campaign.plan import build_plan
 from kvmple.campaign.playbook import load_playbook
 from kvmple.errors import WorkloadError
 from kvmple.executor import LocalExecutor
 from kvmple.results import CampaignMeta, RunRecord, open_store
+from kvmple.results.evidence import Unavailable
 
 SMOKE = Path(__file__).resolve().parents[2] / "playbooks" / "smoke.yaml"
 
@@ -216,7 +218,18 @@ def test_clean_up_follows_a_failed_run_only_and_phases_are_recorded(tmp_path: Pa
         assert _attempt(ctx, run, workload) is True
         assert workload.cleanups == 1  # a successful run leaves nothing: no extra round trip
     ok = next(r for r in store.runs(meta.id) if r.status == "ok")
-    assert set(ok.evidence["phases_s"]) == {"quiet_wait", "measure_call"}
+    assert set(ok.evidence["phases_s"]) == {"quiet_wait", "kvm_evidence", "measure_call"}
+    # the run's KVM evidence is stored typed, each part unavailable under TCG with the reason
+    assert ok.kvm is not None and isinstance(ok.kvm.exits, Unavailable)
+    assert "TCG" in ok.kvm.exits.unavailable
+    assert set(ok.kvm.directed_yield) == set(playbook.guests)
+    assert all(
+        isinstance(y, Unavailable) and y.unavailable == TCG_NO_KVM
+        for y in ok.kvm.directed_yield.values()
+    )
+    assert "kvm_exits" not in ok.evidence  # stored once, in the typed record
+    failed = next(r for r in store.runs(meta.id) if r.status == "failed")
+    assert failed.kvm is None  # it failed before its window opened: nothing was collected
     assert "window_seconds" in ok.evidence  # host evidence covers the timed window
     # the quietness reading (0.5 s, taken while the clients start) is in before the window
     assert ok.evidence["quiet_before"]["foreign_cpus"] >= 0
