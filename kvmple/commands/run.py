@@ -1,8 +1,9 @@
-"""``kvmple run PLAYBOOK [--dry-run] [--resume ID] [--db URL] [--allow-unavailable]``."""
+"""``kvmple run PLAYBOOK [--dry-run] [--resume ID] [--db URL] [--allow-unavailable] [--json]``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,12 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--no-report", action="store_true", help="do not print the report at the end"
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the outcome as one JSON object on stdout (docs/run-json.md) instead of "
+        "the report; the summary line goes to stderr",
     )
     parser.set_defaults(handler=_run)
 
@@ -87,6 +94,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         if args.resume:
             raise UsageError("--dry-run takes a PLAYBOOK, not --resume")
+        if args.json:
+            raise UsageError("--json reports a campaign that ran, not a --dry-run plan")
         loaded = load_playbook(args.playbook)
         ui.out.print(describe_plan(loaded.playbook, build_plan(loaded.playbook)))
         _say_what_this_host_provides(loaded.playbook)
@@ -99,6 +108,14 @@ def _run(args: argparse.Namespace) -> int:
         outcome = run_campaign(None, options, resume_id=args.resume)
     else:
         outcome = run_campaign(load_playbook(args.playbook), options)
+    if args.json:
+        from kvmple.campaign.outcome import RunOutcome
+
+        ui.err.print(outcome.summary(), markup=False)
+        # written as is: rich would treat ':name:' in a path as an emoji code
+        sys.stdout.write(RunOutcome.from_outcome(outcome).to_json())
+        sys.stdout.flush()
+        return 0
     ui.out.print(outcome.summary())
     if not args.no_report:
         from kvmple.campaign.runner import print_report

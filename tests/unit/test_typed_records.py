@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from kvmple.campaign.model import CampaignOutcome
+from kvmple.campaign.outcome import RunOutcome
 from kvmple.cli import main
 from kvmple.errors import BuildError, InputError, StoreError
 from kvmple.kernel.bootpass import RECORD, load_pass
@@ -205,3 +207,57 @@ def test_hand_edited_outputs_name_step_and_key() -> None:
         state.outputs_of("build", BuildOutputs)
     with pytest.raises(StoreError, match="step fetch recorded no outputs"):
         state.need("fetch", FetchOutputs)
+
+
+def _fake_campaign(monkeypatch: pytest.MonkeyPatch, outcome: CampaignOutcome) -> list[object]:
+    from kvmple.campaign import runner
+
+    calls: list[object] = []
+
+    def run_campaign(loaded: object, options: object, resume_id: str | None = None) -> object:
+        calls.append((loaded, options, resume_id))
+        return outcome
+
+    monkeypatch.setattr(runner, "run_campaign", run_campaign)
+    monkeypatch.setattr(runner, "print_report", lambda *a: calls.append("report"))
+    return calls
+
+
+def test_run_json_prints_only_the_outcome_document(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outcome = CampaignOutcome(
+        "c-20261129-1",
+        planned=12,
+        ok=10,
+        failed=1,
+        resumed_from=2,
+        wall_seconds=300.0,
+        measure_seconds=120.0,
+        boots=2,
+        boot_seconds=90.0,
+        log_path=tmp_path / "campaign.log",
+        db_url="postgresql://kvmple:s3cret@db.example/kvmple",
+    )
+    calls = _fake_campaign(monkeypatch, outcome)
+    code = main(["run", "--resume", "c-20261129-1", "--db", "postgresql://x", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0 and "report" not in calls  # the report is for people
+    document = json.loads(captured.out)  # stdout holds the document and nothing else
+    assert document["schema_version"] == 1 and document["campaign_id"] == "c-20261129-1"
+    assert (document["planned"], document["ok"], document["failed"]) == (12, 10, 1)
+    assert document["overhead_ratio"] == 2.5 and document["log"] == str(tmp_path / "campaign.log")
+    assert document["store"] == "postgresql://kvmple:***@db.example/kvmple"
+    assert "s3cret" not in captured.out + captured.err
+    assert "campaign c-20261129-1: 10 ok runs" in captured.err  # the summary line, for people
+    assert RunOutcome.from_json(captured.out, "stdout") == RunOutcome.from_outcome(outcome)
+
+
+def test_run_json_nothing_measured_and_dry_run_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fake_campaign(monkeypatch, CampaignOutcome("c1", planned=4))
+    assert main(["run", "--resume", "c1", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["overhead_ratio"] is None and document["store"] is None
+    assert main(["run", "--dry-run", "playbooks/smoke.yaml", "--json"]) == 2
