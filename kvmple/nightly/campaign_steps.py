@@ -4,7 +4,6 @@ last good night's."""
 from __future__ import annotations
 
 import platform
-from typing import Any
 
 from kvmple import paths
 from kvmple.campaign.playbook import load_playbook
@@ -15,7 +14,7 @@ from kvmple.nightly.context import StepContext, host_name
 from kvmple.nightly.notify import write_atomic
 from kvmple.nightly.outputs import BuildOutputs, CampaignOutputs, CompareOutputs
 from kvmple.nightly.state import previous_nights
-from kvmple.results import open_store
+from kvmple.results import CampaignMeta, Store, open_store
 from kvmple.results.compare import compare_campaigns
 from kvmple.results.junit import comparison_junit, report_junit
 from kvmple.results.report import load_analysis
@@ -24,7 +23,7 @@ from kvmple.results.tables import render_comparison_markdown, render_markdown
 # ---------------------------------------------------------------------------- campaign
 
 
-def find_started_campaign(store: Any, name: str, host: str, since: float) -> Any:
+def find_started_campaign(store: Store, name: str, host: str, since: float) -> CampaignMeta | None:
     """A campaign this step started before the host went down (same playbook name and host,
     created after the step began)."""
     found = [
