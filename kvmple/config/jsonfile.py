@@ -36,8 +36,12 @@ class JsonRecord(BaseModel):
     def write(self, path: Path) -> Path:
         """Write the record to ``path`` atomically (temporary name, then rename)."""
         temp = path.with_name(f"{path.name}.tmp")
-        temp.write_text(self.to_json(), encoding="utf-8")
-        os.replace(temp, path)
+        try:
+            temp.write_text(self.to_json(), encoding="utf-8")
+            os.replace(temp, path)
+        except BaseException:  # a full disk or Ctrl-C leaves no half-written file behind
+            temp.unlink(missing_ok=True)
+            raise
         return path
 
     @classmethod
