@@ -142,11 +142,11 @@ def _run_steps(loaded: LoadedConfig, state: NightState, directory: Path) -> verd
         try:
             detail, outputs = STEP_FUNCTIONS[name](context)
             step.status, step.detail = "done", detail
-            step.outputs = {"first_started": step.outputs["first_started"], **outputs.to_dict()}
+            step.outputs = {"first_started": step.first_started, **outputs.to_dict()}
         except Skip as skip:
             step.status, step.detail = "skipped", str(skip)
             kept = skip.outputs.to_dict() if skip.outputs else {}
-            step.outputs = {"first_started": step.outputs["first_started"], **kept}
+            step.outputs = {"first_started": step.first_started, **kept}
         except RebootPending as pending:
             step.detail = str(pending)
             step.ended = time.time()
