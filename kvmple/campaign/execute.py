@@ -23,7 +23,7 @@ from kvmple.campaign.plan import UNAVAILABLE, Block, Plan, PlannedRun
 from kvmple.campaign.playbook import Playbook
 from kvmple.campaign.provenance import run_provenance
 from kvmple.errors import CampaignError, GuestError, WorkloadError
-from kvmple.host import knobs, vmknobs
+from kvmple.host import knobs, pvknobs, vmknobs
 from kvmple.host.seam import real_seam
 from kvmple.image import resolve
 from kvmple.results import CampaignMeta, RunRecord, Store
@@ -228,8 +228,7 @@ def _boot_and_run(ctx: _Context, index: int, block: Block) -> None:
         )
         ctx.outcome.boots += 1
         by_role = {g.spec.role: g for g in guests}
-        per_vm = vmknobs.check_guests(_settings(block), [g.name for g in guests])
-        knobs.update({name: setting.to_json() for name, setting in per_vm.items()})
+        knobs.update(_per_vm_read_back(block, guests))
         booted = time.monotonic()
         workloads = _prepare(ctx, by_role)
         ctx.outcome.boot_seconds += time.monotonic() - boot_start
@@ -273,6 +272,17 @@ def _boot_and_run(ctx: _Context, index: int, block: Block) -> None:
                 shared=shared,
             ):
                 queue.append((position, run))
+
+
+def _per_vm_read_back(block: Block, guests: Sequence[Any]) -> dict[str, Any]:
+    """Per-VM knob settings read back from each guest's QEMU command line and, for PV
+    features, from inside each guest (HostError when a guest differs from its label)."""
+    per_vm = vmknobs.check_guests(_settings(block), [g.name for g in guests])
+    in_guest = pvknobs.check_in_guests(_settings(block), {g.name: g.executor for g in guests})
+    return {
+        name: {**setting.to_json(), **(in_guest[name].to_json() if name in in_guest else {})}
+        for name, setting in per_vm.items()
+    }
 
 
 def _prepare(ctx: _Context, guests: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import hashlib
 from pathlib import Path
 from typing import Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kvmple.config import load_model, parse_model
@@ -124,6 +125,19 @@ class WorkloadSpec(BaseModel):
         description="vCPUs this workload keeps busy, for the overcommit figure: a number, "
         "'all', or the name of a parameter/axis holding the count (default: 'all' for a "
         "measured workload, its 'count' parameter for spin)",
+    )
+
+
+class WorkloadVariant(BaseModel):
+    """One value of the workload axis: the measured guest runs this workload instead."""
+
+    model_config = _FROZEN
+
+    name: str = Field(description="workload name (dbench, sysbench-threads, hackbench, ...)")
+    params: dict[str, Scalar] | None = Field(
+        default=None,
+        description="its parameters (default: the measured workload's params when it is the "
+        "same workload, else none)",
     )
 
 
@@ -250,6 +264,11 @@ class Playbook(BaseModel):
     workloads: dict[str, WorkloadSpec] = Field(description="workload per guest role")
     factors: tuple[Factor, ...] = Field(default=(), description="host knob factors")
     axes: dict[str, Axis] = Field(default_factory=dict, description="matrix axes")
+    workload_axis: tuple[WorkloadVariant, ...] = Field(
+        default=(),
+        description="the measured guest's workload as an axis: one campaign per workload "
+        "(their figures differ in unit and direction), each with the whole matrix",
+    )
     repetitions: int = Field(gt=0, le=10000, description="runs per cell (maximum if adaptive)")
     adaptive: Adaptive | None = Field(default=None, description="stop cells early when precise")
     timeouts: Timeouts = Field(default_factory=Timeouts, description="timeouts in seconds")
@@ -284,7 +303,46 @@ class Playbook(BaseModel):
         overlap = set(self.axes) & set(knobs)
         if overlap:
             raise ValueError(f"{sorted(overlap)} is both a factor and an axis")
+        self._check_workload_axis()
         return self
+
+    def _check_workload_axis(self) -> None:
+        names = [v.name for v in self.workload_axis]
+        if not names:
+            return
+        if len(set(names)) != len(names):
+            raise ValueError("workload_axis: each workload may appear once")
+        measured = self.workloads[self.measured_role].name
+        if measured not in names:
+            raise ValueError(
+                f"workload_axis: the measured workload {measured!r} must be one of {names}"
+            )
+        for name in names:
+            if len(f"{self.name}-{name}") > 41:
+                raise ValueError(f"workload_axis: name {self.name}-{name} is over 41 characters")
+
+    def variants(self) -> tuple[Playbook, ...]:
+        """One playbook per value of ``workload_axis`` (named NAME-WORKLOAD, the measured
+        workload replaced), or this playbook alone without the axis.
+        Each becomes its own campaign: one primary metric, unit and direction per campaign."""
+        if not self.workload_axis:
+            return (self,)
+        role = self.measured_role
+        base = self.workloads[role]
+        out = []
+        for variant in self.workload_axis:
+            params = variant.params
+            if params is None:
+                params = base.params if variant.name == base.name else {}
+            spec = base.model_copy(update={"name": variant.name, "params": params})
+            data = self.model_dump(mode="json")
+            data.update(
+                name=f"{self.name}-{variant.name}",
+                workloads={**data["workloads"], role: spec.model_dump(mode="json")},
+                workload_axis=[],
+            )
+            out.append(Playbook.model_validate(data))
+        return tuple(out)
 
     @property
     def measured_role(self) -> str:
@@ -303,6 +361,21 @@ class LoadedPlaybook(BaseModel):
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.text.encode()).hexdigest()
+
+
+def variants(loaded: LoadedPlaybook) -> tuple[LoadedPlaybook, ...]:
+    """``loaded`` split along its workload axis (:meth:`Playbook.variants`), each variant with
+    its own YAML text (stored with its campaign, so ``--resume`` re-derives the same plan)."""
+    if not loaded.playbook.workload_axis:
+        return (loaded,)
+    out = []
+    for playbook in loaded.playbook.variants():
+        data = playbook.model_dump(mode="json", exclude_defaults=True)
+        text = f"# {playbook.name}: one workload of {loaded.source}\n" + yaml.safe_dump(
+            data, sort_keys=False
+        )
+        out.append(LoadedPlaybook(playbook=playbook, text=text, source=loaded.source))
+    return tuple(out)
 
 
 def load_playbook(path: Path) -> LoadedPlaybook:

@@ -154,6 +154,11 @@ def run_campaign(
     resume_id: str | None = None,
 ) -> CampaignOutcome:
     """Run a new campaign from ``loaded``, or continue ``resume_id``."""
+    if loaded is not None and loaded.playbook.workload_axis:
+        raise CampaignError(
+            f"{loaded.source}: workload_axis makes one campaign per workload; this runs one",
+            hint="'kvmple run PLAYBOOK' runs them in turn; or list one workload in the playbook",
+        )
     factors = [f.knob for f in loaded.playbook.factors] if loaded else []
     host = _read_host(factors)
     if resume_id is None and loaded is not None:

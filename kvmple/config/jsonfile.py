@@ -33,6 +33,10 @@ class JsonRecord(BaseModel):
         """The record as indented JSON text (paths as strings), ending in a newline."""
         return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
 
+    def to_json_line(self) -> str:
+        """The record as one line of compact JSON (for JSON Lines streams), with a newline."""
+        return json.dumps(self.model_dump(mode="json"), separators=(",", ":")) + "\n"
+
     def write(self, path: Path) -> Path:
         """Write the record to ``path`` atomically (temporary name, then rename)."""
         temp = path.with_name(f"{path.name}.tmp")

@@ -6,6 +6,7 @@ a block's knobs are in :mod:`kvmple.host.knobs`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Protocol
 
 from kvmple.host.seam import HostSeam
@@ -63,3 +64,47 @@ class Knob(ABC):
             return setting
         allowed = " or ".join(repr(s) for s in self.settings)
         raise ValueError(f"knob {self.name!r} takes {allowed}, not {setting!r}")
+
+
+@dataclass(frozen=True)
+class VmSetting:
+    """A per-VM knob's setting; ``guests`` maps domain name -> what its QEMU was started
+    with, ``in_guest`` domain name -> what the guest itself reports (both filled once the
+    guests run)."""
+
+    knob: str
+    setting: str | None
+    guests: tuple[tuple[str, str], ...] = ()
+    in_guest: tuple[tuple[str, dict[str, object]], ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        data: dict[str, object] = {"per_vm": True, "value": self.setting}
+        if self.guests:
+            data["guests"] = dict(self.guests)
+        if self.in_guest:
+            data["in_guest"] = dict(self.in_guest)
+        return data
+
+
+class VmKnob(Knob):
+    """A knob each guest gets when it starts (QEMU arguments in its domain), not host state:
+    reading, applying and restoring change nothing on the host; :mod:`kvmple.host.vmknobs`
+    reads the setting back from every running guest's QEMU command line."""
+
+    needs_kvm = True
+
+    def available(self, seam: HostSeam) -> str | None:
+        return None  # QEMU options every supported QEMU (7.2+) has
+
+    def read(self, seam: HostSeam) -> VmSetting:
+        return VmSetting(self.name, None)
+
+    def apply(self, seam: HostSeam, setting: str) -> VmSetting:
+        return VmSetting(self.name, self.check_setting(setting))
+
+    def restore(self, seam: HostSeam, before: object) -> VmSetting:
+        return VmSetting(self.name, None)  # nothing on the host to put back
+
+    @abstractmethod
+    def qemu_args(self, setting: str) -> tuple[str, ...]:
+        """The QEMU arguments a guest gets for ``setting`` (ValueError for a bad one)."""

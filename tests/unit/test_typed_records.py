@@ -243,14 +243,15 @@ def test_run_json_prints_only_the_outcome_document(
     code = main(["run", "--resume", "c-20261129-1", "--db", "postgresql://x", "--json"])
     captured = capsys.readouterr()
     assert code == 0 and "report" not in calls  # the report is for people
-    document = json.loads(captured.out)  # stdout holds the document and nothing else
+    (line,) = captured.out.splitlines()  # stdout holds the document and nothing else
+    document = json.loads(line)
     assert document["schema_version"] == 1 and document["campaign_id"] == "c-20261129-1"
     assert (document["planned"], document["ok"], document["failed"]) == (12, 10, 1)
     assert document["overhead_ratio"] == 2.5 and document["log"] == str(tmp_path / "campaign.log")
     assert document["store"] == "postgresql://kvmple:***@db.example/kvmple"
     assert "s3cret" not in captured.out + captured.err
     assert "campaign c-20261129-1: 10 ok runs" in captured.err  # the summary line, for people
-    assert RunOutcome.from_json(captured.out, "stdout") == RunOutcome.from_outcome(outcome)
+    assert RunOutcome.from_json(line, "stdout") == RunOutcome.from_outcome(outcome)
 
 
 def test_run_json_nothing_measured_and_dry_run_refused(
@@ -261,3 +262,16 @@ def test_run_json_nothing_measured_and_dry_run_refused(
     document = json.loads(capsys.readouterr().out)
     assert document["overhead_ratio"] is None and document["store"] is None
     assert main(["run", "--dry-run", "playbooks/smoke.yaml", "--json"]) == 2
+
+
+def test_run_json_one_line_per_campaign_of_a_workload_axis(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kvmple.campaign import playbook
+
+    _fake_campaign(monkeypatch, CampaignOutcome("c-any", planned=4, ok=4))
+    monkeypatch.setattr(playbook, "load_playbook", lambda path: path)
+    monkeypatch.setattr(playbook, "variants", lambda loaded: ["amqp", "perftest", "spin"])
+    assert main(["run", "axis.yaml", "--json"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all(json.loads(x)["ok"] == 4 for x in lines)

@@ -1,0 +1,117 @@
+"""The workload axis (issue 16): a playbook's ``workload_axis`` makes one campaign per measured
+workload, each with the whole knob x axis matrix; the dry run shows every plan and the
+total, ``kvmple run`` runs them in turn, each stored with its own playbook text."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvmple import cli
+from kvmple.campaign import runner
+from kvmple.campaign.model import CampaignOptions
+from kvmple.campaign.plan import build_plan
+from kvmple.campaign.playbook import load_playbook, parse_playbook, variants
+from kvmple.errors import CampaignError, ConfigError
+from tests.unit.test_campaign_hostfit import _host
+
+ROOT = Path(__file__).resolve().parents[2]
+MATRIX = ROOT / "playbooks" / "modern-matrix.yaml"
+
+
+def _expected_runs(path: Path) -> int:
+    """The product of every axis of the playbook file, times its repetitions."""
+    playbook = load_playbook(path).playbook
+    factors = math.prod(len(f.values) for f in playbook.factors)
+    axes = math.prod(len(a.values) for a in playbook.axes.values())
+    return factors * axes * max(1, len(playbook.workload_axis)) * playbook.repetitions
+
+
+def test_modern_matrix_dry_run_count_is_the_product_of_its_axes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    loaded = load_playbook(MATRIX)
+    knobs = {f.knob for f in loaded.playbook.factors}
+    assert {"ple", "cpu-pm", "kvm.halt_poll_ns"} <= knobs
+    each = variants(loaded)
+    assert [v.playbook.workloads["measured"].name for v in each] == ["dbench", "sysbench-threads"]
+    expected = _expected_runs(MATRIX)
+    assert sum(len(build_plan(v.playbook).runs) for v in each) == expected
+    monkeypatch.setattr(runner, "read_host_for_dry_run", lambda factors=(): _host())
+    assert cli.main(["run", "--dry-run", str(MATRIX)]) == 0
+    out = capsys.readouterr().out
+    assert "plan modern-matrix-dbench:" in out and "plan modern-matrix-sysbench-threads:" in out
+    assert f"2 campaigns (dbench, sysbench-threads), {expected} runs in all" in out
+
+
+def test_variants_replace_the_measured_workload_and_round_trip() -> None:
+    each = variants(load_playbook(MATRIX))
+    dbench, sysbench = (v.playbook for v in each)
+    assert dbench.name == "modern-matrix-dbench" and not dbench.workload_axis
+    assert dict(dbench.workloads["measured"].params) == {"clients": 4, "time": 10}
+    assert dict(sysbench.workloads["measured"].params) == {"threads": 4, "time": 10}
+    assert sysbench.workloads["load"].name == "spin"
+    for variant in each:  # the text stored with the campaign gives back the same playbook
+        assert parse_playbook(variant.text, "stored").playbook == variant.playbook
+    plain = load_playbook(ROOT / "playbooks" / "modern-overcommit.yaml")
+    assert variants(plain) == (plain,)
+
+
+@pytest.mark.parametrize(
+    ("axis", "message"),
+    [
+        ("[{name: dbench}, {name: dbench}]", "each workload may appear once"),
+        ("[{name: hackbench}]", "the measured workload 'dbench' must be one of"),
+        ("[{name: dbench}, {name: sysbench-threads-with-a-name-far-too-long}]", "over 41"),
+        ("[{name: dbench, colour: red}]", "colour"),
+    ],
+)
+def test_bad_workload_axis(axis: str, message: str) -> None:
+    text = MATRIX.read_text()
+    start = text.index("workload_axis:")
+    end = text.index("factors:")
+    bad = text[:start] + f"workload_axis: {axis}\n\n" + text[end:]
+    with pytest.raises(ConfigError, match=message):
+        parse_playbook(bad, "bad.yaml")
+
+
+@dataclass
+class _Outcome:
+    name: str
+
+    def summary(self) -> str:
+        return f"campaign of {self.name}"
+
+
+def test_run_runs_one_campaign_per_workload(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ran: list[Any] = []
+
+    def fake_run(loaded: Any, options: CampaignOptions, **_: object) -> _Outcome:
+        ran.append(loaded)
+        return _Outcome(loaded.playbook.name)
+
+    monkeypatch.setattr(runner, "run_campaign", fake_run)
+    assert cli.main(["run", str(MATRIX), "--no-report"]) == 0
+    assert [v.playbook.name for v in ran] == [
+        "modern-matrix-dbench",
+        "modern-matrix-sysbench-threads",
+    ]
+    assert "workload_axis" not in ran[1].text and "sysbench-threads" in ran[1].text
+    assert "campaign of modern-matrix-sysbench-threads" in capsys.readouterr().out
+
+
+def test_run_campaign_refuses_the_whole_axis() -> None:
+    with pytest.raises(CampaignError, match="workload_axis makes one campaign per workload"):
+        runner.run_campaign(load_playbook(MATRIX), CampaignOptions())
+
+
+def test_fleet_refuses_the_axis(capsys: pytest.CaptureFixture[str]) -> None:
+    inventory = ROOT / "examples" / "nightly" / "fleet.yaml"
+    assert cli.main(["fleet", "run", str(inventory), str(MATRIX)]) == 2
+    assert "fleet runs take a playbook without workload_axis" in capsys.readouterr().err
