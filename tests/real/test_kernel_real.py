@@ -248,7 +248,7 @@ def test_image_boot_test_with_the_images_own_kernel_reaches_ssh(
     assert f"Linux version {release}" in console  # the kernel's banner: 'quiet' was dropped
     assert re.search(r"Welcome to \S*Debian GNU/Linux 12", console)  # the image's systemd ran
     record = load_pass(out)
-    assert record is not None and record["kind"] == "image" and record["image_sha256"] == sha256
+    assert record is not None and record.kind == "image" and record.image_sha256 == sha256
     _no_boot_leftovers(out)
     disk_after = image.qcow2.stat()  # the cached image was only a backing file
     assert (disk_after.st_mtime_ns, disk_after.st_size) == (
