@@ -6,11 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvmple import ui
 from kvmple.commands.kernel_series import open_input, series_list, series_show
 from kvmple.errors import PatchError, UsageError
+
+if TYPE_CHECKING:
+    from kvmple.kernel.manifest import BuildManifest
 
 EPILOG = """\
 Exit codes: 0 ok; 2 usage; 3 bad manifest/config file; 4 host cannot (not root, no
@@ -276,26 +279,24 @@ def _build(args: argparse.Namespace) -> int:
     )
     manifest = build_kernel(request)
     if args.json:
-        _say(json.dumps(manifest, indent=2))
+        _say(manifest.to_json().rstrip("\n"))
         return 0
-    check = manifest["fragment_check"]
-    assert isinstance(check, dict)
+    check = manifest.fragment_check
     _say(
-        f"built {manifest['release']} in {manifest['seconds']} s "
-        f"(ccache {'on' if manifest['ccache'] else 'off'}, -j{manifest['jobs']})"
+        f"built {manifest.release} in {manifest.seconds} s "
+        f"(ccache {'on' if manifest.ccache else 'off'}, -j{manifest.jobs})"
     )
-    _say(f"  image     {manifest['image']}")
+    _say(f"  image     {manifest.image}")
     _say(
-        f"  config    sha256 {str(manifest['config_sha256'])[:16]}; "
-        f"{check['checked']} fragment options checked"
+        f"  config    sha256 {(manifest.config_sha256 or '?')[:16]}; "
+        f"{check.checked} fragment options checked"
     )
     for label in ("other_arch", "allowed_to_vanish", "built_in_without_modules"):
-        for line in check.get(label, []):
+        for line in getattr(check, label):
             _say(f"  note      {line} ({label.replace('_', ' ')})")
-    series = manifest.get("series")
-    if isinstance(series, dict):
-        _say(f"  series    {series.get('series')}")
-    _say(f"  log       {manifest['log']}")
+    if manifest.series is not None:
+        _say(f"  series    {manifest.series_name}")
+    _say(f"  log       {manifest.log}")
     return 0
 
 
@@ -321,15 +322,15 @@ def _boot_test(args: argparse.Namespace) -> int:
     if args.image is not None:
         return _boot_test_image(args, out, manifest)
     result = boot_test(
-        Path(str(manifest["image"])),
-        str(manifest["release"]),
+        manifest.image,
+        manifest.release,
         log=out / "boot-test.log",
         timeout=args.timeout or 120.0,
         accel=args.accel,
         cpus=args.cpus or 1,
         expect_lines=args.expect_line,
     )
-    record_pass(out, result, str(manifest["image_sha256"]))
+    record_pass(out, result, manifest.image_sha256)
     if args.json:
         _say(json.dumps(result.__dict__, indent=2))
     else:
@@ -341,15 +342,15 @@ def _boot_test(args: argparse.Namespace) -> int:
     return 0
 
 
-def _boot_test_image(args: argparse.Namespace, out: Path, manifest: dict[str, object]) -> int:
+def _boot_test_image(args: argparse.Namespace, out: Path, manifest: BuildManifest) -> int:
     from kvmple.image import resolve
     from kvmple.kernel.bootpass import record_pass
     from kvmple.kernel.imageboot import image_boot_test
 
     image = resolve(args.image)
     result = image_boot_test(
-        Path(str(manifest["image"])),
-        str(manifest["release"]),
+        manifest.image,
+        manifest.release,
         image,
         log=out / "boot-test-image.log",
         initrd=args.initrd,
@@ -359,7 +360,7 @@ def _boot_test_image(args: argparse.Namespace, out: Path, manifest: dict[str, ob
         append=args.append,
         expect_lines=args.expect_line,
     )
-    record_pass(out, result, str(manifest["image_sha256"]), kind="image")
+    record_pass(out, result, manifest.image_sha256, kind="image")
     if args.json:
         _say(json.dumps(result.__dict__, indent=2))
     else:

@@ -1,8 +1,9 @@
-"""``kvmple run PLAYBOOK [--dry-run] [--resume ID] [--db URL] [--allow-unavailable]``."""
+"""``kvmple run PLAYBOOK [--dry-run] [--resume ID] [--db URL] [--allow-unavailable] [--json]``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,12 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--no-report", action="store_true", help="do not print the report at the end"
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print each campaign's outcome as one JSON line on stdout (docs/run-json.md) "
+        "instead of the report; the summary lines go to stderr",
     )
     parser.set_defaults(handler=_run)
 
@@ -87,6 +94,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         if args.resume:
             raise UsageError("--dry-run takes a PLAYBOOK, not --resume")
+        if args.json:
+            raise UsageError("--json reports a campaign that ran, not a --dry-run plan")
         loaded = load_playbook(args.playbook)
         each = variants(loaded)
         for variant in each:
@@ -106,6 +115,15 @@ def _run(args: argparse.Namespace) -> int:
     else:
         # one campaign per workload of the axis, one after the other (a failure stops the rest)
         outcomes = [run_campaign(v, options) for v in variants(load_playbook(args.playbook))]
+    if args.json:
+        from kvmple.campaign.outcome import RunOutcome
+
+        for outcome in outcomes:  # JSON Lines: one document per campaign, in the order run
+            ui.err.print(outcome.summary(), markup=False)
+            # written as is: rich would treat ':name:' in a path as an emoji code
+            sys.stdout.write(RunOutcome.from_outcome(outcome).to_json_line())
+        sys.stdout.flush()
+        return 0
     for outcome in outcomes:
         ui.out.print(outcome.summary())
         if not args.no_report:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import os
 import platform
 import shutil
@@ -33,11 +32,11 @@ from kvmple.kernel.configs import (
     kconfig_symbols,
     parse_config,
 )
+from kvmple.kernel.manifest import MANIFEST, BuildManifest, FragmentCheckRecord, load_manifest
 from kvmple.kernel.tree import inspect_tree
 from kvmple.paths import cache_dir
 from kvmple.run import run, run_logged, which
 
-MANIFEST = "kvmple-build.json"
 BUILTIN_FRAGMENT = "kvmple-boot"  # name of BOOT_TEST_FRAGMENT on the command line
 IMAGE_FRAGMENT = "kvmple-image"  # name of IMAGE_BOOT_FRAGMENT (boot-test --image)
 LAB_INTEL_FRAGMENT_NAME = "kvmple-lab-intel"  # the Bochs VT-x lab host (kvmple lab up intel)
@@ -124,7 +123,10 @@ def _step(
         ) from exc
 
 
-def build_kernel(request: BuildRequest) -> dict[str, object]:
+__all__ = ["MANIFEST", "BuildManifest", "BuildRequest", "build_kernel", "load_manifest"]
+
+
+def build_kernel(request: BuildRequest) -> BuildManifest:
     """Configure and build; returns (and writes to OUT/kvmple-build.json) the manifest.
 
     BuildError when the tree was built in place, a step fails or the image is missing;
@@ -168,34 +170,32 @@ def build_kernel(request: BuildRequest) -> dict[str, object]:
     image = out / "arch" / _arch() / "boot" / "bzImage"
     if not image.is_file():
         raise BuildError(f"make finished but {image} is missing", hint=f"full log: {log}")
-    manifest: dict[str, object] = {
-        "release": release,
-        "image": str(image),
-        "image_sha256": _sha256(image),
-        "config": str(out / ".config"),
-        "config_sha256": _sha256(out / ".config"),
-        "base": request.base,
-        "fragments": [str(p) for p in fragment_paths],
-        "fragment_check": {
-            "checked": check.checked,
-            "other_arch": [m.describe() for m in check.other_arch],
-            "allowed_to_vanish": [m.describe() for m in check.allowed],
-            "built_in_without_modules": [m.describe() for m in check.built_in],
-        },
-        "modules": str(modules_dir) if modules_dir else None,
-        "tree": str(src),
-        "tree_version": tree.version_text,
-        "series": read_record(src),
-        "out": str(out),
-        "jobs": jobs,
-        "ccache": use_ccache,
-        "seconds": round(time.monotonic() - start, 1),
-        "log": str(log),
-        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    temp = out / f"{MANIFEST}.tmp"
-    temp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(temp, out / MANIFEST)
+    manifest = BuildManifest(
+        release=release,
+        image=image,
+        image_sha256=_sha256(image),
+        config=out / ".config",
+        config_sha256=_sha256(out / ".config"),
+        base=request.base,
+        fragments=tuple(str(p) for p in fragment_paths),
+        fragment_check=FragmentCheckRecord(
+            checked=check.checked,
+            other_arch=tuple(m.describe() for m in check.other_arch),
+            allowed_to_vanish=tuple(m.describe() for m in check.allowed),
+            built_in_without_modules=tuple(m.describe() for m in check.built_in),
+        ),
+        modules=modules_dir,
+        tree=src,
+        tree_version=tree.version_text,
+        series=read_record(src),
+        out=out,
+        jobs=jobs,
+        ccache=use_ccache,
+        seconds=round(time.monotonic() - start, 1),
+        log=log,
+        built_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+    manifest.write(out / MANIFEST)
     return manifest
 
 
@@ -302,18 +302,3 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def load_manifest(out: Path) -> dict[str, object]:
-    """The manifest of a finished build in ``out``."""
-    path = out / MANIFEST
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise BuildError(
-            f"{out}: no finished kernel build here (no {MANIFEST})",
-            hint="run 'kvmple kernel build' first",
-        ) from exc
-    if not isinstance(data, dict):
-        raise BuildError(f"{path}: not a kvmple build manifest")
-    return data

@@ -19,10 +19,15 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kvmple.errors import HostError
 from kvmple.executor import Executor
 from kvmple.run import which
+
+if TYPE_CHECKING:  # the plan is pure: it only reads the two records
+    from kvmple.kernel.bootpass import BootPass
+    from kvmple.kernel.manifest import BuildManifest
 
 NOT_VERIFIED = "not verified on hardware"
 
@@ -93,8 +98,8 @@ def resume_unit(campaign: str, release: str, kvmple: Sequence[str]) -> str:
 
 
 def plan_install(
-    manifest: dict[str, object],
-    boot_pass: dict[str, object] | None,
+    manifest: BuildManifest,
+    boot_pass: BootPass | None,
     facts: HostFacts,
     *,
     method: str = "auto",
@@ -108,8 +113,8 @@ def plan_install(
         raise HostError(
             "kvmple kernel install must run as root", hint="run it with sudo on the host under test"
         )
-    release = str(manifest["release"])
-    if boot_pass is None or boot_pass.get("image_sha256") != manifest.get("image_sha256"):
+    release = manifest.release
+    if boot_pass is None or boot_pass.image_sha256 != manifest.image_sha256:
         raise HostError(
             f"no passed boot test for this image ({release})",
             hint="run 'kvmple kernel boot-test' on this build first: it is the safety gate",
@@ -144,18 +149,18 @@ def _choose_method(method: str, facts: HostFacts) -> str:
     return method
 
 
-def _add_files(plan: InstallPlan, manifest: dict[str, object], facts: HostFacts) -> None:
+def _add_files(plan: InstallPlan, manifest: BuildManifest, facts: HostFacts) -> None:
     """Kernel, config, modules (indexed) and the initramfs, under /boot and /lib/modules."""
     release, add = plan.release, plan.steps.append
     vmlinuz = f"/boot/vmlinuz-{release}"
-    add(Step("install the kernel", ("install", "-m", "0644", str(manifest["image"]), vmlinuz)))
+    add(Step("install the kernel", ("install", "-m", "0644", str(manifest.image), vmlinuz)))
     add(
         Step(
             "install its config",
-            ("install", "-m", "0644", str(manifest["config"]), f"/boot/config-{release}"),
+            ("install", "-m", "0644", str(manifest.require_config()), f"/boot/config-{release}"),
         )
     )
-    modules = manifest.get("modules")
+    modules = manifest.modules
     if modules:
         add(
             Step(

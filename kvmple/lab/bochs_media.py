@@ -27,9 +27,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from kvmple.errors import BuildError, HostError
+from kvmple.errors import BuildError, HostError, InputError
 from kvmple.fsutil import write_atomic
-from kvmple.kernel.build import LAB_INTEL_FRAGMENT_NAME, BuildRequest, build_kernel, load_manifest
+from kvmple.kernel.build import (
+    LAB_INTEL_FRAGMENT_NAME,
+    BuildManifest,
+    BuildRequest,
+    build_kernel,
+    load_manifest,
+)
 from kvmple.kernel.configs import LAB_INTEL_FRAGMENT
 from kvmple.kernel.fetch import file_digest, unpack_tree
 from kvmple.kernel.initramfs import Entry, find_busybox, newc_archive
@@ -111,12 +117,12 @@ def kernel_key() -> str:
     return hashlib.sha256(("tinyconfig\n" + LAB_INTEL_FRAGMENT).encode()).hexdigest()[:12]
 
 
-def lab_kernel(tarball: Path = KERNEL_TARBALL) -> dict[str, object]:
+def lab_kernel(tarball: Path = KERNEL_TARBALL) -> BuildManifest:
     """The lab host's kernel build manifest (built on first use, then cached)."""
     out = lab_cache() / f"intel-kernel-{kernel_key()}"
     try:
         return load_manifest(out)
-    except BuildError:  # not built yet (or interrupted): build it
+    except (BuildError, InputError):  # not built yet, interrupted or unreadable: build it
         pass
     tree = unpack_tree(tarball, cache_dir())
     # a cold build took over an hour on this 2-core host under load ~15 (the default
@@ -239,9 +245,13 @@ def _python_entries(tree: _Tree, work: Path) -> None:
             _add_library(tree, library)
 
 
-def build_initramfs(kernel: dict[str, object]) -> Path:
+def build_initramfs(kernel: BuildManifest) -> Path:
     """The lab host's initramfs for ``kernel`` (a build manifest), cached by content."""
-    modules = Path(str(kernel["modules"])) / "lib" / "modules" / str(kernel["release"])
+    if kernel.modules is None:
+        raise HostError(
+            f"the lab kernel {kernel.release} was built without modules", hint="rebuild it"
+        )
+    modules = kernel.modules / "lib" / "modules" / kernel.release
     if not modules.is_dir():
         raise HostError(f"{modules}: the lab kernel's modules are missing", hint="rebuild it")
     tree = _Tree()
@@ -256,7 +266,7 @@ def build_initramfs(kernel: dict[str, object]) -> Path:
     tree.add("init", 0o100755, INIT.encode())
     for file in sorted(p for p in modules.rglob("*") if p.is_file()):
         tree.add(
-            f"usr/lib/modules/{kernel['release']}/{file.relative_to(modules)}",
+            f"usr/lib/modules/{kernel.release}/{file.relative_to(modules)}",
             0o100644,
             file.read_bytes(),
         )
@@ -272,12 +282,12 @@ def build_initramfs(kernel: dict[str, object]) -> Path:
     return path
 
 
-def build_iso(kernel: dict[str, object], initramfs: Path) -> Path:
+def build_iso(kernel: BuildManifest, initramfs: Path) -> Path:
     """A GRUB rescue ISO booting ``kernel`` with ``initramfs`` (cached by content)."""
     for tool in ("grub-mkrescue", "xorriso"):
         if which(tool) is None:
             raise HostError(f"{tool} not found", hint="apt-get install grub-pc-bin xorriso mtools")
-    image = Path(str(kernel["image"]))
+    image = kernel.image
     key = hashlib.sha256(
         f"{file_digest(image)}\n{file_digest(initramfs)}\n{GRUB_CFG}".encode()
     ).hexdigest()[:16]

@@ -4,7 +4,6 @@ last good night's."""
 from __future__ import annotations
 
 import platform
-from typing import Any
 
 from kvmple import paths
 from kvmple.campaign.playbook import load_playbook
@@ -13,8 +12,9 @@ from kvmple.errors import CampaignError
 from kvmple.nightly.baseline import last_good_night
 from kvmple.nightly.context import StepContext, host_name
 from kvmple.nightly.notify import write_atomic
+from kvmple.nightly.outputs import BuildOutputs, CampaignOutputs, CompareOutputs
 from kvmple.nightly.state import previous_nights
-from kvmple.results import open_store
+from kvmple.results import CampaignMeta, Store, open_store
 from kvmple.results.compare import compare_campaigns
 from kvmple.results.junit import comparison_junit, report_junit
 from kvmple.results.report import load_analysis
@@ -23,7 +23,7 @@ from kvmple.results.tables import render_comparison_markdown, render_markdown
 # ---------------------------------------------------------------------------- campaign
 
 
-def find_started_campaign(store: Any, name: str, host: str, since: float) -> Any:
+def find_started_campaign(store: Store, name: str, host: str, since: float) -> CampaignMeta | None:
     """A campaign this step started before the host went down (same playbook name and host,
     created after the step began)."""
     found = [
@@ -34,7 +34,7 @@ def find_started_campaign(store: Any, name: str, host: str, since: float) -> Any
     return max(found, key=lambda m: m.created) if found else None
 
 
-def campaign(ctx: StepContext) -> tuple[str, dict[str, Any]]:
+def campaign(ctx: StepContext) -> tuple[str, CampaignOutputs]:
     loaded = load_playbook(ctx.config.playbook)
     step = ctx.state.step("campaign")
     options = CampaignOptions(
@@ -44,7 +44,7 @@ def campaign(ctx: StepContext) -> tuple[str, dict[str, Any]]:
     if step.attempts > 1:  # an earlier attempt may have stored a campaign before dying
         with open_store(ctx.config.store) as store:
             previous = find_started_campaign(
-                store, loaded.playbook.name, host_name(), float(step.outputs["first_started"])
+                store, loaded.playbook.name, host_name(), step.first_started or 0.0
             )
     if previous is not None and previous.status == "complete":
         ctx.log(f"campaign {previous.id} completed before the interruption")
@@ -62,21 +62,22 @@ def campaign(ctx: StepContext) -> tuple[str, dict[str, Any]]:
     with open_store(ctx.config.store) as store:
         runs = store.runs(campaign_id)
     ok_runs = sum(1 for r in runs if r.status == "ok")
-    outputs = {
-        "campaign_id": campaign_id,
-        "playbook": str(ctx.config.playbook),
-        "playbook_sha256": loaded.sha256,
-        "ok": ok_runs,
-        "planned": planned,
-        "new_ok": ok,
-        "running_kernel": platform.release(),
-        "kernel_under_test": ctx.state.output("build", "release"),
-        "first_started": step.outputs["first_started"],
-        "log": str(paths.data_dir() / "campaigns" / campaign_id / "campaign.log"),
-    }
+    built = ctx.state.outputs_of("build", BuildOutputs)
+    outputs = CampaignOutputs(
+        campaign_id=campaign_id,
+        playbook=str(ctx.config.playbook),
+        playbook_sha256=loaded.sha256,
+        ok=ok_runs,
+        planned=planned,
+        new_ok=ok,
+        running_kernel=platform.release(),
+        kernel_under_test=built.release if built else None,
+        first_started=step.first_started,
+        log=paths.data_dir() / "campaigns" / campaign_id / "campaign.log",
+    )
     if ok_runs == 0:
         raise CampaignError(
-            f"campaign {campaign_id} stored no successful run", hint=f"see {outputs['log']}"
+            f"campaign {campaign_id} stored no successful run", hint=f"see {outputs.log}"
         )
     note = (
         ""
@@ -89,11 +90,11 @@ def campaign(ctx: StepContext) -> tuple[str, dict[str, Any]]:
 # ----------------------------------------------------------------------------- compare
 
 
-def compare(ctx: StepContext) -> tuple[str, dict[str, Any]]:
+def compare(ctx: StepContext) -> tuple[str, CompareOutputs]:
     """Compare the night's campaign with the baseline (or record it as the first one).
     Writes compare.md and compare.xml (or report.md / report.xml on a first night)."""
-    measured = ctx.state.step("campaign").outputs
-    candidate_id = str(measured["campaign_id"])
+    measured = ctx.state.need("campaign", CampaignOutputs)
+    candidate_id = measured.campaign_id
     policy = ctx.config.baseline
     baseline_night: str | None = None
     with open_store(ctx.config.store, create=False) as store:
@@ -105,12 +106,12 @@ def compare(ctx: StepContext) -> tuple[str, dict[str, Any]]:
             found = last_good_night(
                 previous_nights(ctx.config.name, ctx.state.night),
                 ctx.state.host,
-                str(measured["playbook_sha256"]),
+                measured.playbook_sha256,
             )
             baseline = None
             if found is not None:
                 baseline_night = found.night
-                baseline = store.resolve(str(found.output("campaign", "campaign_id")))
+                baseline = store.resolve(found.need("campaign", CampaignOutputs).campaign_id)
         if baseline is None:
             analysis = load_analysis(store, candidate.id, threshold=ctx.config.threshold)
             write_atomic(ctx.directory / "report.md", render_markdown(analysis))
@@ -120,13 +121,13 @@ def compare(ctx: StepContext) -> tuple[str, dict[str, Any]]:
             )
             return (
                 f"first night of this host and playbook: {candidate.id} recorded as baseline",
-                {
-                    "baseline_campaign": None,
-                    "candidate": candidate.id,
-                    "outcome": None,
-                    "details": "report.md",
-                    "junit_cases": "report.xml",
-                },
+                CompareOutputs(
+                    baseline_campaign=None,
+                    candidate=candidate.id,
+                    outcome=None,
+                    details="report.md",
+                    junit_cases="report.xml",
+                ),
             )
         ctx.log(
             f"comparing {candidate.id} with baseline {baseline.id}"
@@ -142,17 +143,17 @@ def compare(ctx: StepContext) -> tuple[str, dict[str, Any]]:
     write_atomic(ctx.directory / "compare.xml", comparison_junit(result))
     ctx.log(markdown)
     verdicts = [cell.verdict for cell in result.cells]
-    outputs = {
-        "baseline_campaign": baseline.id,
-        "baseline_night": baseline_night,
-        "candidate": candidate.id,
-        "outcome": result.outcome,
-        "cell_verdicts": verdicts,
-        "threshold": ctx.config.threshold,
-        "differences": list(result.differences),
-        "details": "compare.md",
-        "junit_cases": "compare.xml",
-    }
+    outputs = CompareOutputs(
+        baseline_campaign=baseline.id,
+        baseline_night=baseline_night,
+        candidate=candidate.id,
+        outcome=result.outcome,
+        cell_verdicts=tuple(verdicts),
+        threshold=ctx.config.threshold,
+        differences=tuple(result.differences),
+        details="compare.md",
+        junit_cases="compare.xml",
+    )
     return (
         f"{candidate.id} vs {baseline.id}: {result.outcome} "
         f"({len(verdicts)} cells at {ctx.config.threshold:.0%})"

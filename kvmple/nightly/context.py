@@ -10,10 +10,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from kvmple import paths
 from kvmple.nightly.config import LoadedConfig, NightlyConfig
+from kvmple.nightly.outputs import StepOutputs
 from kvmple.nightly.state import NightState
 from kvmple.run import Result, failure, run
 
@@ -24,9 +24,9 @@ class Skip(Exception):
     """The step does not apply here; the message says why (recorded as 'skipped', with
     ``outputs``: e.g. the install plan that would have run)."""
 
-    def __init__(self, message: str, outputs: dict[str, Any] | None = None) -> None:
+    def __init__(self, message: str, outputs: StepOutputs | None = None) -> None:
         super().__init__(message)
-        self.outputs = outputs or {}
+        self.outputs = outputs
 
 
 class RebootPending(Exception):
@@ -71,7 +71,8 @@ class StepContext:
         return result
 
 
-StepFunction = Callable[[StepContext], tuple[str, dict[str, Any]]]
+# a step returns (detail line, its outputs)
+StepFunction = Callable[[StepContext], tuple[str, StepOutputs]]
 
 
 def host_name() -> str:

@@ -17,6 +17,7 @@ from kvmple.errors import Interrupted, KvmpleError, UsageError
 from kvmple.nightly import verdict as verdicts
 from kvmple.nightly.config import LoadedConfig
 from kvmple.nightly.notify import compose, send, write_atomic
+from kvmple.nightly.outputs import ApplyOutputs, CompareOutputs, FetchOutputs
 from kvmple.nightly.state import (
     FINISHED,
     STEPS,
@@ -141,10 +142,11 @@ def _run_steps(loaded: LoadedConfig, state: NightState, directory: Path) -> verd
         try:
             detail, outputs = STEP_FUNCTIONS[name](context)
             step.status, step.detail = "done", detail
-            step.outputs = {"first_started": step.outputs["first_started"], **outputs}
+            step.outputs = {"first_started": step.first_started, **outputs.to_dict()}
         except Skip as skip:
             step.status, step.detail = "skipped", str(skip)
-            step.outputs = {"first_started": step.outputs["first_started"], **skip.outputs}
+            kept = skip.outputs.to_dict() if skip.outputs else {}
+            step.outputs = {"first_started": step.first_started, **kept}
         except RebootPending as pending:
             step.detail = str(pending)
             step.ended = time.time()
@@ -170,22 +172,21 @@ def _run_steps(loaded: LoadedConfig, state: NightState, directory: Path) -> verd
         context.log(f"== {name}: {step.status}: {step.detail}")
         ui.note(f"{name}: {step.status}: {step.detail}")
         save(state, directory)
-    compare = state.step("compare").outputs
-    candidate = str(compare["candidate"])
-    if not compare.get("baseline_campaign"):
-        return verdicts.first_night(candidate)
+    compare = state.need("compare", CompareOutputs)
+    if not compare.baseline_campaign:
+        return verdicts.first_night(compare.candidate)
     return verdicts.from_comparison(
-        str(compare["outcome"]),
-        compare.get("cell_verdicts", []),
-        str(compare["baseline_campaign"]),
-        candidate,
+        str(compare.outcome),
+        list(compare.cell_verdicts),
+        compare.baseline_campaign,
+        compare.candidate,
     )
 
 
-def _read(directory: Path, name: object) -> str:
+def _read(directory: Path, name: str | None) -> str:
     if not name:
         return ""
-    path = directory / str(name)
+    path = directory / name
     return path.read_text(encoding="utf-8") if path.is_file() else ""
 
 
@@ -196,9 +197,9 @@ def _finish(
     config = loaded.config
     state.verdict, state.exit_code, state.summary = verdict.name, verdict.exit_code, verdict.summary
     state.finished = time.time()
-    compare = state.step("compare").outputs
-    junit = render_junit(state, _read(directory, compare.get("junit_cases")) or None)
-    markdown = render_markdown(state, _read(directory, compare.get("details")))
+    compare = state.outputs_of("compare", CompareOutputs)
+    junit = render_junit(state, _read(directory, compare.junit_cases if compare else None) or None)
+    markdown = render_markdown(state, _read(directory, compare.details if compare else None))
     outputs = [
         write_atomic(directory / "junit.xml", junit),
         write_atomic(directory / "summary.md", markdown),
@@ -216,21 +217,19 @@ def _finish(
         except KvmpleError as exc:  # a mail problem must not hide the verdict
             ui.warn(f"notify: e-mail not sent: {exc.message}")
             state.summary += f" (e-mail NOT sent: {exc.message})"
-    apply = state.step("apply").outputs
+    apply = state.outputs_of("apply", ApplyOutputs)
+    fetched = state.outputs_of("fetch", FetchOutputs)
     if (
         not config.keep_tree
-        and apply.get("worktree")
+        and apply is not None
+        and apply.worktree is not None
+        and fetched is not None
         and state.step("campaign").status == "done"
-        and Path(str(apply["worktree"])).exists()
+        and apply.worktree.exists()
     ):
         context = StepContext(loaded, state, directory, directory / "apply.log")
         context.log("the night is over: removing the patched worktree (keep_tree: false)")
-        remove_worktree(
-            context,
-            Path(str(state.output("fetch", "source"))),
-            Path(str(apply["worktree"])),
-            apply.get("branch"),
-        )
+        remove_worktree(context, fetched.source, apply.worktree, apply.branch)
     save(state, directory)
     for path in outputs:
         os.chmod(path, 0o644)

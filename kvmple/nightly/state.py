@@ -16,10 +16,15 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
+
+from pydantic import ValidationError
 
 from kvmple import paths
 from kvmple.errors import StoreError, UsageError
+from kvmple.nightly.outputs import StepOutputs
+
+OutputsT = TypeVar("OutputsT", bound=StepOutputs)
 
 STEPS: tuple[str, ...] = (
     "fetch",
@@ -44,8 +49,16 @@ class StepState:
     detail: str = ""
     hint: str = ""
     exit_code: int = 0
+    # the step's StepOutputs as stored in state.json (read them with NightState.outputs_of),
+    # plus the framework's first_started
     outputs: dict[str, Any] = field(default_factory=dict)
     attempts: int = 0
+
+    @property
+    def first_started(self) -> float | None:
+        """When the step's first attempt started (epoch seconds): kept across attempts."""
+        value = self.outputs.get("first_started")
+        return float(value) if value is not None else None
 
     @property
     def seconds(self) -> float | None:
@@ -71,8 +84,33 @@ class NightState:
     def step(self, name: str) -> StepState:
         return self.steps.setdefault(name, StepState())
 
-    def output(self, step: str, key: str) -> Any:
-        return self.step(step).outputs.get(key)
+    def outputs_of(self, step: str, model: type[OutputsT]) -> OutputsT | None:
+        """The outputs ``step`` recorded, validated as ``model``; None when it recorded none
+        (not run, failed, or skipped without outputs). StoreError names the step and key
+        when state.json holds outputs of another shape (hand-edited)."""
+        raw = self.step(step).outputs
+        if not set(raw) - {"first_started"}:
+            return None
+        try:
+            return model.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+            raise StoreError(
+                f"night {self.night} state.json: steps.{step}.outputs.{key}: {first['msg']}",
+                hint="the night's state was edited or written by another kvmple: "
+                "start a new night (--night NEW-ID)",
+            ) from exc
+
+    def need(self, step: str, model: type[OutputsT]) -> OutputsT:
+        """Like ``outputs_of``, for a step that must have run before (StoreError if not)."""
+        found = self.outputs_of(step, model)
+        if found is None:
+            raise StoreError(
+                f"night {self.night}: step {step} recorded no outputs, a later step needs them",
+                hint="start a new night (--night NEW-ID)",
+            )
+        return found
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

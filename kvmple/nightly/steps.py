@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
-from typing import Any
 
 from kvmple import paths
 from kvmple.errors import ConfigError, KvmpleError, PatchError
@@ -26,6 +25,7 @@ from kvmple.nightly.context import (
     work_dir,
 )
 from kvmple.nightly.kernel_steps import boot, build, install
+from kvmple.nightly.outputs import ApplyOutputs, FetchOutputs
 from kvmple.run import Result
 
 __all__ = [
@@ -61,7 +61,7 @@ def _mirror_dir(config: NightlyConfig) -> Path:
     return paths.cache_dir() / "nightly" / "trees" / f"{config.name}-{digest}"
 
 
-def fetch(ctx: StepContext) -> tuple[str, dict[str, Any]]:
+def fetch(ctx: StepContext) -> tuple[str, FetchOutputs]:
     """Resolve the tree's ref to a commit and provide a checkout of exactly that commit.
 
     A local tree whose HEAD is that commit (and which has no uncommitted changes) is used in
@@ -77,13 +77,7 @@ def fetch(ctx: StepContext) -> tuple[str, dict[str, Any]]:
         commit, source = _fetch_url(ctx, tree.url)
         origin = tree.url
     subject = _git(ctx, source, "log", "-1", "--format=%s", commit, what="git log").stdout.strip()
-    outputs = {
-        "tree": origin,
-        "ref": tree.ref,
-        "commit": commit,
-        "subject": subject,
-        "source": str(source),
-    }
+    outputs = FetchOutputs(tree=origin, ref=tree.ref, commit=commit, subject=subject, source=source)
     return f"{tree.ref} = {commit[:12]} {subject}", outputs
 
 
@@ -208,12 +202,12 @@ def remove_worktree(ctx: StepContext, source: Path, target: Path, branch: str | 
         _git(ctx, source, "branch", "-q", "-D", branch, check=False, what="git branch -D")
 
 
-def apply(ctx: StepContext) -> tuple[str, dict[str, Any]]:
-    source = Path(str(ctx.state.output("fetch", "source")))
-    commit = str(ctx.state.output("fetch", "commit"))
+def apply(ctx: StepContext) -> tuple[str, ApplyOutputs]:
+    fetched = ctx.state.need("fetch", FetchOutputs)
+    source, commit = fetched.source, fetched.commit
     _same_commit(ctx, source, commit)
     if not ctx.config.series:
-        return "no series configured: the tree is built as fetched", {"tree": str(source)}
+        return "no series configured: the tree is built as fetched", ApplyOutputs(tree=source)
     # One worktree path per job, the same every night (apply names the branch after the
     # folder): the build then sees the same paths every night, so ccache hits.
     into = work_dir(ctx.config) / f"linux-{ctx.config.name}"
@@ -246,16 +240,16 @@ def apply(ctx: StepContext) -> tuple[str, dict[str, Any]]:
             + (f" -- {result.detail}" if result.detail else "")
         )
     counts = ", ".join(f"{report.count(s)} {s.value}" for s in Status if report.count(s))
-    outputs: dict[str, Any] = {
-        "series": series.name,
-        "method": report.method,
-        "counts": {s.value: report.count(s) for s in Status if report.count(s)},
-        "branch": report.branch,
-        "revision": report.revision,
-        "dropped": report.dropped,
-        "worktree": str(report.target) if report.target else None,
-        "tree": str(report.target or source),
-    }
+    outputs = ApplyOutputs(
+        series=series.name,
+        method=report.method,
+        counts={s.value: report.count(s) for s in Status if report.count(s)},
+        branch=report.branch,
+        revision=report.revision,
+        dropped=tuple(report.dropped),
+        worktree=report.target,
+        tree=report.target or source,
+    )
     if report.target is None:
         return f"{series.name}: {counts}; nothing to apply, the tree is built as fetched", outputs
     return f"{series.name}: {counts} ({report.method})", outputs

@@ -10,7 +10,7 @@ import pytest
 
 from kvmple.errors import BuildError, ConfigError, GuestError
 from kvmple.kernel.boottest import boot_test, find_marker, qemu_argv
-from kvmple.kernel.build import BuildRequest, build_kernel, resolve_fragment
+from kvmple.kernel.build import BuildRequest, build_kernel, load_manifest, resolve_fragment
 from kvmple.kernel.configs import (
     BOOT_TEST_FRAGMENT,
     check_fragments,
@@ -243,11 +243,13 @@ def test_build_runs_every_step_and_writes_the_manifest(tmp_path: Path) -> None:
     manifest = build_kernel(
         BuildRequest(tree=tree, out=out, fragments=(str(fragment),), ccache=False, jobs=1)
     )
-    assert manifest["release"] == "6.1.0-fake"
-    assert manifest["image"] == str(out / "arch" / "x86" / "boot" / "bzImage")
-    assert manifest["modules"] == str(out / "modules-install")
+    assert manifest.release == "6.1.0-fake"
+    assert manifest.image == out / "arch" / "x86" / "boot" / "bzImage"
+    assert manifest.modules == out / "modules-install"
     assert (out / "modules-install" / "lib" / "modules" / "6.1.0-fake").is_dir()
-    assert manifest["fragments"] == [str(fragment)] and manifest["base"] == "tinyconfig"
-    assert json.loads((out / "kvmple-build.json").read_text()) == manifest
+    assert manifest.fragments == (str(fragment),) and manifest.base == "tinyconfig"
+    on_disk = json.loads((out / "kvmple-build.json").read_text())
+    assert on_disk["schema_version"] == 1 and on_disk["image"] == str(manifest.image)
+    assert load_manifest(out) == manifest
     log = (out / "build.log").read_text()
     assert "CC      init/main.o" in log

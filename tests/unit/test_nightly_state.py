@@ -41,9 +41,17 @@ def _night(
         state.step(name)
     state.verdict = verdict
     if campaign:
-        state.step("campaign").outputs = {
+        state.step("campaign").outputs = {  # as earlier kvmple versions stored it
             "campaign_id": f"{campaign}-{night}",
+            "playbook": "/etc/p.yaml",
             "playbook_sha256": sha,
+            "ok": 8,
+            "planned": 8,
+            "new_ok": 8,
+            "running_kernel": "6.1.0",
+            "kernel_under_test": None,
+            "first_started": created,
+            "log": f"/var/lib/kvmple/campaigns/{campaign}-{night}/campaign.log",
         }
     return state
 
@@ -159,6 +167,7 @@ def test_markdown_summary_names_verdict_steps_and_details() -> None:
         "ref": "main",
         "commit": "a" * 40,
         "subject": "a | b",
+        "source": "/srv/linux",
     }
     text = render_markdown(state, "### comparison table\n")
     assert "**Verdict: no change** (exit code 0)" in text
