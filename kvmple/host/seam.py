@@ -21,7 +21,8 @@ from kvmple.host.vms import RunningVm, SystemVmLister
 from kvmple.run import run
 
 RELOAD_NOT_VERIFIED = (
-    "reload path verified on an emulated VT-x CPU with PLE (Bochs), not on hardware"
+    "reload path verified on an emulated VT-x CPU with PLE (Bochs) and on an emulated AMD-V "
+    "host (QEMU TCG), not on hardware"
 )
 
 

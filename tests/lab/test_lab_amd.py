@@ -149,7 +149,9 @@ def test_module_reload_reads_back_and_is_refused_while_a_vm_runs(lab: dict[str, 
 
 def test_kvm_campaign_inside(lab: dict[str, str]) -> None:
     """lab-smoke inside the lab host: two nested libvirt type='kvm' guests pinned to its CPU
-    0, hackbench vs 0/1 busy loops, PLE recorded unavailable, stored like any run."""
+    0, hackbench vs 0/1 busy loops x PV sched yield off/on, cpu-pm off and kvm.halt_poll_ns
+    set and read back, PLE recorded unavailable, stored like any run."""
+    before_halt_poll = ssh(lab, "cat", "/sys/module/kvm/parameters/halt_poll_ns").stdout.strip()
     start = time.monotonic()
     campaign = kvmple(
         lab, "lab", "ssh", "--timeout", "3000", NAME, "--",
@@ -163,8 +165,23 @@ def test_kvm_campaign_inside(lab: dict[str, str]) -> None:
     assert export.returncode == 0, export.stderr
     (exported,) = json.loads(export.stdout)["campaigns"]
     runs = [r for r in exported["runs"] if r["status"] == "ok"]
-    assert len(runs) == 2, [(r["status"], r["reason"]) for r in exported["runs"]]
+    # PLE is unavailable (collapsed); PV sched yield off/on x 0/1 busy loops
+    assert len(runs) == 4, [(r["status"], r["reason"]) for r in exported["runs"]]
+    print("knobs read back in one run:", json.dumps(runs[0]["provenance"]["knobs"])[:3000])
+    seen_pv = set()
     for run_ in runs:
+        knobs = run_["provenance"]["knobs"]
+        # every factor read back under the real kvm_amd: PV sched yield inside both guests
+        # (CPUID 0x40000001), cpu-pm from each QEMU's argv, halt_poll_ns from sysfs
+        pv = knobs["pv.sched_yield"]
+        seen_pv.add(pv["value"])
+        assert len(pv["in_guest"]) == 2, pv
+        for reading in pv["in_guest"].values():
+            assert reading["value"] == pv["value"], pv
+            assert reading["evidence"].startswith("CPUID 0x40000001 EAX="), pv
+        assert knobs["cpu-pm"]["value"] == "off" and len(knobs["cpu-pm"]["guests"]) == 2, knobs
+        assert "100000" in json.dumps(knobs["kvm.halt_poll_ns"]), knobs
+        assert "unavailable" in knobs["ple"], knobs
         provenance = run_["provenance"]
         assert provenance["host"]["accelerator"] == "kvm"
         assert provenance["host"]["kvm_module"] == "kvm_amd"
@@ -180,7 +197,11 @@ def test_kvm_campaign_inside(lab: dict[str, str]) -> None:
         assert "unavailable" not in kvm["exits"], kvm["exits"]
         assert kvm["exits"]["exits"] > 0, kvm["exits"]
         assert kvm["directed_yield"], kvm
+    assert seen_pv == {"off", "on"}
     assert "pause filter" in json.dumps(exported["meta"]) + json.dumps(exported["runs"])
+    # halt_poll_ns is restored after the campaign
+    after = ssh(lab, "cat", "/sys/module/kvm/parameters/halt_poll_ns")
+    assert after.stdout.strip() == before_halt_poll, after.stdout
 
 
 @pytest.mark.parametrize(
