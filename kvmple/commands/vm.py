@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,20 +224,16 @@ def _ssh(args: argparse.Namespace) -> int:
         print(result.stdout, end="")
         ui.err.out(result.stderr, end="", highlight=False)
         return result.returncode
-    known_hosts = Path(record.run_dir) / "known_hosts"
-    label = f"[127.0.0.1]:{record.ssh_port}"
-    known_hosts.write_text("".join(f"{label} {key}\n" for key in record.host_keys))
-    argv = [
-        "ssh",
-        "-o", "IdentitiesOnly=yes",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", f"UserKnownHostsFile={known_hosts}",
-        "-o", "GlobalKnownHostsFile=/dev/null",
-        "-i", record.ssh_key,
-        "-p", str(record.ssh_port),
-        f"{record.ssh_user}@127.0.0.1",
-    ]  # fmt: skip
-    os.execvp("ssh", argv)  # an interactive session: hand the terminal over to ssh
+    from kvmple.remote import exec_interactive_ssh
+
+    exec_interactive_ssh(  # an interactive session: hand the terminal over to ssh
+        port=record.ssh_port,
+        user=record.ssh_user,
+        key=str(record.ssh_key),
+        host_keys=record.host_keys,
+        known_hosts=Path(record.run_dir) / "known_hosts",
+    )
+    return 255  # not reached: exec replaced this process
 
 
 def _down(args: argparse.Namespace) -> int:
