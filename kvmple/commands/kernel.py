@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvmple import ui
 from kvmple.commands.kernel_series import open_input, series_list, series_show
-from kvmple.errors import PatchError, UsageError
+from kvmple.errors import InputError, PatchError, UsageError
 
 if TYPE_CHECKING:
     from kvmple.kernel.manifest import BuildManifest
@@ -321,6 +321,7 @@ def _boot_test(args: argparse.Namespace) -> int:
     manifest = load_manifest(out)
     if args.image is not None:
         return _boot_test_image(args, out, manifest)
+    _require_built_image(out, manifest.image)
     result = boot_test(
         manifest.image,
         manifest.release,
@@ -340,6 +341,19 @@ def _boot_test(args: argparse.Namespace) -> int:
             f"console log {result.log}"
         )
     return 0
+
+
+def _require_built_image(out: Path, image: Path) -> None:
+    """InputError (exit 3) naming the manifest and its key when the image it names is gone
+    (a moved or cleaned build directory, a hand-edited relative path)."""
+    from kvmple.kernel.manifest import MANIFEST
+
+    if not image.is_absolute() or not image.is_file():
+        why = "is not an absolute path" if not image.is_absolute() else "does not exist"
+        raise InputError(
+            f"{out / MANIFEST}: image: {image} {why}",
+            hint=f"run 'kvmple kernel build' again for {out}",
+        )
 
 
 def _boot_test_image(args: argparse.Namespace, out: Path, manifest: BuildManifest) -> int:
