@@ -97,6 +97,23 @@ def _running() -> set[str]:
         return {n for n in lv.names(DOMAIN_PREFIX) if lv.is_running(n)}
 
 
+def _refuse_taken_name(name: str) -> None:
+    """UsageError when a domain kvmple-lab-NAME exists already (kvmple never touches a domain
+    it has no record of, and a second lab host under one name would be ambiguous)."""
+    from kvmple.lab.model import LAB_CAMPAIGN
+    from kvmple.vm.libvirt_backend import connect
+    from kvmple.vm.spec import domain_name
+
+    domain = domain_name(LAB_CAMPAIGN, name)
+    with connect("qemu:///system") as lv:
+        taken = lv.exists(domain)
+    if taken:
+        raise UsageError(
+            f"lab host name {name!r} is taken: the domain {domain} exists",
+            hint="pick another --name, or 'kvmple lab down NAME' if kvmple started it",
+        )
+
+
 def _up(args: argparse.Namespace) -> int:
     from kvmple.image import resolve
     from kvmple.lab import amd
@@ -113,6 +130,7 @@ def _up(args: argparse.Namespace) -> int:
         cpu_model=args.cpu_model or amd.CPU_MODEL,
         ready_timeout_s=args.ready_timeout or 900.0,
     )
+    _refuse_taken_name(name)
     image = resolve(amd.RECIPE)
     ui.note(f"booting lab host {name} ({options.cpu}, {args.cpus} CPUs, {args.memory} MiB)...")
     host = amd.up(options, image)

@@ -88,3 +88,28 @@ def test_lab_records_list_and_state(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     json.dumps(row)
     registry.forget(record)  # the lab record goes with the guest's run directory
     assert entries({"kvmple-lab-a"}) == []
+
+
+def test_lab_up_refuses_a_name_whose_domain_exists(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A domain kvmple-lab-NAME that exists (started elsewhere, another state directory) is
+    refused before any image build or boot: exit 2, one line naming the domain."""
+    from contextlib import contextmanager
+
+    from kvmple import cli
+    from kvmple.vm import libvirt_backend
+
+    class _Lv:
+        def exists(self, name: str) -> bool:
+            return name == "kvmple-lab-taken"
+
+    @contextmanager
+    def fake_connect(uri: str):  # type: ignore[no-untyped-def]
+        yield _Lv()
+
+    monkeypatch.setattr(libvirt_backend, "connect", fake_connect)
+    assert cli.main(["lab", "up", "amd", "--name", "taken"]) == 2
+    err = capsys.readouterr().err
+    assert "lab host name 'taken' is taken: the domain kvmple-lab-taken exists" in err
+    assert "booting" not in err and "Traceback" not in err
