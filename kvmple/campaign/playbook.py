@@ -189,6 +189,12 @@ class Factor(BaseModel):
     def _numbers_as_text(cls, values: object) -> object:
         # YAML reads halt_poll_ns: [0, 200000] as ints; sysfs and the plan key them as text
         if isinstance(values, list | tuple):
+            if any(isinstance(v, bool) for v in values):
+                # YAML 1.1 reads unquoted on/off/yes/no as booleans: say so, not "not a string"
+                raise ValueError(
+                    "YAML reads unquoted on/off/yes/no as true/false: quote the settings, "
+                    'e.g. ["off", "on"]'
+                )
             return tuple(
                 str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in values
             )

@@ -126,3 +126,12 @@ def test_unknown_measured_workload_fails_when_the_playbook_loads() -> None:
     bad = MATRIX.read_text().replace("    name: dbench\n", "    name: dbnech\n", 1)
     with pytest.raises(ConfigError, match=r"workloads\.measured\.name: unknown workload 'dbnech'"):
         parse_playbook(bad, "bad.yaml")
+
+
+def test_unquoted_on_off_names_the_yaml_pitfall() -> None:
+    # YAML 1.1 reads [on, off] as [true, false]; the error used to be "Input should be a
+    # valid string (and 2 more problems)"
+    bad = MATRIX.read_text().replace('values: ["on", "off"]', "values: [on, off]", 1)
+    assert bad != MATRIX.read_text()
+    with pytest.raises(ConfigError, match=r"factors\.3\.values: .*quote the settings"):
+        parse_playbook(bad, "bad.yaml")
