@@ -74,9 +74,11 @@ def main(argv: Sequence[str] | None = None, commands: Sequence[str] = COMMAND_MO
         code = args.handler(args)
         return int(code or 0)
     except KeyboardInterrupt:
+        # only a campaign can be resumed: after 'lab up' or 'image build' the hint misleads
+        resumable = args.command == "run"
         error: KvmpleError = Interrupted(
             "interrupted; everything kvmple started was cleaned up",
-            hint="a campaign can continue with 'kvmple run --resume ID'",
+            hint="a campaign can continue with 'kvmple run --resume ID'" if resumable else None,
         )
         return _report(error, args.debug)
     except KvmpleError as exc:

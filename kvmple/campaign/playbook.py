@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from kvmple.config import load_model, parse_model
 from kvmple.errors import KvmpleError
 from kvmple.host import knobs
+from kvmple.workloads import WORKLOADS
 
 Scalar = int | float | str | bool
 
@@ -55,6 +56,14 @@ def _parse_cpus(value: object) -> tuple[int, ...]:
                 raise ValueError(f"bad CPU list {value!r} (use e.g. 0-3 or 0,2)")
         return tuple(out)
     raise ValueError("expected a CPU number, a list like [0, 1], or a string like '0-3'")
+
+
+def _known_workload(name: str) -> str:
+    """``name`` if the workload registry has it (ValueError naming the known ones), so a
+    misspelt workload fails when the playbook loads, not hours later when its campaign starts."""
+    if name not in WORKLOADS:
+        raise ValueError(f"unknown workload {name!r} (known: {', '.join(sorted(WORKLOADS))})")
+    return name
 
 
 class GuestSpec(BaseModel):
@@ -127,6 +136,8 @@ class WorkloadSpec(BaseModel):
         "measured workload, its 'count' parameter for spin)",
     )
 
+    _name = field_validator("name")(_known_workload)
+
 
 class WorkloadVariant(BaseModel):
     """One value of the workload axis: the measured guest runs this workload instead."""
@@ -139,6 +150,8 @@ class WorkloadVariant(BaseModel):
         description="its parameters (default: the measured workload's params when it is the "
         "same workload, else none)",
     )
+
+    _name = field_validator("name")(_known_workload)
 
 
 class Axis(BaseModel):
@@ -176,6 +189,12 @@ class Factor(BaseModel):
     def _numbers_as_text(cls, values: object) -> object:
         # YAML reads halt_poll_ns: [0, 200000] as ints; sysfs and the plan key them as text
         if isinstance(values, list | tuple):
+            if any(isinstance(v, bool) for v in values):
+                # YAML 1.1 reads unquoted on/off/yes/no as booleans: say so, not "not a string"
+                raise ValueError(
+                    "YAML reads unquoted on/off/yes/no as true/false: quote the settings, "
+                    'e.g. ["off", "on"]'
+                )
             return tuple(
                 str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in values
             )

@@ -62,16 +62,21 @@ def test_variants_replace_the_measured_workload_and_round_trip() -> None:
 
 
 @pytest.mark.parametrize(
-    ("axis", "message"),
+    ("axis", "message", "name"),
     [
-        ("[{name: dbench}, {name: dbench}]", "each workload may appear once"),
-        ("[{name: hackbench}]", "the measured workload 'dbench' must be one of"),
-        ("[{name: dbench}, {name: sysbench-threads-with-a-name-far-too-long}]", "over 41"),
-        ("[{name: dbench, colour: red}]", "colour"),
+        ("[{name: dbench}, {name: dbench}]", "each workload may appear once", ""),
+        ("[{name: hackbench}]", "the measured workload 'dbench' must be one of", ""),
+        ("[{name: dbench}, {name: sysbench-threads}]", "over 41", "modern-matrix-with-a-long-name"),
+        ("[{name: dbench, colour: red}]", "colour", ""),
+        # a misspelt workload fails when the playbook loads (--dry-run: exit 3), not when
+        # its campaign starts after the others have run for hours
+        ("[{name: dbench}, {name: nosuchload}]", "unknown workload 'nosuchload'", ""),
     ],
 )
-def test_bad_workload_axis(axis: str, message: str) -> None:
+def test_bad_workload_axis(axis: str, message: str, name: str) -> None:
     text = MATRIX.read_text()
+    if name:
+        text = text.replace("name: modern-matrix\n", f"name: {name}\n", 1)
     start = text.index("workload_axis:")
     end = text.index("factors:")
     bad = text[:start] + f"workload_axis: {axis}\n\n" + text[end:]
@@ -115,3 +120,18 @@ def test_fleet_refuses_the_axis(capsys: pytest.CaptureFixture[str]) -> None:
     inventory = ROOT / "examples" / "nightly" / "fleet.yaml"
     assert cli.main(["fleet", "run", str(inventory), str(MATRIX)]) == 2
     assert "fleet runs take a playbook without workload_axis" in capsys.readouterr().err
+
+
+def test_unknown_measured_workload_fails_when_the_playbook_loads() -> None:
+    bad = MATRIX.read_text().replace("    name: dbench\n", "    name: dbnech\n", 1)
+    with pytest.raises(ConfigError, match=r"workloads\.measured\.name: unknown workload 'dbnech'"):
+        parse_playbook(bad, "bad.yaml")
+
+
+def test_unquoted_on_off_names_the_yaml_pitfall() -> None:
+    # YAML 1.1 reads [on, off] as [true, false]; the error used to be "Input should be a
+    # valid string (and 2 more problems)"
+    bad = MATRIX.read_text().replace('values: ["on", "off"]', "values: [on, off]", 1)
+    assert bad != MATRIX.read_text()
+    with pytest.raises(ConfigError, match=r"factors\.3\.values: .*quote the settings"):
+        parse_playbook(bad, "bad.yaml")
