@@ -93,7 +93,7 @@ class PvFeatureKnob(VmKnob):
         self, name: str, prop: str, bit: int, on_lines: tuple[str, ...], off_lines: tuple[str, ...]
     ) -> None:
         self.name = name
-        self.title = prop
+        self.title = name  # as playbooks name it (the QEMU property is in change_note)
         self.prop = prop  # QEMU's CPU property (target/i386/cpu.c feature_word_info FEAT_KVM)
         self.bit = bit  # in CPUID 0x40000001 EAX
         self.on_lines = on_lines  # guest kernel log lines that prove the feature is on
