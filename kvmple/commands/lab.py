@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 from rich.table import Table
@@ -167,36 +166,22 @@ def _list(args: argparse.Namespace) -> int:
 
 def _ssh(args: argparse.Namespace) -> int:
     from kvmple.lab.model import find
-    from kvmple.remote import SSHExecutor
+    from kvmple.vm import guestssh
 
     record = find(args.name, _running()).record
-    remote = list(args.remote or [])
-    if remote[:1] == ["--"]:  # only the separator: a '--' inside the command is the command's
-        remote = remote[1:]
-    if remote:
-        with SSHExecutor(
-            "127.0.0.1",
-            record.ssh_port,
-            record.ssh_user,
-            Path(record.ssh_key),
-            record.host_keys,
-            name=f"lab host {record.role}",
-        ) as executor:
-            result = executor.stream(
-                remote, lambda line: print(line, flush=True), args.timeout, check=False
-            )
-        ui.err.out(result.stderr, end="", highlight=False)
-        return result.returncode
-    from kvmple.remote import exec_interactive_ssh
-
-    exec_interactive_ssh(  # an interactive session: hand the terminal over to ssh
-        port=record.ssh_port,
-        user=record.ssh_user,
-        key=str(record.ssh_key),
-        host_keys=record.host_keys,
-        known_hosts=Path(record.run_dir) / "known_hosts",
+    remote = guestssh.command_argv(args.remote)
+    if not remote:
+        guestssh.login(record)  # an interactive session: the terminal goes to ssh
+        return 255  # not reached: exec replaced this process
+    result = guestssh.run_streaming(
+        record,
+        remote,
+        lambda line: print(line, flush=True),
+        timeout=args.timeout,
+        name=f"lab host {record.role}",
     )
-    return 255  # not reached: exec replaced this process
+    ui.err.out(result.stderr, end="", highlight=False)
+    return result.returncode
 
 
 def _reload(args: argparse.Namespace) -> int:

@@ -207,33 +207,19 @@ def find_records(names: list[str]) -> list[registry.GuestRecord]:
 
 
 def _ssh(args: argparse.Namespace) -> int:
-    from kvmple.remote import SSHExecutor
+    from kvmple.vm import guestssh
 
     (record,) = find_records([args.name])
-    remote = [a for a in args.remote if a != "--"] if args.remote else []
-    if remote:
-        with SSHExecutor(
-            "127.0.0.1",
-            record.ssh_port,
-            record.ssh_user,
-            Path(record.ssh_key),
-            record.host_keys,
-            name=record.domain,
-        ) as executor:
-            result = executor.run(remote, timeout=args.timeout, check=False)
-        print(result.stdout, end="")
-        ui.err.out(result.stderr, end="", highlight=False)
-        return result.returncode
-    from kvmple.remote import exec_interactive_ssh
-
-    exec_interactive_ssh(  # an interactive session: hand the terminal over to ssh
-        port=record.ssh_port,
-        user=record.ssh_user,
-        key=str(record.ssh_key),
-        host_keys=record.host_keys,
-        known_hosts=Path(record.run_dir) / "known_hosts",
-    )
-    return 255  # not reached: exec replaced this process
+    remote = guestssh.command_argv(args.remote)
+    if not remote:
+        guestssh.login(record)  # an interactive session: the terminal goes to ssh
+        return 255  # not reached: exec replaced this process
+    result = guestssh.run_streaming(
+        record, remote, lambda line: print(line, flush=True), timeout=args.timeout,
+        name=record.domain,
+    )  # fmt: skip
+    ui.err.out(result.stderr, end="", highlight=False)
+    return result.returncode
 
 
 def _down(args: argparse.Namespace) -> int:
