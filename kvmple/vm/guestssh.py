@@ -28,10 +28,6 @@ def run_streaming(
 ) -> Result:
     """Run ``argv`` in the guest, each stdout line to ``on_line`` as it comes (GuestError
     when the guest cannot be reached; the command's own exit code is in the result)."""
-
-    def forward(line: str) -> None:
-        on_line(line)
-
     with SSHExecutor(
         "127.0.0.1",
         record.ssh_port,
@@ -40,7 +36,7 @@ def run_streaming(
         record.host_keys,
         name=name,
     ) as executor:
-        return executor.stream(argv, forward, timeout, check=False)
+        return executor.stream(argv, on_line, timeout, check=False)
 
 
 def login(record: GuestRecord) -> None:

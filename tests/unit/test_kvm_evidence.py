@@ -8,9 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
-from kvmple.campaign.evidence import ExitCounter
 from kvmple.campaign.kvmevidence import (
     TCG_NO_KVM,
     YieldReader,
@@ -35,9 +32,9 @@ from kvmple.results.jsonreport import analysis_dict
 from kvmple.results.records import RunRecord
 from kvmple.results.store import open_store
 from kvmple.results.tables import evidence_table, render_markdown, render_text
+from tests.fixtures.lab_hist import lab_counts
 from tests.fixtures.synthetic import synthetic_campaign
 
-LAB = Path(__file__).parent.parent / "data" / "lab"
 FAST = 2000
 
 
@@ -85,24 +82,12 @@ def test_yield_reader_under_tcg_reads_nothing(tmp_path: Path) -> None:
     assert reader.finish() == {"amqp": Unavailable(unavailable=TCG_NO_KVM)}
 
 
-def _lab_counts(tmp_path: Path, setting: str) -> dict[str, object]:
-    counter = ExitCounter(tracefs=tmp_path, module="kvm_intel")
-    for event in ("kvm_exit", "kvm_ple_window_update"):
-        directory = counter.instance / "events" / "kvm" / event
-        directory.mkdir(parents=True)
-        (directory / "hist").write_text((LAB / f"{setting}.{event}.hist").read_text())
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Path, "mkdir", lambda self, *a, **k: None)  # the instance exists already
-        with counter:
-            return counter.counts()
-
-
 def test_exit_counts_from_captured_hist_files_become_typed(tmp_path: Path) -> None:
-    on = exits_record(_lab_counts(tmp_path, "on-defaults"))
+    on = exits_record(lab_counts(tmp_path, "on-defaults"))
     assert isinstance(on, ExitCounts)
     assert (on.pause_exits, on.ple_window_updates, on.exits) == (27, 33, 276)
     assert on.exits_by_reason == {"1": 248, "40": 27, "48": 1}
-    off = exits_record(_lab_counts(tmp_path / "off", "off"))
+    off = exits_record(lab_counts(tmp_path / "off", "off"))
     assert isinstance(off, ExitCounts) and off.pause_exits == 0
     assert exits_record("guests run under QEMU TCG") == Unavailable(
         unavailable="guests run under QEMU TCG"

@@ -6,23 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from kvmple.campaign.evidence import EXIT_TRIGGER, PLE_TRIGGER, ExitCounter, parse_hist
+from kvmple.campaign.evidence import EXIT_TRIGGER, PLE_TRIGGER, parse_hist
+from tests.fixtures.lab_hist import lab_counts
 
 DATA = Path(__file__).parent.parent / "data" / "lab"
-
-
-def _counts(tmp_path: Path, setting: str) -> dict[str, object]:
-    counter = ExitCounter(tracefs=tmp_path, module="kvm_intel")
-    for event in ("kvm_exit", "kvm_ple_window_update"):
-        directory = counter.instance / "events" / "kvm" / event
-        directory.mkdir(parents=True)
-        (directory / "hist").write_text((DATA / f"{setting}.{event}.hist").read_text())
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Path, "mkdir", lambda self, *a, **k: None)  # the instance exists already
-        with counter:
-            return counter.counts()
 
 
 def test_captured_triggers_are_the_ones_kvmple_writes() -> None:
@@ -34,7 +21,7 @@ def test_captured_triggers_are_the_ones_kvmple_writes() -> None:
 
 
 def test_ple_on_counts_pause_exits_of_one_vcpu_thread(tmp_path: Path) -> None:
-    counts = _counts(tmp_path, "on-defaults")
+    counts = lab_counts(tmp_path, "on-defaults")
     assert counts["pause_exits"] == 27 and counts["ple_window_updates"] == 33
     assert counts["exits_by_reason"] == {"1": 248, "40": 27, "48": 1}  # external irq, PAUSE, EPT
     assert counts["pause_exits_by_thread"] == {"91": 27}
@@ -42,7 +29,7 @@ def test_ple_on_counts_pause_exits_of_one_vcpu_thread(tmp_path: Path) -> None:
 
 
 def test_ple_off_counts_exactly_zero(tmp_path: Path) -> None:
-    counts = _counts(tmp_path, "off")
+    counts = lab_counts(tmp_path, "off")
     assert counts["pause_exits"] == 0 and counts["ple_window_updates"] == 0
     assert counts["exits_by_reason"] == {"1": 249, "48": 1}
 
