@@ -66,7 +66,7 @@ def run_provenance(
         guest=guest_facts(host, playbook),
         image={
             role: ImageProvenance(
-                name=img.name, key=img.key, kernel_release=img.manifest.get("kernel_release")
+                name=img.name, key=img.key, kernel_release=img.manifest.kernel_release
             )
             for role, img in images.items()
         },

@@ -13,10 +13,11 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+
+from pydantic import JsonValue
 
 from kvmple import paths, ui
 from kvmple.errors import BuildError, ConfigError, HostError
@@ -98,7 +99,7 @@ def build(recipe: Path, *, rebuild: bool = False) -> Image:
         return _build(parsed, recipe, inputs, key)
 
 
-def _key_inputs(recipe: Recipe) -> dict[str, Any]:
+def _key_inputs(recipe: Recipe) -> dict[str, JsonValue]:
     mirror = recipe.mirror or default_mirror(recipe.suite, recipe.distribution)
     inputs = cache.key_inputs(recipe, mirror, installation_key().public_line)
     if recipe.nested_images:  # an image inside changes this one
@@ -140,7 +141,7 @@ class _Steps:
         ui.note(f"{self.name}: {label} done in {self.seconds[label]:.0f}s")
 
 
-def _build(recipe: Recipe, source: Path, inputs: dict[str, Any], key: str) -> Image:
+def _build(recipe: Recipe, source: Path, inputs: dict[str, JsonValue], key: str) -> Image:
     started = time.monotonic()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     log = cache.failed_log_path(recipe.name, key, stamp)
@@ -194,7 +195,8 @@ def _build(recipe: Recipe, source: Path, inputs: dict[str, Any], key: str) -> Im
             built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             build_seconds=time.monotonic() - started,
             step_seconds=steps.seconds,
-            extra={"recipe_path": str(source.resolve()), "disk_size": recipe.disk_size},
+            recipe_path=str(source.resolve()),
+            disk_size=recipe.disk_size,
         )
         image = Image(
             name=recipe.name,
@@ -207,7 +209,7 @@ def _build(recipe: Recipe, source: Path, inputs: dict[str, Any], key: str) -> Im
             host_keys=host_keys,
             manifest=document,
         )
-        _write_json(staged / "manifest.json", document)
+        _write_json(staged / "manifest.json", document.document())
         shutil.move(log, staged / "build.log")
         _write_json(staged / IMAGE_FILE, image.to_json())  # last: marks the entry complete
         try:
@@ -218,7 +220,7 @@ def _build(recipe: Recipe, source: Path, inputs: dict[str, Any], key: str) -> Im
     return load_image(final)
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def _write_json(path: Path, data: Mapping[str, JsonValue]) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(temporary, path)

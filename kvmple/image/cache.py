@@ -19,11 +19,12 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from pydantic import JsonValue
 
 from kvmple import paths
 from kvmple.errors import StoreError, UsageError
@@ -50,7 +51,7 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def key_inputs(recipe: Recipe, mirror: str, public_key: str) -> dict[str, Any]:
+def key_inputs(recipe: Recipe, mirror: str, public_key: str) -> dict[str, JsonValue]:
     """Everything the cache key covers, as plain JSON data (shown by 'image list -v')."""
     data = recipe.model_dump(mode="json")
     data["files"] = [
@@ -77,11 +78,11 @@ def key_inputs(recipe: Recipe, mirror: str, public_key: str) -> dict[str, Any]:
         "format": BUILDER_FORMAT,
         "recipe": data,
         "mirror": mirror,
-        "authorized_key": public_key.split()[:2],
+        "authorized_key": [*public_key.split()[:2]],
     }
 
 
-def cache_key(inputs: dict[str, Any]) -> str:
+def cache_key(inputs: Mapping[str, JsonValue]) -> str:
     canonical = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -51,12 +51,12 @@ def prerequisites() -> None:
 def test_debian12_amqp_builds_boots_and_serves_amqp(shared_cache: Path, tmp_path: Path) -> None:
     prerequisites()
     image = build(RECIPE)
-    packages = image.manifest["packages"]
+    packages = image.manifest.packages
     for package in ("openssh-server", "rabbitmq-server", "python3-amqp", "rt-tests", "procps"):
         assert package in packages, package
     assert byo.is_bzimage(image.kernel.read_bytes()[:1024])
     assert byo.is_initrd(image.initrd.read_bytes()[:16])
-    assert len(image.manifest["host_key_fingerprints"]) == len(image.host_keys) >= 1
+    assert len(image.manifest.host_key_fingerprints) == len(image.host_keys) >= 1
     assert image.qcow2.parent.parent == cache.images_dir()
     assert (image.qcow2.parent / "build.log").is_file()
 

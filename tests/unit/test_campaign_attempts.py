@@ -23,6 +23,7 @@ from kvmple.campaign.plan import build_plan
 from kvmple.campaign.playbook import load_playbook
 from kvmple.errors import WorkloadError
 from kvmple.executor import LocalExecutor
+from kvmple.image.artifact import ImageManifest
 from kvmple.results import CampaignMeta, RunRecord, open_store
 from kvmple.results.evidence import Unavailable
 
@@ -65,7 +66,9 @@ def _context(tmp_path: Path, store: Any, meta: CampaignMeta, bar: Any, task: Any
         unavailable_knobs={"ple": "test"},
     )
     failures = execute.stored_failures(store.runs(meta.id))
-    image = SimpleNamespace(name="debian12-amqp", key="k", manifest={})
+    image = SimpleNamespace(
+        name="debian12-amqp", key="k", manifest=ImageManifest(name="debian12-amqp", key="k")
+    )
     return execute._Context(
         store,
         meta,

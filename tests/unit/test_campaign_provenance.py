@@ -13,6 +13,7 @@ from kvmple.campaign.model import HostFacts
 from kvmple.campaign.plan import build_plan
 from kvmple.campaign.playbook import load_playbook
 from kvmple.campaign.provenance import run_provenance
+from kvmple.image.artifact import ImageManifest
 from kvmple.results import CampaignMeta
 from kvmple.results.cells import CAMPAIGN_KEYS, POOL_KEYS
 from kvmple.results.provenance import RunProvenance
@@ -56,7 +57,11 @@ def _provenance(**facts: object) -> RunProvenance:
         kvmple_version="0",
         primary_metric="transfers_per_sec",
     )
-    image = SimpleNamespace(name="debian12-amqp", key="k1", manifest={"kernel_release": "6.1"})
+    image = SimpleNamespace(
+        name="debian12-amqp",
+        key="k1",
+        manifest=ImageManifest(name="debian12-amqp", key="k1", kernel_release="6.1"),
+    )
     block_facts = {
         "knobs": {"ple": {"unavailable": "TCG"}},
         "affinity": {role: {"0": [0], "1": [1]} for role in playbook.guests},

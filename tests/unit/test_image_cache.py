@@ -11,7 +11,7 @@ import pytest
 
 from kvmple.errors import HostError, UsageError
 from kvmple.image import build, builder, cache
-from kvmple.image.artifact import IMAGE_FILE, Image
+from kvmple.image.artifact import IMAGE_FILE, Image, ImageManifest
 from kvmple.image.recipe import Recipe, load_recipe
 from kvmple.keys import installation_key
 
@@ -74,9 +74,10 @@ def fake_complete_entry(name: str, key: str) -> Path:
             cmdline="root=/dev/vda console=ttyS0",
             ssh_user="root",
             host_keys=("ssh-ed25519 AAAAhost",),
-            manifest={},
+            manifest=ImageManifest(name=name, key=key),
         )
-        (staged / "manifest.json").write_text(json.dumps({"built_at": "now", "name": name}))
+        stored = {"built_at": "now", "name": name, "key": key}
+        (staged / "manifest.json").write_text(json.dumps(stored))
         (staged / IMAGE_FILE).write_text(json.dumps(image.to_json()))
         return cache.publish(staged, name, key)
 
@@ -88,7 +89,7 @@ def test_publish_lookup_and_staging_cleanup() -> None:
     assert directory == cache.images_dir() / f"img-{key[:16]}"
     found = cache.lookup("img", key)
     assert found is not None and found.qcow2 == directory / "disk.qcow2"
-    assert found.manifest == {"built_at": "now", "name": "img"}
+    assert found.manifest.document() == {"built_at": "now", "name": "img", "key": key}
     assert not list(cache.images_dir().glob(".build-*"))
 
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from kvmple.image import selfinstall
-from kvmple.image.artifact import Image
+from kvmple.image.artifact import Image, ImageManifest
 from kvmple.image.nested import install
 from kvmple.image.recipe import Recipe, load_recipe
 from tests.unit.test_image_recipe import error_of, write
@@ -54,7 +54,7 @@ def test_nested_image_and_its_byo_recipe_land_in_the_tree(tmp_path: Path) -> Non
     image = Image(
         name="inner", key="k" * 64, qcow2=built / "disk.qcow2", kernel=built / "vmlinuz",
         initrd=built / "initrd.img", cmdline="root=/dev/vda", ssh_user="root",
-        host_keys=("ssh-ed25519 AAAA",), manifest={},
+        host_keys=("ssh-ed25519 AAAA",), manifest=ImageManifest(name="img", key="k"),
     )  # fmt: skip
     recipe = Recipe(name="inner", cmdline=("quiet", "init=/sbin/kvmple-init"))
     tree = tmp_path / "tree"
