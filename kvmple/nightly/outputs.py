@@ -9,9 +9,8 @@ next to the framework's own ``first_started``. Later steps read it back with
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, JsonValue
 
 
 class StepOutputs(BaseModel):
@@ -20,7 +19,7 @@ class StepOutputs(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JsonValue]:
         """The JSON object stored in state.json: the keys the step set (paths as strings)."""
         return self.model_dump(mode="json", exclude_unset=True)
 

@@ -16,9 +16,9 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
-from pydantic import ValidationError
+from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from kvmple import paths
 from kvmple.errors import StoreError, UsageError
@@ -51,14 +51,14 @@ class StepState:
     exit_code: int = 0
     # the step's StepOutputs as stored in state.json (read them with NightState.outputs_of),
     # plus the framework's first_started
-    outputs: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, JsonValue] = field(default_factory=dict)
     attempts: int = 0
 
     @property
     def first_started(self) -> float | None:
         """When the step's first attempt started (epoch seconds): kept across attempts."""
         value = self.outputs.get("first_started")
-        return float(value) if value is not None else None
+        return float(value) if isinstance(value, int | float) else None
 
     @property
     def seconds(self) -> float | None:
@@ -112,19 +112,22 @@ class NightState:
             )
         return found
 
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        for name, step in self.steps.items():
-            data["steps"][name]["seconds"] = step.seconds
-        return data
+    def to_json(self) -> dict[str, JsonValue]:
+        """The ``state.json`` object: the fields, and each step's ``seconds`` (shown, not
+        read back)."""
+        steps: dict[str, JsonValue] = {
+            name: {**asdict(step), "seconds": step.seconds} for name, step in self.steps.items()
+        }
+        return {**asdict(self), "steps": steps}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> NightState:
-        steps = {}
-        for name, raw in dict(data.pop("steps", {})).items():
-            fields = {k: v for k, v in dict(raw).items() if k != "seconds"}
-            steps[name] = StepState(**fields)
-        return cls(**data, steps=steps)
+    def from_json(cls, data: object) -> NightState:
+        """Validate a parsed ``state.json``; unknown keys (``seconds``) are ignored.
+        pydantic's ValidationError when a key is missing or mistyped (``load`` names it)."""
+        return _NIGHT_STATE.validate_python(data)
+
+
+_NIGHT_STATE: TypeAdapter[NightState] = TypeAdapter(NightState)
 
 
 def default_night_id(now: float | None = None) -> str:
@@ -182,9 +185,11 @@ def load(directory: Path) -> NightState | None:
         ) from exc
     try:
         return NightState.from_json(data)
-    except TypeError as exc:
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
         raise StoreError(
-            f"{path}: not a kvmple night state ({exc})",
+            f"{path}: not a kvmple night state ({key}: {first['msg']})",
             hint=f"move {directory} away to start this night again",
         ) from exc
 

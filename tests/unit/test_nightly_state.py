@@ -77,6 +77,48 @@ def test_damaged_state_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "state.json").write_text('{"what": 1}')
     with pytest.raises(StoreError, match="not a kvmple night state"):
         load(tmp_path)
+    save(_night("n1", 100.0, None), tmp_path)
+    data = json.loads((tmp_path / "state.json").read_text())
+    data["steps"]["fetch"]["status"] = "finished"  # not a step status
+    (tmp_path / "state.json").write_text(json.dumps(data))
+    with pytest.raises(StoreError, match=r"not a kvmple night state \(steps\.fetch\.status: "):
+        load(tmp_path)
+
+
+def test_saved_state_keeps_its_stored_form(tmp_path: Path) -> None:
+    """state.json as written before the state was validated on reading loads, and is written
+    back with the same keys and values (each step's seconds included)."""
+    stored = {
+        "config": "job",
+        "night": "n1",
+        "config_path": "/etc/job.yaml",
+        "config_sha256": "ab" * 32,
+        "host": "lab-1",
+        "created": 100.0,
+        "steps": {
+            "fetch": {
+                "status": "done",
+                "started": 100.0,
+                "ended": 102.5,
+                "detail": "abc",
+                "hint": "",
+                "exit_code": 0,
+                "outputs": {"first_started": 100.0, "commit": "c" * 40, "tree": "/src"},
+                "attempts": 1,
+                "seconds": 2.5,
+            }
+        },
+        "verdict": None,
+        "exit_code": None,
+        "summary": "",
+        "finished": None,
+    }
+    (tmp_path / "state.json").write_text(json.dumps(stored))
+    state = load(tmp_path)
+    assert state is not None and state.step("fetch").first_started == 100.0
+    assert state.to_json() == stored
+    save(state, tmp_path)
+    assert json.loads((tmp_path / "state.json").read_text()) == stored
 
 
 def test_night_ids() -> None:
