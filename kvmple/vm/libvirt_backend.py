@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Protocol
 
 import libvirt
 
@@ -40,10 +40,33 @@ def _no_domain(exc: libvirt.libvirtError) -> bool:
     return bool(exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN)
 
 
+class _Domain(Protocol):
+    """The virDomain calls kvmple makes (libvirt-python has no type hints)."""
+
+    def name(self) -> str: ...
+    def isActive(self) -> int: ...  # libvirt-python's names
+    def isPersistent(self) -> int: ...
+    def destroy(self) -> int: ...
+    def undefine(self) -> int: ...
+    def XMLDesc(self, flags: int = 0) -> str: ...
+    # ([(vcpu number, state, cpu time ns, host cpu)], [per vCPU: allowed flag per host CPU])
+    def vcpus(self) -> tuple[list[tuple[int, int, int, int]], list[tuple[bool, ...]]]: ...
+
+
+class _Connection(Protocol):
+    """The virConnect calls kvmple makes."""
+
+    def close(self) -> int: ...
+    def lookupByName(self, name: str) -> _Domain: ...
+    def createXML(self, xmlDesc: str, flags: int = 0) -> _Domain: ...
+    def defineXML(self, xml: str) -> _Domain: ...
+    def listAllDomains(self, flags: int = 0) -> list[_Domain]: ...
+
+
 class Libvirt:
     """An open connection to one libvirt URI."""
 
-    def __init__(self, uri: str, conn: Any) -> None:
+    def __init__(self, uri: str, conn: _Connection) -> None:
         self.uri = uri
         self._conn = conn
 
@@ -53,7 +76,7 @@ class Libvirt:
         except libvirt.libvirtError:
             pass
 
-    def _lookup(self, name: str) -> Any | None:
+    def _lookup(self, name: str) -> _Domain | None:
         try:
             return self._conn.lookupByName(name)
         except libvirt.libvirtError as exc:
