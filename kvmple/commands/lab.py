@@ -6,12 +6,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
 from kvmple import ui
 from kvmple.errors import UsageError
+
+if TYPE_CHECKING:
+    from kvmple.lab.bochs_verify import VerifyReport
 
 UP_EPILOG = """\
 amd: QEMU TCG emulating an AMD-V machine (qemu64,+svm,+npt,+vgif,+svme-addr-chk). Inside,
@@ -268,29 +271,31 @@ def _verify_ple(args: argparse.Namespace) -> int:
 
     report = verify_ple(args.name, timeout=args.timeout)
     if args.json:
-        ui.out.print_json(json.dumps(report))
+        ui.out.print_json(json.dumps(report.to_json()))
     else:
         _print_report(report)
-    if not report["verified"]:
+    if not report.verified:
         raise CampaignError(
-            "PLE verification contradicted: " + "; ".join(report["problems"]),
-            hint=f"console log: {report['console_log']}",
+            "PLE verification contradicted: " + "; ".join(report.problems),
+            hint=f"console log: {report.console_log}",
         )
     return 0
 
 
-def _print_report(report: dict[str, Any]) -> None:
-    ui.out.print(f"lab host {report['name']}: {report['emulated']}")
-    for setting in report["settings"]:
-        counts = setting.get("counts", {})
-        ple = setting.get("ple", {})
+def _print_report(report: VerifyReport) -> None:
+    from kvmple.lab.protocol import LabCounts
+
+    ui.out.print(f"lab host {report.name}: {report.emulated}")
+    for setting in report.settings:
+        counts = setting.counts or LabCounts()
+        ple = setting.ple or {}
         ui.out.print(
-            f"  {setting['setting']:<22} ple_gap={ple.get('ple_gap')} "
-            f"ple_window={ple.get('ple_window')}  PAUSE exits {counts.get('pause_exits')}, "
-            f"window updates {counts.get('ple_window_updates')}"
-            + (f"  ERROR {setting['error']}" if "error" in setting else "")
+            f"  {setting.setting!s:<22} ple_gap={ple.get('ple_gap')} "
+            f"ple_window={ple.get('ple_window')}  PAUSE exits {counts.pause_exits}, "
+            f"window updates {counts.ple_window_updates}"
+            + (f"  ERROR {setting.error}" if setting.error is not None else "")
         )
-    stages = ", ".join(f"{k} {v:.0f} s" for k, v in report["stages_s"].items())
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in report.stages_s.items())
     ui.out.print(f"  times from Bochs start: {stages}")
-    verdict = "verified" if report["verified"] else "NOT verified"
-    ui.out.print(f"  {verdict}; console log {report['console_log']}")
+    verdict = "verified" if report.verified else "NOT verified"
+    ui.out.print(f"  {verdict}; console log {report.console_log}")

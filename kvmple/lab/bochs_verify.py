@@ -14,13 +14,14 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 
 from kvmple import paths
 from kvmple.errors import GuestError
 from kvmple.fsutil import write_atomic
 from kvmple.lab import bochs_media, bochs_run
-from kvmple.lab.protocol import RESULT_MARK
+from kvmple.lab.protocol import RESULT_MARK, LabCounts, LabResult, LabSetting, LabStep
 
 EMULATED = "emulated VT-x with PLE (Bochs): counts and times are not hardware figures"
 STAGE_FILE = "stages.json"
@@ -66,8 +67,9 @@ def up_intel(name: str, cpus: int = 1, timeout: float = UP_TIMEOUT) -> LabUp:
     return LabUp(host, prepare, stages, str(iso))
 
 
-def parse_result(console: str) -> dict[str, Any] | None:
-    """The in-lab result document from the console text (None while it has not come)."""
+def parse_result(console: str) -> LabResult | None:
+    """The in-lab result document from the console text (None while it has not come).
+    GuestError when the line is not JSON or not of LabResult's shape (the key named)."""
     for line in console.splitlines():
         start = line.find(RESULT_MARK)
         if start < 0:
@@ -79,7 +81,17 @@ def parse_result(console: str) -> dict[str, Any] | None:
                 f"the lab host's result line is not JSON ({exc})",
                 hint="kernel messages may have interleaved with it; see the console log",
             ) from exc
-        return doc if isinstance(doc, dict) else None
+        if not isinstance(doc, dict):
+            return None
+        try:
+            return LabResult.model_validate(doc)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+            raise GuestError(
+                f"the lab host's result line: {key}: {first['msg']}",
+                hint="the lab host runs another kvmple than this one? see the console log",
+            ) from exc
     return None
 
 
@@ -92,7 +104,7 @@ class Judgement:
             self.problems.append(problem)
 
 
-def judge(doc: dict[str, Any]) -> list[str]:
+def judge(doc: LabResult) -> list[str]:
     """What contradicts the expected PLE behaviour (empty: verified). Pure.
 
     Expected: 'ple' in the vmx flags; every kvmple command exits 0; with PLE on (module
@@ -101,23 +113,21 @@ def judge(doc: dict[str, Any]) -> list[str]:
     counted; after ``restore`` the values read back equal the initial ones.
     """
     j = Judgement()
-    if "error" in doc:
-        return [f"the in-lab verification failed: {doc['error']}"]
-    j.require(bool(doc.get("vmx_ple_flag")), "the emulated CPU's vmx flags lack 'ple'")
-    for step in doc.get("steps", []):
-        j.require(
-            step.get("exit_code") == 0, f"'{step.get('command')}' exited {step.get('exit_code')}"
-        )
-    settings = doc.get("settings", [])
+    if doc.error is not None:
+        return [f"the in-lab verification failed: {doc.error}"]
+    j.require(bool(doc.vmx_ple_flag), "the emulated CPU's vmx flags lack 'ple'")
+    for step in doc.steps:
+        j.require(step.exit_code == 0, f"'{step.command}' exited {step.exit_code}")
+    settings = doc.settings
     j.require(len(settings) == 3, f"{len(settings)} settings measured, expected 3")
     for setting in settings:
-        name = setting.get("setting", "?")
-        if "error" in setting:
-            j.problems.append(f"{name}: {setting['error']}")
+        name = setting.setting if setting.setting is not None else "?"
+        if setting.error is not None:
+            j.problems.append(f"{name}: {setting.error}")
             continue
-        gap = setting.get("ple", {}).get("ple_gap")
-        counts = setting.get("counts", {})
-        pause, updates = counts.get("pause_exits"), counts.get("ple_window_updates")
+        gap = (setting.ple or {}).get("ple_gap")
+        counts = setting.counts or LabCounts()
+        pause, updates = counts.pause_exits, counts.ple_window_updates
         if name == "off":
             j.require(gap == 0, f"off: ple_gap read back {gap}, expected 0")
             j.require(pause == 0, f"off: {pause} PAUSE exits counted, expected exactly 0")
@@ -127,66 +137,106 @@ def judge(doc: dict[str, Any]) -> list[str]:
             j.require(bool(pause), f"{name}: {pause} PAUSE exits counted, expected > 0")
             j.require(bool(updates), f"{name}: {updates} PLE window updates, expected > 0")
     j.require(
-        doc.get("final") == doc.get("initial"),
-        f"after restore: {doc.get('final')} != initial {doc.get('initial')}",
+        doc.final == doc.initial,
+        f"after restore: {doc.final} != initial {doc.initial}",
     )
     return j.problems
 
 
-def verify_ple(name: str, timeout: float = VERIFY_TIMEOUT) -> dict[str, Any]:
+class YieldStats(BaseModel):
+    """The two-vCPU run's record in the report (see _yield_stats)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    setting: str | None
+    error: str | None
+    directed_yield_attempted: JsonValue
+    directed_yield_successful: JsonValue
+    note: str
+    preemption_reported: JsonValue
+    counts: LabCounts | None
+    kvm_stats: dict[str, JsonValue]
+
+
+class VerifyReport(BaseModel):
+    """What ``lab verify-ple`` reports (``--json`` prints ``to_json()``): ``verified`` and
+    ``problems`` (judge()), the in-lab steps and settings as the lab host sent them,
+    ``stages_s`` (seconds from Bochs start to each stage), the kept ``console_log``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    verified: bool
+    problems: list[str]
+    emulated: str
+    cpus: int
+    stages_s: dict[str, float]
+    kernel: str | None
+    initial: dict[str, int] | None
+    final: dict[str, int] | None
+    steps: list[LabStep]
+    settings: list[LabSetting]
+    directed_yield: YieldStats | None
+    console_log: str
+
+    def to_json(self) -> dict[str, JsonValue]:
+        """The report as a JSON object; the lab host's parts with exactly the keys it sent."""
+        return self.model_dump(mode="json", exclude_unset=True, by_alias=True)
+
+
+def verify_ple(name: str, timeout: float = VERIFY_TIMEOUT) -> VerifyReport:
     """Wait for lab host ``name``'s verification, judge it, end the lab host.
 
-    Returns the report (``verified``: bool, ``problems``, ``settings`` with the PLE values
-    read back and the counts, ``stages_s``, ``console_log``). GuestError when the result
-    never comes (console tail in the message). The lab host is stopped either way.
+    Returns the report. GuestError when the result never comes (console tail in the
+    message) or is malformed. The lab host is stopped either way.
     """
     host = bochs_run.load(name)
     try:
         # "done" follows the result line, so the line is complete when it shows
         verdict_s = bochs_run.wait_for(host, f"{bochs_media.STAGE_MARK} done", timeout)
-        doc = parse_result(bochs_run.console(host)) or {"error": "no result line"}
+        doc = parse_result(bochs_run.console(host)) or LabResult(error="no result line")
         log = _keep_console(host)
         stages = _stages(host)
     finally:
         bochs_run.stop(host)
     stages["verdict"] = verdict_s
     problems = judge(doc)
-    return {
-        "name": name,
-        "verified": not problems,
-        "problems": problems,
-        "emulated": EMULATED,
-        "cpus": host.cpus,
-        "stages_s": stages,
-        "kernel": doc.get("kernel"),
-        "initial": doc.get("initial"),
-        "final": doc.get("final"),
-        "steps": doc.get("steps", []),
-        "settings": doc.get("settings", []),
-        "directed_yield": _yield_stats(doc.get("yield")),
-        "console_log": str(log),
-    }
+    return VerifyReport(
+        name=name,
+        verified=not problems,
+        problems=problems,
+        emulated=EMULATED,
+        cpus=host.cpus,
+        stages_s=stages,
+        kernel=doc.kernel,
+        initial=doc.initial,
+        final=doc.final,
+        steps=doc.steps,
+        settings=doc.settings,
+        directed_yield=_yield_stats(doc.yield_),
+        console_log=str(log),
+    )
 
 
-def _yield_stats(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+def _yield_stats(entry: LabSetting | None) -> YieldStats | None:
     """The two-vCPU run (spinner + preempted holder): KVM's statistics and the counts;
     recorded, not judged. directed_yield_attempted/successful count only the paravirtual
     sched_yield hypercall (arch/x86/kvm/x86.c kvm_sched_yield), not PLE's kvm_vcpu_on_spin ->
     yield_to, so they read 0 here; preemption_reported shows the holder being preempted."""
-    if not entry:
-        return None
-    stats = entry.get("spin", {}).get("kvm_stats", {})
-    return {
-        "setting": entry.get("setting"),
-        "error": entry.get("error"),
-        "directed_yield_attempted": stats.get("directed_yield_attempted"),
-        "directed_yield_successful": stats.get("directed_yield_successful"),
-        "note": "directed_yield_* count the PV sched_yield hypercall (x86.c kvm_sched_yield), "
+    if entry is None or not entry.model_fields_set | set(entry.model_extra or {}):
+        return None  # absent or an empty object: nothing was recorded
+    stats = entry.spin.kvm_stats if entry.spin is not None else {}
+    return YieldStats(
+        setting=entry.setting,
+        error=entry.error,
+        directed_yield_attempted=stats.get("directed_yield_attempted"),
+        directed_yield_successful=stats.get("directed_yield_successful"),
+        note="directed_yield_* count the PV sched_yield hypercall (x86.c kvm_sched_yield), "
         "not PLE's kvm_vcpu_on_spin -> yield_to, which has no KVM statistic in 6.1",
-        "preemption_reported": stats.get("preemption_reported"),
-        "counts": entry.get("counts"),
-        "kvm_stats": stats,
-    }
+        preemption_reported=stats.get("preemption_reported"),
+        counts=entry.counts,
+        kvm_stats=stats,
+    )
 
 
 def _stages(host: bochs_run.BochsHost) -> dict[str, float]:

@@ -12,7 +12,9 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
+
+from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from kvmple.errors import StoreError, UsageError
 from kvmple.fsutil import write_atomic
@@ -45,12 +47,17 @@ class LabHost:
     created: float
     ready_s: float
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, JsonValue]:
+        """The ``lab.json`` object."""
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> LabHost:
-        return cls(**data)
+    def from_json(cls, data: object) -> LabHost:
+        """Validate a parsed ``lab.json``; pydantic's ValidationError names a bad key."""
+        return _LAB_HOST.validate_python(data)
+
+
+_LAB_HOST: TypeAdapter[LabHost] = TypeAdapter(LabHost)
 
 
 def save(record: registry.GuestRecord, host: LabHost) -> None:
@@ -64,7 +71,11 @@ def load(record: registry.GuestRecord) -> LabHost | None:
         return LabHost.from_json(json.loads(path.read_text()))
     except FileNotFoundError:
         return None
-    except (ValueError, TypeError) as exc:
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise StoreError(f"lab record {path} is unreadable: {key}: {first['msg']}") from exc
+    except ValueError as exc:
         raise StoreError(f"lab record {path} is unreadable: {exc}") from exc
 
 
@@ -83,7 +94,8 @@ class LabEntry:
     def uptime_s(self, now: float | None = None) -> float:
         return (now or time.time()) - self.record.created
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, JsonValue]:
+        """A row of ``lab list --json``."""
         host = self.host
         return {
             "name": self.name,

@@ -11,8 +11,8 @@ import pytest
 
 from kvmple.errors import GuestError, UsageError
 from kvmple.lab import bochs_run
-from kvmple.lab.bochs_verify import judge, parse_result
-from kvmple.lab.protocol import RESULT_MARK
+from kvmple.lab.bochs_verify import VerifyReport, _yield_stats, judge, parse_result
+from kvmple.lab.protocol import RESULT_MARK, LabResult, LabSetting
 
 
 def _setting(name: str, gap: int, pause: int, updates: int) -> dict[str, Any]:
@@ -40,8 +40,12 @@ def _doc(**changes: Any) -> dict[str, Any]:
     return doc
 
 
+def _judge(doc: dict[str, Any]) -> list[str]:
+    return judge(LabResult.model_validate(doc))
+
+
 def test_judge_accepts_the_expected_behaviour() -> None:
-    assert judge(_doc()) == []
+    assert _judge(_doc()) == []
 
 
 def test_judge_names_every_contradiction() -> None:
@@ -55,7 +59,7 @@ def test_judge_names_every_contradiction() -> None:
         final={"ple_gap": 0},
     )
     doc["steps"].append({"command": "kvmple ple on", "exit_code": 4})
-    problems = "\n".join(judge(doc))
+    problems = "\n".join(_judge(doc))
     for expected in (
         "vmx flags lack 'ple'",
         "'kvmple ple on' exited 4",
@@ -69,16 +73,63 @@ def test_judge_names_every_contradiction() -> None:
 
 
 def test_judge_reports_an_in_lab_failure() -> None:
-    assert judge({"error": "ImportError: x"}) == ["the in-lab verification failed: ImportError: x"]
+    assert _judge({"error": "ImportError: x"}) == ["the in-lab verification failed: ImportError: x"]
 
 
 def test_parse_result_finds_the_line_among_kernel_messages() -> None:
     console = f"[  1.0] kvm: x\n{RESULT_MARK} {json.dumps(_doc())}\nKVMPLE-LAB-STAGE done\n"
     doc = parse_result(console)
-    assert doc is not None and doc["settings"][1]["setting"] == "off"
+    assert doc is not None and doc.settings[1].setting == "off"
+    # the lab host's document comes back with exactly its keys (the --json report shows it)
+    assert doc.model_dump(mode="json", exclude_unset=True, by_alias=True) == _doc()
     assert parse_result("no result yet\n") is None
     with pytest.raises(GuestError, match="not JSON"):
         parse_result(f"{RESULT_MARK} {{broken\n")
+    bad = _doc(settings=[{"setting": "off", "ple": {"ple_gap": "many"}}])
+    with pytest.raises(GuestError, match=r"result line: settings\.0\.ple\.ple_gap: "):
+        parse_result(f"{RESULT_MARK} {json.dumps(bad)}\n")
+
+
+def test_verify_report_keeps_the_stored_json_form() -> None:
+    """lab verify-ple --json prints the keys it printed when the report was a dict."""
+    yielded = {
+        "setting": "on, 2 vCPUs (one holding)",
+        "spin": {"seconds": 1.0, "kvm_stats": {"directed_yield_attempted": 0, "x": 5}},
+        "counts": {"pause_exits": 7, "ple_window_updates": 2, "method": "hist"},
+    }
+    doc = LabResult.model_validate(_doc(**{"yield": yielded, "kernel": "6.1.0"}))
+    report = VerifyReport(
+        name="vt",
+        verified=True,
+        problems=[],
+        emulated="emulated",
+        cpus=1,
+        stages_s={"verdict": 3.0},
+        kernel=doc.kernel,
+        initial=doc.initial,
+        final=doc.final,
+        steps=doc.steps,
+        settings=doc.settings,
+        directed_yield=_yield_stats(doc.yield_),
+        console_log="/c.log",
+    )
+    stored = report.to_json()
+    assert list(stored) == [
+        "name", "verified", "problems", "emulated", "cpus", "stages_s", "kernel", "initial",
+        "final", "steps", "settings", "directed_yield", "console_log",
+    ]  # fmt: skip
+    assert stored["steps"] == _doc()["steps"] and stored["settings"] == _doc()["settings"]
+    assert stored["directed_yield"] == {
+        "setting": "on, 2 vCPUs (one holding)",
+        "error": None,
+        "directed_yield_attempted": 0,
+        "directed_yield_successful": None,
+        "note": report.directed_yield.note if report.directed_yield else None,
+        "preemption_reported": None,
+        "counts": yielded["counts"],
+        "kvm_stats": {"directed_yield_attempted": 0, "x": 5},
+    }
+    assert _yield_stats(LabSetting()) is None and _yield_stats(None) is None
 
 
 def test_bochsrc_uses_a_ple_model_and_no_debugger_prompt(tmp_path: Path) -> None:
