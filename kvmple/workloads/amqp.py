@@ -15,15 +15,15 @@ so runs never leak into each other.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Literal
+from collections.abc import Callable
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from kvmple.errors import CommandError, CommandTimeout, InputError, WorkloadError
 from kvmple.executor import Executor
 from kvmple.run import Result
-from kvmple.workloads.base import CpuSplit, Measurement, Metric, parse_params
+from kvmple.workloads.base import CpuSplit, Measurement, Metric, Params, parse_params
 from kvmple.workloads.perftest_output import machine_record, parse_perftest
 from kvmple.workloads.programs import GUEST_BIN, ensure_programs, program_argv
 
@@ -98,7 +98,7 @@ class AmqpPerftest:
         executor: Executor,
         *,
         timeout: float,
-        params: Mapping[str, Any] | BaseModel | None = None,
+        params: Params | None = None,
     ) -> None:
         p = parse_params(PerftestParams, params or {}, where=f"workload {self.name} params")
         ensure_programs(executor, bin_dir=self.bin_dir)
@@ -107,7 +107,7 @@ class AmqpPerftest:
     def measure(
         self,
         executor: Executor,
-        params: Mapping[str, Any] | BaseModel,
+        params: Params,
         *,
         timeout: float,
         before_window: Callable[[], None] | None = None,
@@ -154,7 +154,7 @@ class AmqpPerftest:
             ) from exc
         return measurement_from_result(self.name, p, result, executor.name)
 
-    def between_runs(self, executor: Executor, params: Mapping[str, Any] | BaseModel) -> None:
+    def between_runs(self, executor: Executor, params: Params) -> None:
         p = parse_params(PerftestParams, params, where=f"workload {self.name} params")
         result = executor.run(
             self._argv(f"--broker={p.broker}", "--cleanup", f"--qt={p.qt}"),
