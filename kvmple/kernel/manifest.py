@@ -9,9 +9,8 @@ them); the rest describe the build and are None/empty when a hand-written manife
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 from kvmple.config.jsonfile import JsonRecord
 from kvmple.errors import BuildError, InputError
@@ -35,6 +34,45 @@ class FragmentCheckRecord(BaseModel):
     built_in_without_modules: tuple[str, ...] = ()
 
 
+class _Verbatim(BaseModel):
+    """A record kept as it was read: frozen; unknown keys kept; written back with only the
+    keys it had (no default filled in), so a manifest rewritten keeps its bytes' meaning."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    @model_serializer(mode="wrap")
+    def _only_present(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        data: dict[str, object] = handler(self)
+        present = self.model_fields_set | set(self.model_extra or {})
+        return {key: value for key, value in data.items() if key in present}
+
+
+class AppliedPatch(_Verbatim):
+    """One patch in apply's record: its place in the series, subject, status (apply.Status's
+    value: 'applied', 'already upstream', 'does not apply', ...), detail and origin."""
+
+    index: int | None = None
+    subject: str | None = None
+    status: str | None = None
+    detail: str | None = None
+    origin: str | None = None
+
+
+class AppliedRecord(_Verbatim):
+    """``kvmple kernel apply``'s record (``.kvmple-applied.json``, kernel/apply.py
+    ApplyReport.to_json) as the build manifest carries it. Every key is optional: hand-written
+    or older manifests hold parts of it."""
+
+    series: str | None = None  # the series' name
+    tree: str | None = None  # the tree it was applied to
+    method: str | None = None  # 'git am -3' | 'quilt (patch)' | 'none'
+    target: str | None = None  # the copy or worktree it produced
+    branch: str | None = None
+    results: tuple[AppliedPatch, ...] | None = None
+    dropped: tuple[str, ...] | None = None
+    revision: int | None = None  # mail sources: the revision applied
+
+
 class BuildManifest(JsonRecord):
     """One finished kernel build. Paths are absolute; ``seconds`` is the wall time of the
     configure + make steps; ``series`` is apply's record (``.kvmple-applied.json``) verbatim
@@ -53,7 +91,7 @@ class BuildManifest(JsonRecord):
     modules: Path | None = None  # OUT/modules-install (INSTALL_MOD_PATH) or None: MODULES=n
     tree: Path | None = None
     tree_version: str | None = None
-    series: dict[str, Any] | None = None  # apply's own record, opaque here
+    series: AppliedRecord | None = None  # apply's own record
     out: Path | None = None
     jobs: int | None = None
     ccache: bool | None = None
@@ -63,8 +101,7 @@ class BuildManifest(JsonRecord):
 
     @property
     def series_name(self) -> str | None:
-        name = (self.series or {}).get("series")
-        return str(name) if name is not None else None
+        return self.series.series if self.series is not None else None
 
     def require_config(self) -> Path:
         """The .config, which installing needs; InputError when the manifest names none."""

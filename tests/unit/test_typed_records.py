@@ -275,3 +275,29 @@ def test_run_json_one_line_per_campaign_of_a_workload_axis(
     assert main(["run", "axis.yaml", "--json"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and all(json.loads(x)["ok"] == 4 for x in lines)
+
+
+def test_apply_record_in_a_manifest_keeps_its_keys(tmp_path: Path) -> None:
+    """apply's full record, and an older partial one, come back with exactly their keys;
+    a key of another type is named."""
+    full = {
+        "series": "pv-spinlock",
+        "tree": "/src/linux",
+        "method": "git am -3",
+        "target": "/cache/work/pv",
+        "branch": "kvmple/pv",
+        "results": [
+            {"index": 1, "subject": "x: y", "status": "applied", "detail": "", "origin": ""}
+        ],
+        "dropped": [],
+        "revision": None,
+        "note": "a key from a newer kvmple",
+    }
+    _write(tmp_path, {**OLD_MANIFEST, "series": full})
+    manifest = load_manifest(tmp_path)
+    assert manifest.series is not None and manifest.series.results is not None
+    assert manifest.series.results[0].subject == "x: y"
+    assert json.loads(manifest.to_json())["series"] == full
+    _write(tmp_path, {**OLD_MANIFEST, "series": {**full, "revision": "two"}})
+    with pytest.raises(InputError, match=r"kvmple-build.json: series.revision: "):
+        load_manifest(tmp_path)
