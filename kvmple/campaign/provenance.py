@@ -3,12 +3,14 @@ stored with it (results pool runs whose provenance keys match; see kvmple.result
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from kvmple import __version__
 from kvmple.campaign.model import HostFacts
 from kvmple.campaign.plan import PlannedRun
 from kvmple.campaign.playbook import Playbook
+from kvmple.image.artifact import Image
 from kvmple.results import CampaignMeta
 from kvmple.results.provenance import (
     GuestProvenance,
@@ -39,10 +41,11 @@ def run_provenance(
     host: HostFacts,
     playbook: Playbook,
     meta: CampaignMeta,
-    images: dict[str, Any],
+    images: Mapping[str, Image],
     run: PlannedRun,
     *,
-    block_facts: dict[str, Any],
+    # made by campaign/execute.py (knobs, affinity, threads); RunProvenance validates them
+    block_facts: Mapping[str, Any],
     block_index: int,
     position: int,
     attempt: int,
