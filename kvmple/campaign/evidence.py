@@ -22,11 +22,26 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
+
+from pydantic import JsonValue
 
 from kvmple.errors import HostError
 
 _STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+class CountedExits(TypedDict):
+    """ExitCounter.counts(): what kvmevidence.exits_record validates as results' ExitCounts
+    (and the lab host reports as it is)."""
+
+    pause_exits: int
+    ple_window_updates: int
+    exits: int
+    exits_by_reason: dict[str, int]  # exit reason (as the hist shows it) -> exits
+    pause_exits_by_thread: dict[str, int]  # vCPU thread id -> PAUSE exits
+    method: str
+
 
 # VMX basic exit reason 40 is PAUSE; on SVM kvm_exit reports exit_code 0x77 (SVM_EXIT_PAUSE).
 PAUSE_REASONS = {"kvm_intel": 40, "kvm_amd": 0x77}
@@ -46,8 +61,9 @@ def read_cpu_times(proc: Path = Path("/proc")) -> dict[int, dict[str, int]]:
 
 def cpu_shares(
     before: dict[int, dict[str, int]], after: dict[int, dict[str, int]], cpus: frozenset[int]
-) -> dict[str, Any]:
-    """Shares of user/system/idle/steal/iowait over the window, summed over ``cpus``."""
+) -> dict[str, JsonValue]:
+    """Shares of user/system/idle/steal/iowait over the window, summed over ``cpus``:
+    {"cpus": [...], "user": 0.0-1.0, ...}, or {"cpus", "unavailable": why}."""
     delta = {name: 0 for name in _STAT_FIELDS}
     for cpu in cpus:
         if cpu not in before or cpu not in after:
@@ -55,8 +71,9 @@ def cpu_shares(
         for name in _STAT_FIELDS:
             delta[name] += after[cpu].get(name, 0) - before[cpu].get(name, 0)
     total = sum(delta.values())
+    listed: list[JsonValue] = [*sorted(cpus)]
     if total <= 0:
-        return {"cpus": sorted(cpus), "unavailable": "no CPU time elapsed"}
+        return {"cpus": listed, "unavailable": "no CPU time elapsed"}
     shares = {
         "user": (delta["user"] + delta["nice"]) / total,
         "system": (delta["system"] + delta["irq"] + delta["softirq"]) / total,
@@ -64,7 +81,7 @@ def cpu_shares(
         "iowait": delta["iowait"] / total,
         "steal": delta["steal"] / total,
     }
-    return {"cpus": sorted(cpus), **{k: round(v, 4) for k, v in shares.items()}}
+    return {"cpus": listed, **{k: round(v, 4) for k, v in shares.items()}}
 
 
 class EventsLost(HostError):
@@ -164,7 +181,7 @@ class ExitCounter:
             found[event.name] = hist
         return found
 
-    def counts(self) -> dict[str, Any]:
+    def counts(self) -> CountedExits:
         hists = self.histograms()
         exits = hists.get("kvm_exit")
         by_reason = exits.total_by("exit_reason") if exits else {}
@@ -218,7 +235,10 @@ def collect(
     exits: ExitCounter | str,
     proc: Path = Path("/proc"),
 ) -> Iterator[dict[str, Any]]:
-    """Collect evidence over the ``with`` body; the yielded dict is filled in on exit."""
+    """Collect evidence over the ``with`` body; the yielded dict is filled in on exit:
+    window_seconds, host_cpu (cpu_shares), kvm_exits (CountedExits or {"unavailable": why}).
+    Still dict[str, Any]: campaign/frame.py reads it with .get/.pop (typing it needs that
+    file changed)."""
     evidence: dict[str, Any] = {}
     before = read_cpu_times(proc)
     start = time.monotonic()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import platform
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
+from kvmple.campaign.evidence import CountedExits
 from kvmple.errors import HostError
 from kvmple.host import confounders, kvmstats
 from kvmple.host.cpuinfo import read_cpuinfo
@@ -26,7 +26,7 @@ from kvmple.results.evidence import (
 TCG_NO_KVM = "guests run under QEMU TCG: no KVM VM, so no KVM statistics"
 
 
-def exits_record(counted: Mapping[str, Any] | str) -> ExitCounts | Unavailable:
+def exits_record(counted: CountedExits | str) -> ExitCounts | Unavailable:
     """ExitCounter.counts() as a typed value, or the reason it could not count."""
     if isinstance(counted, str):
         return Unavailable(unavailable=counted)
@@ -98,7 +98,7 @@ class YieldReader:
 
 
 def run_evidence(
-    exits: Mapping[str, Any] | str,
+    exits: CountedExits | str,
     directed_yield: dict[str, YieldCounts | Unavailable],
     found: tuple[ConfounderFinding, ...] | Unavailable,
 ) -> RunEvidence:
