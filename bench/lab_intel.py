@@ -47,20 +47,20 @@ def main() -> None:
     wall = time.monotonic() - began
     print(f"Bochs VT-x lab host, {args.cpus} emulated CPU(s) (emulated, not hardware figures)")
     print(f"  media (kernel/initramfs/ISO, cached after once): {lab.prepare_s:7.1f} s")
-    for stage, seconds in report["stages_s"].items():
+    for stage, seconds in report.stages_s.items():
         print(f"  Bochs start -> {stage:<16} {seconds:7.1f} s")
     print(
         f"  end to end (media + boot + verification):       {wall:7.1f} s "
         f"(goal <= {GOAL_S:.0f} s: {'met' if wall <= GOAL_S else 'NOT met'})"
     )
-    for setting in report["settings"]:
-        counts = setting.get("counts", {})
+    for setting in report.settings:
+        counts = setting.counts.model_dump() if setting.counts else {}
         print(
-            f"  {setting['setting']:<22} ple_gap={setting.get('ple', {}).get('ple_gap')}: "
+            f"  {setting.setting!s:<22} ple_gap={(setting.ple or {}).get('ple_gap')}: "
             f"PAUSE exits {counts.get('pause_exits')}, window updates "
             f"{counts.get('ple_window_updates')}, exits {counts.get('exits')}"
         )
-    print(f"  verdict: {'verified' if report['verified'] else report['problems']}")
+    print(f"  verdict: {'verified' if report.verified else report.problems}")
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def test_debian12_amqp_builds_boots_and_serves_amqp(shared_cache: Path, tmp_path
             ["sh", "-c", "hostname; uname -r; findmnt -no FSTYPE /; ls /opt/kvmple/bin; id -un"],
             timeout=120,
         ).stdout.split()
-        assert facts[:3] == ["kvmple-guest", image.manifest["kernel_release"], "ext4"]
+        assert facts[:3] == ["kvmple-guest", image.manifest.kernel_release, "ext4"]
         assert facts[-1] == "root"
         for program in load_programs():
             assert program in facts

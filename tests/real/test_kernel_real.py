@@ -224,7 +224,7 @@ def test_image_boot_test_with_the_images_own_kernel_reaches_ssh(
     for program in ("qemu-system-x86_64", "qemu-img", "ssh"):
         need_program(program)
     image = resolve("debian12-amqp")  # from the shared cache (built here when missing)
-    release = str(image.manifest["kernel_release"])
+    release = str(image.manifest.kernel_release)
     disk_before = image.qcow2.stat()
     # the image's own kernel stands in for a built one: a build directory naming it
     out = tmp_path / "out"
