@@ -22,11 +22,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
-
-from pydantic import JsonValue
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from kvmple.errors import HostError
+
+if TYPE_CHECKING:  # the Bochs lab host runs this module without pydantic (lab/bochs_media.py)
+    from pydantic import JsonValue
 
 _STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 

@@ -283,7 +283,7 @@ def _verify_ple(args: argparse.Namespace) -> int:
 
 
 def _print_report(report: VerifyReport) -> None:
-    from kvmple.lab.protocol import LabCounts
+    from kvmple.lab.result import LabCounts
 
     ui.out.print(f"lab host {report.name}: {report.emulated}")
     for setting in report.settings:

@@ -21,7 +21,8 @@ from kvmple import paths
 from kvmple.errors import GuestError
 from kvmple.fsutil import write_atomic
 from kvmple.lab import bochs_media, bochs_run
-from kvmple.lab.protocol import RESULT_MARK, LabCounts, LabResult, LabSetting, LabStep
+from kvmple.lab.protocol import RESULT_MARK
+from kvmple.lab.result import LabCounts, LabResult, LabSetting, LabStep
 
 EMULATED = "emulated VT-x with PLE (Bochs): counts and times are not hardware figures"
 STAGE_FILE = "stages.json"

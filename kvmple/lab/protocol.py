@@ -1,68 +1,11 @@
 """The Bochs lab host's console protocol: the in-lab program (kvmple.commands.lab_inner)
 prints one line per step and one JSON result line, each behind its marker; the outer host
 (kvmple.lab.bochs_verify) reads them from the serial console log and validates the result
-as ``LabResult``."""
+as ``kvmple.lab.result.LabResult``.
 
-from __future__ import annotations
-
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+Standard library only: the in-lab program imports this module inside the Bochs lab host,
+whose initramfs ships only what the in-lab program imports (lab/bochs_media.py), and
+pydantic is not part of it."""
 
 RESULT_MARK = "KVMPLE-LAB-RESULT"
 STEP_MARK = "KVMPLE-LAB-STEP"
-
-
-class _Doc(BaseModel):
-    """A part of the result document: frozen; keys a model does not name are kept (extra)
-    and, like the named ones, dumped only when the lab host sent them (``exclude_unset``),
-    so the outer host reports exactly what came."""
-
-    model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
-
-
-class LabStep(_Doc):
-    """One ``kvmple ple ...`` command run in the lab host (lab_inner.run_cli)."""
-
-    command: str | None = None  # 'kvmple ple off'
-    exit_code: int | None = None
-    output: str | None = None
-
-
-class LabCounts(_Doc):
-    """The exit counter's counts (campaign.evidence.ExitCounter.counts); more keys kept."""
-
-    pause_exits: int | None = None
-    ple_window_updates: int | None = None
-
-
-class LabSpin(_Doc):
-    """The PAUSE-loop guest's record (host.kvmrun's spin result): KVM's own statistics."""
-
-    kvm_stats: dict[str, JsonValue] = {}
-
-
-class LabSetting(_Doc):
-    """One PLE setting measured: the values read back (sysfs module parameters) and the
-    counts while the PAUSE-loop guest spun; ``error`` instead when it failed."""
-
-    setting: str | None = None  # 'on (module defaults)', 'off', 'on', ...
-    command: LabStep | None = None
-    ple: dict[str, int] | None = None  # ple_gap, ple_window, ... as read back
-    counts: LabCounts | None = None
-    spin: LabSpin | None = None
-    hist: dict[str, str] | None = None  # raw hist files, kept for a reader
-    error: str | None = None
-
-
-class LabResult(_Doc):
-    """The document behind RESULT_MARK (lab_inner.verify), or ``error`` alone when the in-lab
-    verification failed."""
-
-    error: str | None = None
-    kernel: str | None = None
-    emulated: str | None = None
-    vmx_ple_flag: bool | None = None
-    steps: list[LabStep] = []
-    settings: list[LabSetting] = []
-    initial: dict[str, int] | None = None
-    final: dict[str, int] | None = None
-    yield_: LabSetting | None = Field(default=None, alias="yield")

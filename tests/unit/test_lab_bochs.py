@@ -12,7 +12,8 @@ import pytest
 from kvmple.errors import GuestError, UsageError
 from kvmple.lab import bochs_run
 from kvmple.lab.bochs_verify import VerifyReport, _yield_stats, judge, parse_result
-from kvmple.lab.protocol import RESULT_MARK, LabResult, LabSetting
+from kvmple.lab.protocol import RESULT_MARK
+from kvmple.lab.result import LabResult, LabSetting
 
 
 def _setting(name: str, gap: int, pause: int, updates: int) -> dict[str, Any]:
@@ -173,3 +174,23 @@ def test_bochsrc_has_no_sound_card() -> None:
     # Debian's bochs-bin aborts in its ALSA mixer thread on a host without a sound card
     text = bochs_run.bochsrc(Path("a.iso"), Path("s"), Path("l"))
     assert "sound: driver=dummy" in text and "speaker: enabled=0" in text
+
+
+def test_in_lab_program_imports_no_pydantic() -> None:
+    """The Bochs initramfs ships what the in-lab program imports and not pydantic (a compiled
+    extension): the modules it runs (bochs_media.INNER_MODULES) must not import it."""
+    import subprocess
+    import sys
+
+    from kvmple.lab.bochs_media import INNER_MODULES
+
+    code = (
+        "import importlib, sys\n"
+        f"for name in {[m for m in INNER_MODULES if m.startswith('kvmple')]!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0].startswith('pydantic')))\n"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert found.stdout.strip() == "[]"
