@@ -277,7 +277,7 @@ def _build(args: argparse.Namespace) -> int:
         ccache=False if args.no_ccache else None,
         timeout=args.timeout,
     )
-    manifest = build_kernel(request)
+    manifest = build_kernel(request, sink=ui.Renderer())
     if args.json:
         _say(manifest.to_json().rstrip("\n"))
         return 0

@@ -242,7 +242,7 @@ def _up_intel(args: argparse.Namespace) -> int:
     if args.cpus not in (1, 2):
         raise UsageError("the Bochs lab host takes --cpus 1 or 2")
     name = args.name or "intel"
-    lab = up_intel(name, cpus=args.cpus, timeout=args.ready_timeout or 1800.0)
+    lab = up_intel(name, cpus=args.cpus, timeout=args.ready_timeout or 1800.0, sink=ui.Renderer())
     doc = {
         "name": lab.host.name,
         "kind": "intel",
