@@ -79,7 +79,7 @@ def execute(
 
     _reap_crashed_guests(meta.id, sink)
 
-    images = {role: resolve(guest.image) for role, guest in playbook.guests.items()}
+    images = {role: resolve(guest.image, sink=sink) for role, guest in playbook.guests.items()}
     remaining = sum(1 for r in plan.runs if r.key not in done)
     if remaining == 0:
         return

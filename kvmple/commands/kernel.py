@@ -361,7 +361,7 @@ def _boot_test_image(args: argparse.Namespace, out: Path, manifest: BuildManifes
     from kvmple.kernel.bootpass import record_pass
     from kvmple.kernel.imageboot import image_boot_test
 
-    image = resolve(args.image)
+    image = resolve(args.image, sink=ui.Renderer())
     result = image_boot_test(
         manifest.image,
         manifest.release,

@@ -130,7 +130,7 @@ def _up(args: argparse.Namespace) -> int:
         ready_timeout_s=args.ready_timeout or 900.0,
     )
     _refuse_taken_name(name)
-    image = resolve(amd.RECIPE)
+    image = resolve(amd.RECIPE, sink=ui.Renderer())
     ui.note(f"booting lab host {name} ({options.cpu}, {args.cpus} CPUs, {args.memory} MiB)...")
     host = amd.up(options, image)
     if args.json:

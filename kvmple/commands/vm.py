@@ -110,7 +110,7 @@ def build_spec(
     if image is None:
         from kvmple.image import resolve
 
-        image = resolve(args.image)
+        image = resolve(args.image, sink=ui.Renderer())
     pins = expand_pins(args.vcpu_pins or (tuple(online),), args.vcpus)
     emulator = args.emulator_pins or tuple(sorted({c for p in pins for c in p}))
     return VMSpec(

@@ -438,7 +438,6 @@ def test_domain_prefix_is_one_value() -> None:
 DRAWS = ("kvmple.ui", "rich")
 # modules that still draw, each leaving as its area moves to kvmple.events
 DRAWING_LEFT: set[str] = {
-    "kvmple/image/builder.py",
     "kvmple/vm/lifecycle.py",
 }
 
