@@ -232,6 +232,7 @@ def _boot_and_run(ctx: _Context, index: int, block: Block) -> None:
                 _specs(ctx, block),
                 ready_timeout=playbook.timeouts.boot,
                 keep_smt_siblings=keep_smt,
+                sink=ctx.sink,
             )
         )
         ctx.outcome.boots += 1

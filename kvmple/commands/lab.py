@@ -132,7 +132,7 @@ def _up(args: argparse.Namespace) -> int:
     _refuse_taken_name(name)
     image = resolve(amd.RECIPE, sink=ui.Renderer())
     ui.note(f"booting lab host {name} ({options.cpu}, {args.cpus} CPUs, {args.memory} MiB)...")
-    host = amd.up(options, image)
+    host = amd.up(options, image, sink=ui.Renderer())
     if args.json:
         ui.out.print_json(json.dumps(host.to_json()))
     print(f"ready {host.name} after {host.ready_s:.0f} s (kvm_amd loaded)", flush=True)

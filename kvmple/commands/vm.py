@@ -154,6 +154,7 @@ def _up(args: argparse.Namespace) -> int:
         uri=args.uri,
         ready_timeout=args.ready_timeout,
         keep_smt_siblings=args.keep_smt_siblings,
+        sink=ui.Renderer(),
     ) as guests:
         table = Table(title=f"ready after {time.monotonic() - start:.1f} s")
         for column in ("guest", "ssh", "vCPU -> host CPUs (read back)", "console"):

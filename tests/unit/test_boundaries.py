@@ -436,10 +436,6 @@ def test_domain_prefix_is_one_value() -> None:
 # --- the library reports, the front end draws ---------------------------------------------
 
 DRAWS = ("kvmple.ui", "rich")
-# modules that still draw, each leaving as its area moves to kvmple.events
-DRAWING_LEFT: set[str] = {
-    "kvmple/vm/lifecycle.py",
-}
 
 
 def _draws(rel: str) -> bool:
@@ -458,18 +454,13 @@ def _drawing_imports(tree: ast.Module) -> list[Import]:
 def test_only_commands_draw(path: Path) -> None:
     """kvmple.ui and rich are for commands/: engine code emits kvmple.events instead."""
     rel = _rel(path)
-    if _draws(rel) or rel in DRAWING_LEFT:
+    if _draws(rel):
         return
     for imp in _drawing_imports(_tree(path)):
         pytest.fail(
             f"{rel}:{imp.line}: imports {imp.module}: only commands/ draws; emit "
             "kvmple.events (Note, Warn, progress) to a sink the command passes in"
         )
-
-
-def test_drawing_allow_list_is_current() -> None:
-    still = {_rel(p) for p in SOURCES if _drawing_imports(_tree(p))}
-    assert DRAWING_LEFT <= still, sorted(DRAWING_LEFT - still)
 
 
 def test_drawing_checker_sees_every_form() -> None:
