@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kvmple import cli
+from kvmple import cli, ui
 from kvmple.campaign import runner
 from kvmple.campaign.model import CampaignOptions
 from kvmple.campaign.plan import build_plan
@@ -96,9 +96,11 @@ def test_run_runs_one_campaign_per_workload(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ran: list[Any] = []
+    sinks: list[object] = []
 
-    def fake_run(loaded: Any, options: CampaignOptions, **_: object) -> _Outcome:
+    def fake_run(loaded: Any, options: CampaignOptions, **kwargs: object) -> _Outcome:
         ran.append(loaded)
+        sinks.append(kwargs.get("sink"))
         return _Outcome(loaded.playbook.name)
 
     monkeypatch.setattr(runner, "run_campaign", fake_run)
@@ -109,6 +111,8 @@ def test_run_runs_one_campaign_per_workload(
     ]
     assert "workload_axis" not in ran[1].text and "sysbench-threads" in ran[1].text
     assert "campaign of modern-matrix-sysbench-threads" in capsys.readouterr().out
+    # the command draws what the campaigns report: one renderer for the whole axis
+    assert isinstance(sinks[0], ui.Renderer) and sinks == [sinks[0]] * 2
 
 
 def test_run_campaign_refuses_the_whole_axis() -> None:
