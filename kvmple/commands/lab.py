@@ -222,8 +222,11 @@ def _down(args: argparse.Namespace) -> int:
     chosen = entries(running) if args.all else [find(n, running) for n in args.names]
     report = gc.GcReport()
     for entry in chosen:
-        if entry.record.owner_alive:
-            report.kept.append(f"{entry.name}: still booting in process {entry.record.owner_pid}")
+        if entry.record.owner_alive:  # still booting: its 'lab up' cleans up on SIGTERM
+            owner = entry.record.owner_pid
+            message = f"lab host {entry.name} is still booting: stopping its 'lab up' ({owner})"
+            ui.err.print(message, soft_wrap=True, markup=False)
+            gc.stop_owner(entry.record, report)
             continue
         gc.reap(entry.record, report)
     for domain in report.removed_records:
