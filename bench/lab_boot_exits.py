@@ -86,7 +86,8 @@ def main() -> None:
         for reason, count in sorted(profile["by_reason"].items(), key=lambda kv: -kv[1])[:12]:
             print(f"  {reason:24} {count:9} {100 * count / max(total, 1):5.1f} %")
         ports = sorted(profile["io_ports"].items(), key=lambda kv: -kv[1])[:8]
-        print("io exits by port (kvm:kvm_pio): " + ", ".join(f"{int(p, 0):#x} {n}" for p, n in ports))
+        shown = ", ".join(f"{int(port, 0):#x} {n}" for port, n in ports)
+        print(f"io exits by port (kvm:kvm_pio): {shown}")
     finally:
         if not args.reuse:
             down_s, _ = kvmple("lab", "down", name, timeout=300)
