@@ -14,12 +14,19 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from kvmple.config import load_model, parse_model
 from kvmple.errors import KvmpleError
 from kvmple.host import knobs
-from kvmple.workloads import WORKLOADS
+from kvmple.workloads import WORKLOADS, check_params
 
 Scalar = int | float | str | bool
 
@@ -138,6 +145,13 @@ class WorkloadSpec(BaseModel):
 
     _name = field_validator("name")(_known_workload)
 
+    @field_validator("params")
+    @classmethod
+    def _known_params(cls, params: dict[str, Scalar], info: ValidationInfo) -> dict[str, Scalar]:
+        if "name" in info.data:  # else the name's own error is the one to report
+            check_params(info.data["name"], params)
+        return params
+
 
 class WorkloadVariant(BaseModel):
     """One value of the workload axis: the measured guest runs this workload instead."""
@@ -152,6 +166,15 @@ class WorkloadVariant(BaseModel):
     )
 
     _name = field_validator("name")(_known_workload)
+
+    @field_validator("params")
+    @classmethod
+    def _known_params(
+        cls, params: dict[str, Scalar] | None, info: ValidationInfo
+    ) -> dict[str, Scalar] | None:
+        if params is not None and "name" in info.data:
+            check_params(info.data["name"], params)
+        return params
 
 
 class Axis(BaseModel):
@@ -171,6 +194,16 @@ class Axis(BaseModel):
         return values
 
 
+def _check_axis(where: str, axis: Axis, workload: str, params: dict[str, Scalar]) -> None:
+    """ValueError naming ``where`` unless each of the axis' values is a valid ``param`` of
+    ``workload`` beside its fixed ``params``."""
+    for value in axis.values:
+        try:
+            check_params(workload, {**params, axis.param: value})
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+
+
 class Factor(BaseModel):
     """A host knob factor: its settings define run groups (one knob change per group)."""
 
@@ -179,6 +212,12 @@ class Factor(BaseModel):
     knob: str = Field(
         description="host knob: 'ple' (Pause-Loop Exiting), a KVM module parameter "
         "('kvm.halt_poll_ns', 'kvm_intel.ple_window', ...) or a /sys or /sys/kernel/debug path"
+    )
+    # before values: their validator checks them against it
+    type: str | None = Field(
+        default=None,
+        description="a KVM module parameter's type (bool, int, uint, ushort, ulong, string) "
+        "when kvmple does not know it; its values are checked against it",
     )
     values: tuple[str, ...] = Field(
         min_length=1, description="settings, e.g. 'on', 'off' for ple, numbers for parameters"
@@ -209,12 +248,12 @@ class Factor(BaseModel):
             raise ValueError(f"{exc.message} ({exc.hint})" if exc.hint else exc.message) from None
         return name
 
-    @model_validator(mode="after")
-    def _settings(self) -> Factor:
-        knob = knobs.get(self.knob)
-        for value in self.values:
-            knob.check_setting(value)
-        return self
+    @field_validator("values")
+    @classmethod
+    def _settings(cls, values: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if "knob" in info.data:  # else the knob's own error is the one to report
+            knobs.get(info.data["knob"]).check_settings(values, info.data.get("type"))
+        return values
 
 
 class Adaptive(BaseModel):
@@ -316,6 +355,8 @@ class Playbook(BaseModel):
         for name, axis in self.axes.items():
             if axis.guest not in self.workloads:
                 raise ValueError(f"axes.{name}.guest: {axis.guest!r} runs no workload")
+            workload = self.workloads[axis.guest]
+            _check_axis(f"axes.{name}", axis, workload.name, workload.params)
         knobs = [f.knob for f in self.factors]
         if len(set(knobs)) != len(knobs):
             raise ValueError("factors: each knob may appear once")
@@ -339,6 +380,15 @@ class Playbook(BaseModel):
         for name in names:
             if len(f"{self.name}-{name}") > 41:
                 raise ValueError(f"workload_axis: name {self.name}-{name} is over 41 characters")
+        base = self.workloads[self.measured_role]
+        for index, variant in enumerate(self.workload_axis):
+            params = variant.params
+            if params is None:
+                params = base.params if variant.name == base.name else {}
+            for axis_name, axis in self.axes.items():
+                if axis.guest == self.measured_role:  # the axis goes to each variant
+                    where = f"workload_axis.{index} ({variant.name}): axes.{axis_name}"
+                    _check_axis(where, axis, variant.name, params)
 
     def variants(self) -> tuple[Playbook, ...]:
         """One playbook per value of ``workload_axis`` (named NAME-WORKLOAD, the measured
