@@ -144,9 +144,9 @@ def _up(args: argparse.Namespace) -> int:
         ready_timeout_s=args.ready_timeout or 900.0,
     )
     _refuse_taken_name(name)
-    image = resolve(amd.RECIPE)
+    image = resolve(amd.RECIPE, sink=ui.Renderer())
     ui.note(f"booting lab host {name} ({options.cpu}, {args.cpus} CPUs, {args.memory} MiB)...")
-    host = amd.up(options, image)
+    host = amd.up(options, image, sink=ui.Renderer())
     if args.json:
         ui.out.print_json(json.dumps(host.to_json()))
     print(f"ready {host.name} after {host.ready_s:.0f} s (kvm_amd loaded)", flush=True)
@@ -236,8 +236,11 @@ def _down(args: argparse.Namespace) -> int:
     chosen = entries(running) if args.all else [find(n, running) for n in args.names]
     report = gc.GcReport()
     for entry in chosen:
-        if entry.record.owner_alive:
-            report.kept.append(f"{entry.name}: still booting in process {entry.record.owner_pid}")
+        if entry.record.owner_alive:  # still booting: its 'lab up' cleans up on SIGTERM
+            owner = entry.record.owner_pid
+            message = f"lab host {entry.name} is still booting: stopping its 'lab up' ({owner})"
+            ui.err.print(message, soft_wrap=True, markup=False)
+            gc.stop_owner(entry.record, report)
             continue
         gc.reap(entry.record, report)
     for domain in report.removed_records:
@@ -254,8 +257,7 @@ def _up_intel(args: argparse.Namespace, name: str) -> int:
 
     if args.cpus not in (1, 2):
         raise UsageError("the Bochs lab host takes --cpus 1 or 2")
-    ui.note(f"building/starting the Bochs lab host {name} ({EMULATED})")
-    lab = up_intel(name, cpus=args.cpus, timeout=args.ready_timeout or 1800.0)
+    lab = up_intel(name, cpus=args.cpus, timeout=args.ready_timeout or 1800.0, sink=ui.Renderer())
     doc = {
         "name": lab.host.name,
         "kind": "intel",

@@ -144,7 +144,7 @@ def test_what_kvmple_run_json_prints_today_is_read_like_the_recording(
 
     outcome = CampaignOutcome("smoke-20261129-1", planned=4, ok=4, boots=1)
     monkeypatch.setattr(runner, "run_campaign", lambda *a, **k: outcome)
-    monkeypatch.setattr(runner, "print_report", lambda *a: None)
+    monkeypatch.setattr(runner, "campaign_report", lambda *a: None)
     assert main(["run", "--resume", "smoke-20261129-1", "--json"]) == 0
     captured = capsys.readouterr()
     assert read_outcomes(captured.out, "local") == [RunOutcome.from_outcome(outcome)]
