@@ -23,20 +23,19 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from kvmple.errors import CommandError, GuestError, WorkloadError
 from kvmple.executor import Executor
+from kvmple.guest.kvmple_guest import protocol
 from kvmple.run import Result
 from kvmple.workloads.base import LoadStatus, LoopStatus, parse_params
 from kvmple.workloads.programs import GUEST_BIN, ensure_programs, program_argv
 
-PROGRAM = "kvmple-spin"
-STATE_FILE = "/run/kvmple-spin.json"
-ARMED_LINE = "KVMPLE-SPIN-ARMED"  # kvmple-spin hold: ready, waiting for "start"
-RUNNING_TAG = "KVMPLE-SPIN-RUNNING"  # ...: the loops run, waiting for "stop"
+PROGRAM = protocol.SPIN
+STATE_FILE = protocol.SPIN_STATE
 STOP_WAIT_S = 60.0  # for the held command to stop its loops and report
 
 log = logging.getLogger("kvmple.workloads.spin")
@@ -224,13 +223,14 @@ class HeldLoops:
         event.wait(max(0.0, self._deadline - time.monotonic()))
 
     def _on_line(self, line: str) -> str | None:
-        if line == ARMED_LINE:
+        if line == protocol.SPIN_ARMED_LINE:
             self._wait(self._go)
-            return "off\n" if self._call_off else "start\n"
-        if line.startswith(RUNNING_TAG):
+            word = protocol.SPIN_CALL_OFF_WORD if self._call_off else protocol.SPIN_START_WORD
+            return f"{word}\n"
+        if line.startswith(protocol.SPIN_RUNNING_TAG):
             self._running.set()
             self._wait(self._halt)
-            return "stop\n"
+            return f"{protocol.SPIN_STOP_WORD}\n"
         return None
 
     def _raise_failure(self, action: str) -> None:
@@ -303,7 +303,9 @@ class HeldLoops:
 
 
 def load_status(workload: str, data: Mapping[str, Any]) -> LoadStatus:
-    """kvmple-spin's status JSON as a LoadStatus."""
+    """kvmple-spin's status JSON (protocol.SpinStatusRecord) as a LoadStatus; KeyError or
+    ValueError when it lacks a key or holds a wrong value."""
+    record = cast(protocol.SpinStatusRecord, data)
     loops = tuple(
         LoopStatus(
             pid=int(loop["pid"]),
@@ -314,9 +316,9 @@ def load_status(workload: str, data: Mapping[str, Any]) -> LoadStatus:
             last_cpu=None if loop["last_cpu"] is None else int(loop["last_cpu"]),
             share=float(loop.get("share", 0.0)),
         )
-        for loop in data["loops"]
+        for loop in record["loops"]
     )
-    return LoadStatus(workload, loops, float(data["sample_s"]))
+    return LoadStatus(workload, loops, float(record["sample_s"]))
 
 
 def stop_unit(executor: Executor, unit: str, *, timeout: float) -> bool:

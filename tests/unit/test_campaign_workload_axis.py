@@ -161,3 +161,40 @@ def test_unquoted_on_off_names_the_yaml_pitfall() -> None:
     assert bad != MATRIX.read_text()
     with pytest.raises(ConfigError, match=r"factors\.3\.values: .*quote the settings"):
         parse_playbook(bad, "bad.yaml")
+
+
+def test_unknown_workload_parameters_fail_at_load_naming_entry_and_key(tmp_path: Path) -> None:
+    text = MATRIX.read_text()
+    cases = {
+        "    params: {threads: 4, time: 10}\n": (
+            "    params: {threads: 4, time: 10, bogus: 3}\n",
+            r":\d+: workload_axis\.1\.params: bogus: not a parameter of sysbench-threads "
+            r"\(parameters of sysbench-threads: threads, time, yields, locks\)",
+        ),
+        "    params: {clients: 4, time: 10}\n": (
+            "    params: {clients: 4, time: ten}\n",
+            r"workloads\.measured\.params: time: Input should be a valid integer",
+        ),
+        "{values: [0, 2], guest: load, param: count}": (
+            "{values: [0, 2], guest: load, param: cout}",
+            r"axes\.spinners: cout: not a parameter of spin",
+        ),
+    }
+    for original, (changed, message) in cases.items():
+        assert original in text
+        path = tmp_path / "bad.yaml"
+        path.write_text(text.replace(original, changed))
+        with pytest.raises(ConfigError, match=message):
+            load_playbook(path)
+
+
+def test_an_axis_on_the_measured_guest_must_suit_every_workload_of_the_axis() -> None:
+    text = MATRIX.read_text().replace(
+        "  spinners: {values: [0, 2], guest: load, param: count}",
+        "  spinners: {values: [0, 2], guest: load, param: count}\n"
+        "  clients: {values: [2, 4], guest: measured, param: clients}",
+    )
+    with pytest.raises(
+        ConfigError, match=r"workload_axis\.1 \(sysbench-threads\): axes\.clients: clients: not a"
+    ):
+        parse_playbook(text, "m.yaml")
