@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvmple import ui
+from kvmple import events
 from kvmple.campaign import quiet
 from kvmple.campaign.frame import Attempt, measure_run
 from kvmple.campaign.model import CampaignOutcome, HostFacts
@@ -23,6 +23,7 @@ from kvmple.campaign.plan import UNAVAILABLE, Block, Plan, PlannedRun
 from kvmple.campaign.playbook import Playbook
 from kvmple.campaign.provenance import run_provenance
 from kvmple.errors import CampaignError, GuestError, WorkloadError
+from kvmple.events import Note, Progress, Sink, Warn
 from kvmple.host import knobs, pvknobs, vmknobs
 from kvmple.host.seam import real_seam
 from kvmple.image import resolve
@@ -60,7 +61,11 @@ def execute(
     plan: Plan,
     host: HostFacts,
     outcome: CampaignOutcome,
+    sink: Sink = events.discard,
 ) -> None:
+    """Run the plan's missing runs, block by block, reporting to ``sink`` (one progress
+    display over all planned runs; a note per block and per stored run, a warning per
+    failed run). Raises CampaignError, GuestError, WorkloadError as the blocks do."""
     stored = store.runs(meta.id)
     done = {r.run_key for r in stored if r.status == "ok"}
     failures = stored_failures(stored)
@@ -72,16 +77,15 @@ def execute(
                 record.figures[meta.primary_metric]
             )
 
-    _reap_crashed_guests(meta.id)
+    _reap_crashed_guests(meta.id, sink)
 
-    images = {role: resolve(guest.image) for role, guest in playbook.guests.items()}
+    images = {role: resolve(guest.image, sink=sink) for role, guest in playbook.guests.items()}
     remaining = sum(1 for r in plan.runs if r.key not in done)
     if remaining == 0:
         return
-    with ui.progress() as bar:
-        task = bar.add_task(playbook.name, total=len(plan.runs), status="", completed=len(done))
+    with events.progress(sink, playbook.name, total=len(plan.runs), done=len(done)):
         context = _Context(
-            store, meta, playbook, host, images, outcome, done, failures, values, bar, task
+            store, meta, playbook, host, images, outcome, done, failures, values, sink
         )
         for index, block in enumerate(plan.blocks):
             if all(r.key in done for r in block.runs):
@@ -89,7 +93,7 @@ def execute(
             _run_block(context, index, block)
 
 
-def _reap_crashed_guests(campaign_id: str) -> None:
+def _reap_crashed_guests(campaign_id: str, sink: Sink) -> None:
     """Guests of this campaign left by a killed kvmple (SIGKILL, host crash) are reaped before
     resuming, so the same domain names can be booted again. Live owners are left alone."""
     prefix = domain_name(campaign_id, "")
@@ -98,7 +102,7 @@ def _reap_crashed_guests(campaign_id: str) -> None:
         if record.domain.startswith(prefix) and not record.owner_alive:
             gc.reap(record, report)
     if report.removed_domains:
-        ui.note(f"reaped guests of the interrupted run: {', '.join(report.removed_domains)}")
+        sink(Note(f"reaped guests of the interrupted run: {', '.join(report.removed_domains)}"))
         log.info("reaped leftovers: %s", report.removed_domains)
 
 
@@ -117,8 +121,7 @@ class _Context:
     done: set[str]
     failures: dict[str, int]  # stored failed attempts per run key, all invocations
     values: dict[str, list[float]]
-    bar: Any
-    task: Any
+    sink: Sink
     tries: dict[str, int] = field(default_factory=dict)  # this invocation
 
 
@@ -161,14 +164,17 @@ def _knobs(ctx: _Context, block: Block) -> Iterator[dict[str, Any]]:
         else:
             settings.append((knob, value))
             read_back[knob] = None  # keeps the block's knob order in the provenance
-    with knobs.applied(settings, real_seam(), announce=_announce) as applied:
+    with knobs.applied(settings, real_seam(), announce=_announcer(ctx.sink)) as applied:
         read_back.update({name: setting.to_json() for name, setting in applied.items()})
         yield read_back
 
 
-def _announce(knob: knobs.Knob, setting: str) -> None:
-    note = f" ({knob.change_note})" if knob.change_note else ""
-    ui.note(f"host: {knob.title} {setting}{note}")
+def _announcer(sink: Sink) -> Callable[[knobs.Knob, str], None]:
+    def announce(knob: knobs.Knob, setting: str) -> None:
+        note = f" ({knob.change_note})" if knob.change_note else ""
+        sink(Note(f"host: {knob.title} {setting}{note}"))
+
+    return announce
 
 
 def _wait_for_quiet(ctx: _Context, cpus: frozenset[int], own_pids: Sequence[int]) -> dict[str, Any]:
@@ -179,10 +185,12 @@ def _wait_for_quiet(ctx: _Context, cpus: frozenset[int], own_pids: Sequence[int]
         if reading.foreign_cpus <= policy.max_foreign_load:
             return {"foreign_cpus": reading.foreign_cpus, "quiet": True}
         if policy.action == "warn" or time.monotonic() >= deadline:
-            ui.warn(f"host not quiet: {reading.describe()} (limit {policy.max_foreign_load})")
+            ctx.sink(
+                Warn(f"host not quiet: {reading.describe()} (limit {policy.max_foreign_load})")
+            )
             log.warning("host not quiet: %s", reading.describe())
             return {"foreign_cpus": reading.foreign_cpus, "quiet": False}
-        ctx.bar.update(ctx.task, status=f"waiting for quiet: {reading.describe()}")
+        ctx.sink(Progress(status=f"waiting for quiet: {reading.describe()}"))
         time.sleep(2)
 
 
@@ -204,7 +212,7 @@ def _run_block(ctx: _Context, index: int, block: Block) -> None:
         except GuestError as exc:
             # The failed attempt (if a run was going) is stored; reboot and carry on.
             last_error = exc.message
-            ui.warn(f"{exc.message}; rebooting the guests of this block")
+            ctx.sink(Warn(f"{exc.message}; rebooting the guests of this block"))
             log.warning("guest failure, rebooting block: %s", exc.message)
 
 
@@ -215,15 +223,16 @@ def _boot_and_run(ctx: _Context, index: int, block: Block) -> None:
     with contextlib.ExitStack() as stack:
         knobs = stack.enter_context(_knobs(ctx, block))
         _wait_for_quiet(ctx, shared, ())
-        ctx.bar.update(ctx.task, description=f"{block.knob_key}: booting guests")
+        ctx.sink(Progress(label=f"{block.knob_key}: booting guests"))
         log.info("block %d (%s): booting guests", index + 1, block.knob_key)
-        ctx.bar.console.print(f"block {index + 1} ({block.knob_key}): booting guests")
+        ctx.sink(Note(f"block {index + 1} ({block.knob_key}): booting guests"))
         boot_start = time.monotonic()
         guests = stack.enter_context(
             boot_guests(
                 _specs(ctx, block),
                 ready_timeout=playbook.timeouts.boot,
                 keep_smt_siblings=keep_smt,
+                sink=ctx.sink,
             )
         )
         ctx.outcome.boots += 1
@@ -259,7 +268,7 @@ def _boot_and_run(ctx: _Context, index: int, block: Block) -> None:
             if _precise_enough(ctx, run):
                 ctx.done.add(run.key)
                 ctx.outcome.skipped_adaptive += 1
-                ctx.bar.advance(ctx.task)
+                ctx.sink(Progress(advance=1))
                 continue
             if not _one_run(
                 ctx,
@@ -290,7 +299,7 @@ def _prepare(ctx: _Context, guests: dict[str, Any]) -> dict[str, Any]:
     for role, spec in ctx.playbook.workloads.items():
         workload = get_workload(spec.name)
         executor = guests[role].executor
-        ctx.bar.update(ctx.task, description=f"preparing {spec.name} in {role}")
+        ctx.sink(Progress(label=f"preparing {spec.name} in {role}"))
         ensure_programs(executor)
         workload.prepare(executor, timeout=ctx.playbook.timeouts.prepare, params=dict(spec.params))
         workloads[role] = workload
@@ -324,7 +333,7 @@ def _one_run(
     cell = {**run.cell.as_dict(), "overcommit": run.overcommit}
     label = " ".join(f"{k}={v}" for k, v in cell.items())
     attempt = ctx.failures.get(run.key, 0) + 1
-    ctx.bar.update(ctx.task, description=label)
+    ctx.sink(Progress(label=label))
     provenance = run_provenance(
         ctx.host,
         ctx.playbook,
@@ -375,11 +384,13 @@ def _count_ok(
     ctx.values.setdefault(_cell_key(cell), []).append(outcome.figures.get(primary, 0.0))
     shown = f"{outcome.figures.get(primary, 0):,.0f} {ctx.meta.metric_unit}".strip()
     log.info("run %s ok: %s", run.key, shown)
-    ctx.bar.console.print(
-        f"  run {ctx.outcome.ok + ctx.outcome.resumed_from:>3}/"
-        f"{ctx.outcome.planned}  {label}  rep {run.repetition}: {shown}"
+    ctx.sink(
+        Note(
+            f"  run {ctx.outcome.ok + ctx.outcome.resumed_from:>3}/"
+            f"{ctx.outcome.planned}  {label}  rep {run.repetition}: {shown}"
+        )
     )
-    ctx.bar.update(ctx.task, advance=1, status=f"last: {shown}")
+    ctx.sink(Progress(advance=1, status=f"last: {shown}"))
 
 
 def _count_failure(
@@ -391,7 +402,7 @@ def _count_failure(
     ctx.tries[run.key] = tries = ctx.tries.get(run.key, 0) + 1
     ctx.outcome.failed += 1
     log.warning("run %s failed (attempt %d): %s", run.key, attempt, outcome.reason)
-    ui.warn(f"run {label} failed: {outcome.reason}")
+    ctx.sink(Warn(f"run {label} failed: {outcome.reason}"))
     if outcome.guest_error is not None:
         raise outcome.guest_error
     if tries >= MAX_ATTEMPTS:

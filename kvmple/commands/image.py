@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    image = build(find_recipe(args.recipe), rebuild=args.rebuild)
+    image = build(find_recipe(args.recipe), rebuild=args.rebuild, sink=ui.Renderer())
     if args.json:
         ui.out.print_json(json.dumps(image.to_json()))
     else:
@@ -117,7 +117,7 @@ def _rm(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    image = build(find_recipe(args.recipe))
+    image = build(find_recipe(args.recipe), sink=ui.Renderer())
     amqp = args.amqp or "rabbitmq-server" in image.manifest.packages
     with tempfile.TemporaryDirectory(prefix="kvmple-image-check-") as tmp:
         times = probe(

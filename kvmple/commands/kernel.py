@@ -277,7 +277,7 @@ def _build(args: argparse.Namespace) -> int:
         ccache=False if args.no_ccache else None,
         timeout=args.timeout,
     )
-    manifest = build_kernel(request)
+    manifest = build_kernel(request, sink=ui.Renderer())
     if args.json:
         _say(manifest.to_json().rstrip("\n"))
         return 0
@@ -361,7 +361,7 @@ def _boot_test_image(args: argparse.Namespace, out: Path, manifest: BuildManifes
     from kvmple.kernel.bootpass import record_pass
     from kvmple.kernel.imageboot import image_boot_test
 
-    image = resolve(args.image)
+    image = resolve(args.image, sink=ui.Renderer())
     result = image_boot_test(
         manifest.image,
         manifest.release,

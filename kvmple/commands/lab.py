@@ -99,6 +99,20 @@ def _running() -> set[str]:
         return {n for n in lv.names(DOMAIN_PREFIX) if lv.is_running(n)}
 
 
+def _lab_name(args: argparse.Namespace) -> str:
+    """--name (default: the kind), checked before anything is built or booted: it names the
+    lab host's domain and files, so a bad one is a usage error (exit 2), like --cpus."""
+    from kvmple.errors import ConfigError
+    from kvmple.vm.spec import check_name_part
+
+    name: str = args.name or args.kind
+    try:
+        check_name_part("lab host name", name)
+    except ConfigError as exc:
+        raise UsageError(f"--name: {exc.message}", hint=exc.hint) from None
+    return name
+
+
 def _refuse_taken_name(name: str) -> None:
     """UsageError when a domain kvmple-lab-NAME exists already (kvmple never touches a domain
     it has no record of, and a second lab host under one name would be ambiguous)."""
@@ -120,9 +134,9 @@ def _up(args: argparse.Namespace) -> int:
     from kvmple.image import resolve
     from kvmple.lab import amd
 
+    name = _lab_name(args)
     if args.kind == "intel":
-        return _up_intel(args)
-    name = args.name or args.kind
+        return _up_intel(args, name)
     if args.cpus < 1 or args.memory < 1024:
         raise UsageError("a lab host needs --cpus >= 1 and --memory >= 1024 (MiB)")
     options = amd.AmdOptions(
@@ -133,9 +147,9 @@ def _up(args: argparse.Namespace) -> int:
         ready_timeout_s=args.ready_timeout or 900.0,
     )
     _refuse_taken_name(name)
-    image = resolve(amd.RECIPE)
+    image = resolve(amd.RECIPE, sink=ui.Renderer())
     ui.note(f"booting lab host {name} ({options.cpu}, {args.cpus} CPUs, {args.memory} MiB)...")
-    host = amd.up(options, image)
+    host = amd.up(options, image, sink=ui.Renderer())
     if args.json:
         ui.out.print_json(json.dumps(host.to_json()))
     print(f"ready {host.name} after {host.ready_s:.0f} s (kvm_amd loaded)", flush=True)
@@ -225,8 +239,11 @@ def _down(args: argparse.Namespace) -> int:
     chosen = entries(running) if args.all else [find(n, running) for n in args.names]
     report = gc.GcReport()
     for entry in chosen:
-        if entry.record.owner_alive:
-            report.kept.append(f"{entry.name}: still booting in process {entry.record.owner_pid}")
+        if entry.record.owner_alive:  # still booting: its 'lab up' cleans up on SIGTERM
+            owner = entry.record.owner_pid
+            message = f"lab host {entry.name} is still booting: stopping its 'lab up' ({owner})"
+            ui.err.print(message, soft_wrap=True, markup=False)
+            gc.stop_owner(entry.record, report)
             continue
         gc.reap(entry.record, report)
     for domain in report.removed_records:
@@ -238,14 +255,12 @@ def _down(args: argparse.Namespace) -> int:
     return 1 if report.errors else 0
 
 
-def _up_intel(args: argparse.Namespace) -> int:
+def _up_intel(args: argparse.Namespace, name: str) -> int:
     from kvmple.lab.bochs_verify import EMULATED, up_intel
 
-    ui.note(f"building/starting the Bochs lab host {args.name or 'intel'} ({EMULATED})")
     if args.cpus not in (1, 2):
         raise UsageError("the Bochs lab host takes --cpus 1 or 2")
-    name = args.name or "intel"
-    lab = up_intel(name, cpus=args.cpus, timeout=args.ready_timeout or 1800.0)
+    lab = up_intel(name, cpus=args.cpus, timeout=args.ready_timeout or 1800.0, sink=ui.Renderer())
     doc = {
         "name": lab.host.name,
         "kind": "intel",

@@ -83,9 +83,9 @@ def _say_what_this_host_provides(playbook: Any, campaigns: int = 1) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from kvmple.campaign.describe import describe_plan
     from kvmple.campaign.plan import build_plan
     from kvmple.campaign.playbook import load_playbook, variants
+    from kvmple.commands.plan_view import describe_plan
 
     if args.resume and args.playbook:
         raise UsageError("give either a PLAYBOOK or --resume ID, not both")
@@ -110,11 +110,13 @@ def _run(args: argparse.Namespace) -> int:
     from kvmple.campaign.runner import CampaignOptions, run_campaign
 
     options = CampaignOptions(db_url=args.db, allow_unavailable=args.allow_unavailable)
+    sink = ui.Renderer()
     if args.resume:
-        outcomes = [run_campaign(None, options, resume_id=args.resume)]
+        outcomes = [run_campaign(None, options, resume_id=args.resume, sink=sink)]
     else:
         # one campaign per workload of the axis, one after the other (a failure stops the rest)
-        outcomes = [run_campaign(v, options) for v in variants(load_playbook(args.playbook))]
+        playbooks = variants(load_playbook(args.playbook))
+        outcomes = [run_campaign(v, options, sink=sink) for v in playbooks]
     if args.json:
         from kvmple.campaign.outcome import RunOutcome
 
@@ -127,7 +129,9 @@ def _run(args: argparse.Namespace) -> int:
     for outcome in outcomes:
         ui.out.print(outcome.summary())
         if not args.no_report:
-            from kvmple.campaign.runner import print_report
+            from kvmple.campaign.runner import campaign_report
 
-            print_report(outcome, args.db)
+            text, html = campaign_report(outcome, args.db)
+            ui.out.print(text, markup=False, highlight=False)
+            ui.out.print(f"HTML report: {html}")
     return 0

@@ -110,7 +110,7 @@ def build_spec(
     if image is None:
         from kvmple.image import resolve
 
-        image = resolve(args.image)
+        image = resolve(args.image, sink=ui.Renderer())
     pins = expand_pins(args.vcpu_pins or (tuple(online),), args.vcpus)
     emulator = args.emulator_pins or tuple(sorted({c for p in pins for c in p}))
     return VMSpec(
@@ -154,6 +154,7 @@ def _up(args: argparse.Namespace) -> int:
         uri=args.uri,
         ready_timeout=args.ready_timeout,
         keep_smt_siblings=args.keep_smt_siblings,
+        sink=ui.Renderer(),
     ) as guests:
         table = Table(title=f"ready after {time.monotonic() - start:.1f} s")
         for column in ("guest", "ssh", "vCPU -> host CPUs (read back)", "console"):

@@ -6,6 +6,7 @@ a block's knobs are in :mod:`kvmple.host.knobs`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -57,6 +58,18 @@ class Knob(ABC):
     def without_kvm(self, seam: HostSeam, host_reason: str) -> str:
         """Why a host whose guests run under TCG cannot vary a ``needs_kvm`` knob."""
         return host_reason or f"{self.title} is not available"
+
+    def check_settings(
+        self, settings: Sequence[object], declared_type: str | None = None
+    ) -> tuple[str, ...]:
+        """A playbook factor's settings, each checked as it loads (ValueError naming the bad
+        one); ``declared_type`` is the factor's ``type:``, which only knobs whose values have
+        a kernel type (module parameters) take."""
+        if declared_type is not None:
+            raise ValueError(
+                f"knob {self.name!r} takes no 'type' (only KVM module parameters have one)"
+            )
+        return tuple(self.check_setting(setting) for setting in settings)
 
     def check_setting(self, setting: object) -> str:
         """``setting`` as this knob's canonical string (ValueError naming the allowed ones)."""

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from kvmple.errors import HostError
-from kvmple.host import ple
+from kvmple.host import paramtypes, ple
 from kvmple.host.knob import Knob
 from kvmple.host.kvmmodule import read_module
 from kvmple.host.seam import HostSeam
@@ -149,6 +150,20 @@ class ModuleParamKnob(_SysFileKnob):
         self.module, self.param = match.group(1), match.group(2)
         self.relative = f"module/{self.module}/parameters/{self.param}"
         self.change_note = "written in place or by a module reload, then read back"
+
+    def check_settings(
+        self, settings: Sequence[object], declared_type: str | None = None
+    ) -> tuple[str, ...]:
+        """Each setting as a value of the parameter's type (:mod:`kvmple.host.paramtypes`:
+        what kvmple knows, else the factor's ``type:``, which is then required)."""
+        try:
+            kind = paramtypes.param_type(self.name, declared_type)
+        except ValueError as exc:
+            raise ValueError(f"knob {self.name!r}: {exc}") from None
+        return tuple(
+            paramtypes.check_typed(self.name, kind, self.check_setting(setting))
+            for setting in settings
+        )
 
     def available(self, seam: HostSeam) -> str | None:
         if not (seam.sys_root / "module" / self.module).is_dir():

@@ -30,7 +30,8 @@ from kvmple import paths
 from kvmple.errors import StoreError, UsageError
 from kvmple.image import selfinstall
 from kvmple.image.artifact import IMAGE_FILE, Image, load_image
-from kvmple.image.recipe import Recipe, guest_programs_dir
+from kvmple.image.guestfiles import shipped
+from kvmple.image.recipe import Recipe
 from kvmple.run import run
 
 # Bump when the build/configure steps change what ends up in an image.
@@ -64,8 +65,9 @@ def key_inputs(recipe: Recipe, mirror: str, public_key: str) -> dict[str, JsonVa
         }
         for spec in recipe.files
     ]
+    # every file the build copies for them (the package they import included), by path
     data["guest_programs"] = {
-        name: file_digest(guest_programs_dir() / name) for name in recipe.guest_programs
+        spec.relative: file_digest(spec.source) for spec in shipped(recipe.guest_programs)
     }
     data.pop("description", None)  # words for humans do not change the image
     # keys added after images were cached count only when used: old keys stay valid

@@ -18,6 +18,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kvmple.config.loader import load_model
+from kvmple.image.guestfiles import guest_dir, programs
 
 # Directory of the recipe being validated: relative paths are resolved against it.
 _recipe_dir: ContextVar[Path | None] = ContextVar("_recipe_dir", default=None)
@@ -31,11 +32,6 @@ SIZE_RE = re.compile(r"^([1-9][0-9]*)([MG])$")
 MODULE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 DISTRIBUTIONS = ("debian", "ubuntu")
-
-
-def guest_programs_dir() -> Path:
-    """Where the workloads keep the guest-side programs (kvmple/guest/)."""
-    return Path(__file__).resolve().parent.parent / "guest"
 
 
 def _resolve(path: str) -> Path:
@@ -74,9 +70,9 @@ def _module(value: str) -> str:
 def _program(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
         raise ValueError(f"not a program name: {value!r}")
-    if not (guest_programs_dir() / value).is_file():
+    if value not in programs():
         raise ValueError(
-            f"no guest program {value!r} in {guest_programs_dir()} "
+            f"no guest program {value!r} in {guest_dir()} "
             "(guest programs ship with kvmple's workloads)"
         )
     return value

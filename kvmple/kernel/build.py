@@ -19,8 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kvmple import ui
+from kvmple import events
 from kvmple.errors import BuildError, CommandError, ConfigError
+from kvmple.events import Progress, Sink
 from kvmple.kernel.apply import read_record
 from kvmple.kernel.configs import (
     BOOT_TEST_ALLOWED_TO_VANISH,
@@ -126,8 +127,9 @@ def _step(
 __all__ = ["MANIFEST", "BuildManifest", "BuildRequest", "build_kernel", "load_manifest"]
 
 
-def build_kernel(request: BuildRequest) -> BuildManifest:
+def build_kernel(request: BuildRequest, *, sink: Sink = events.discard) -> BuildManifest:
     """Configure and build; returns (and writes to OUT/kvmple-build.json) the manifest.
+    ``sink`` sees one progress display over make (objects compiled, the last one).
 
     BuildError when the tree was built in place, a step fails or the image is missing;
     ConfigError for a base config that is neither a file nor a make target."""
@@ -154,7 +156,7 @@ def build_kernel(request: BuildRequest) -> BuildManifest:
         "CCACHE_NOHASHDIR": "1",
         **request.env,
     }
-    kbuild = _Kbuild(src, out, log, env)
+    kbuild = _Kbuild(src, out, log, env, sink)
     start = time.monotonic()
     fragment_paths = _configure(kbuild, request.base, request.fragments)
     # 3. did every fragment option survive?
@@ -207,6 +209,7 @@ class _Kbuild:
     out: Path
     log: Path
     env: dict[str, str]
+    sink: Sink
 
     @property
     def make(self) -> list[str]:
@@ -247,7 +250,7 @@ def _compile(kbuild: _Kbuild, jobs: int, use_ccache: bool, timeout: float) -> Pa
     cc = ["CC=ccache gcc"] if use_ccache else []
     build_env = {**kbuild.env, **({} if use_ccache else {"CCACHE_DISABLE": "1"})}
     argv: list[str | os.PathLike[str]] = [*kbuild.make, f"-j{jobs}", *cc, *targets]
-    _make_with_progress(argv, kbuild.log, kbuild.src, build_env, timeout)
+    _make_with_progress(argv, kbuild, build_env, timeout)
     if "modules" not in targets:
         return None
     modules_dir = kbuild.out / "modules-install"
@@ -281,19 +284,27 @@ def _check(fragments: list[Path], out: Path, src: Path, allowed: frozenset[str])
 
 
 def _make_with_progress(
-    argv: list[str | os.PathLike[str]], log: Path, src: Path, env: dict[str, str], timeout: float
+    argv: list[str | os.PathLike[str]], kbuild: _Kbuild, env: dict[str, str], timeout: float
 ) -> None:
     built = 0
-    with ui.progress() as bar:
-        task = bar.add_task("make", total=None, status="")
+    sink = kbuild.sink
+    with events.progress(sink, "make"):
 
         def on_line(line: str) -> None:
             nonlocal built
             if line.startswith(("  CC ", "  AS ", "  LD ", "  AR ")):
                 built += 1
-                bar.update(task, completed=built, status=line.strip()[:60])
+                sink(Progress(done=built, status=line.strip()[:60]))
 
-        _step(argv, what="make", log=log, cwd=src, env=env, timeout=timeout, on_line=on_line)
+        _step(
+            argv,
+            what="make",
+            log=kbuild.log,
+            cwd=kbuild.src,
+            env=env,
+            timeout=timeout,
+            on_line=on_line,
+        )
 
 
 def _sha256(path: Path) -> str:

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kvmple import events
 from kvmple.errors import GuestError, KvmpleError
+from kvmple.events import Sink
 from kvmple.image.selfinstall import kvmple_wheel
 from kvmple.keys import KEY_NAME, installation_key
 from kvmple.lab.model import LAB_CAMPAIGN, LabHost, save
@@ -115,22 +117,23 @@ def install_kvmple(guest: Guest, wheel: Path) -> None:
     guest.executor.run(["rm", "-f", remote], timeout=60)
 
 
-def up(options: AmdOptions, image: GuestImage) -> LabHost:
+def up(options: AmdOptions, image: GuestImage, *, sink: Sink = events.discard) -> LabHost:
     """Boot the lab host, wait for SSH and kvm_amd, record it and leave it running.
 
     GuestError (exit 7) when it never answers (with the console tail, naming a stall when
-    the console shows one) or QEMU refuses the CPU model; nothing is left behind then.
+    the console shows one) or QEMU refuses the CPU model; nothing is left behind then (a
+    clean-up problem on the way is a Warn to ``sink``).
     """
     spec = lab_spec(options, image)
     with tempfile.TemporaryDirectory(prefix="kvmple-lab-wheel-") as scratch:
         wheel = kvmple_wheel(Path(scratch))  # before booting: a broken checkout fails early
-        return _boot(options, spec, image, wheel)
+        return _boot(options, spec, image, wheel, sink)
 
 
-def _boot(options: AmdOptions, spec: VMSpec, image: GuestImage, wheel: Path) -> LabHost:
+def _boot(options: AmdOptions, spec: VMSpec, image: GuestImage, wheel: Path, sink: Sink) -> LabHost:
     start = time.monotonic()
     try:
-        with boot_guests([spec], ready_timeout=options.ready_timeout_s) as (guest,):
+        with boot_guests([spec], ready_timeout=options.ready_timeout_s, sink=sink) as (guest,):
             wait_kvm(guest, start + options.ready_timeout_s)
             share_key(guest)
             install_kvmple(guest, wheel)

@@ -27,7 +27,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from kvmple import events
 from kvmple.errors import BuildError, HostError, InputError
+from kvmple.events import Sink
 from kvmple.fsutil import write_atomic
 from kvmple.kernel.build import (
     LAB_INTEL_FRAGMENT_NAME,
@@ -117,8 +119,9 @@ def kernel_key() -> str:
     return hashlib.sha256(("tinyconfig\n" + LAB_INTEL_FRAGMENT).encode()).hexdigest()[:12]
 
 
-def lab_kernel(tarball: Path = KERNEL_TARBALL) -> BuildManifest:
-    """The lab host's kernel build manifest (built on first use, then cached)."""
+def lab_kernel(tarball: Path = KERNEL_TARBALL, *, sink: Sink = events.discard) -> BuildManifest:
+    """The lab host's kernel build manifest (built on first use, reporting to ``sink``,
+    then cached)."""
     out = lab_cache() / f"intel-kernel-{kernel_key()}"
     try:
         return load_manifest(out)
@@ -134,7 +137,7 @@ def lab_kernel(tarball: Path = KERNEL_TARBALL) -> BuildManifest:
         fragments=(LAB_INTEL_FRAGMENT_NAME,),
         timeout=4 * 3600.0,
     )
-    return build_kernel(request)
+    return build_kernel(request, sink=sink)
 
 
 def _dirs_for(path: str, seen: set[str], entries: list[Entry]) -> None:

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 
-from kvmple import paths
+from kvmple import events, paths
 from kvmple.errors import GuestError
+from kvmple.events import Sink
 from kvmple.fsutil import write_atomic
 from kvmple.lab import bochs_media, bochs_run
 from kvmple.lab.protocol import RESULT_MARK
@@ -41,14 +42,17 @@ class LabUp:
     iso: str
 
 
-def up_intel(name: str, cpus: int = 1, timeout: float = UP_TIMEOUT) -> LabUp:
-    """Build (or take from the cache) the media, start Bochs, wait for kvm_intel loaded.
+def up_intel(
+    name: str, cpus: int = 1, timeout: float = UP_TIMEOUT, *, sink: Sink = events.discard
+) -> LabUp:
+    """Build (or take from the cache) the media, start Bochs, wait for kvm_intel loaded;
+    a kernel build on the way reports to ``sink``.
 
     Raises BuildError/HostError for the media, GuestError (console tail) when the lab host
     stops or stalls; on any failure Bochs is killed and its files removed.
     """
     begin = time.monotonic()
-    kernel = bochs_media.lab_kernel()
+    kernel = bochs_media.lab_kernel(sink=sink)
     initramfs = bochs_media.build_initramfs(kernel)
     iso = bochs_media.build_iso(kernel, initramfs)
     prepare = round(time.monotonic() - begin, 1)

@@ -53,10 +53,10 @@ def campaign(ctx: StepContext) -> tuple[str, CampaignOutputs]:
     else:
         if previous is not None:
             ctx.log(f"resuming campaign {previous.id} (started before the interruption)")
-            outcome = run_campaign(None, options, resume_id=previous.id)
+            outcome = run_campaign(None, options, resume_id=previous.id, sink=ctx.sink)
         else:
             ctx.log(f"running {ctx.config.playbook} (store {ctx.config.store or 'default'})")
-            outcome = run_campaign(loaded, options)
+            outcome = run_campaign(loaded, options, sink=ctx.sink)
         ctx.log(outcome.summary())
         campaign_id, ok, planned = outcome.campaign_id, outcome.ok, outcome.planned
     with open_store(ctx.config.store) as store:

@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmple import paths
+from kvmple import events, paths
+from kvmple.events import Sink
 from kvmple.nightly.config import LoadedConfig, NightlyConfig
 from kvmple.nightly.outputs import StepOutputs
 from kvmple.nightly.state import NightState
@@ -39,6 +40,7 @@ class StepContext:
     state: NightState
     directory: Path
     log_path: Path
+    sink: Sink = events.discard  # what the step's engine calls report (campaign, build)
 
     @property
     def config(self) -> NightlyConfig:

@@ -58,7 +58,8 @@ def build(ctx: StepContext) -> tuple[str, BuildOutputs]:
                 jobs=spec.jobs,
                 ccache=spec.ccache,
                 timeout=spec.build_timeout,
-            )
+            ),
+            sink=ctx.sink,
         )
     except KvmpleError as exc:
         ctx.log(f"FAILED: {exc.message}\nhint: {exc.hint}")

@@ -12,8 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmple import ui
+from kvmple import events
 from kvmple.errors import Interrupted, KvmpleError, UsageError
+from kvmple.events import Note, Sink, Warn
 from kvmple.nightly import verdict as verdicts
 from kvmple.nightly.config import LoadedConfig
 from kvmple.nightly.notify import compose, send, write_atomic
@@ -72,9 +73,14 @@ def _exclusive(directory: Path, job: str) -> Iterator[None]:
 
 
 def run_night(
-    loaded: LoadedConfig, night: str | None = None, *, retry: bool = False
+    loaded: LoadedConfig,
+    night: str | None = None,
+    *,
+    retry: bool = False,
+    sink: Sink = events.discard,
 ) -> NightResult:
-    """Run (or continue, or replay) one night of ``loaded``'s job."""
+    """Run (or continue, or replay) one night of ``loaded``'s job, reporting each step (and
+    what its campaign or kernel build reports) to ``sink``."""
     config = loaded.config
     night = check_night_id(night or default_night_id())
     directory = night_dir(config.name, night)
@@ -110,9 +116,9 @@ def run_night(
             state.summary = ""
             save(state, directory)
         try:
-            verdict = _run_steps(loaded, state, directory)
+            verdict = _run_steps(loaded, state, directory, sink)
         except RebootPending as pending:
-            ui.note(str(pending))
+            sink(Note(str(pending)))
             return NightResult(
                 state,
                 directory,
@@ -120,15 +126,17 @@ def run_night(
                 replayed=False,
                 reboot_pending=str(pending),
             )
-        _finish(loaded, state, directory, verdict)
+        _finish(loaded, state, directory, verdict, sink)
         return NightResult(state, directory, verdict, replayed=False)
 
 
-def _run_steps(loaded: LoadedConfig, state: NightState, directory: Path) -> verdicts.Verdict:
+def _run_steps(
+    loaded: LoadedConfig, state: NightState, directory: Path, sink: Sink
+) -> verdicts.Verdict:
     for name in STEPS:
         step = state.step(name)
         if step.status in FINISHED:
-            ui.note(f"{name}: {step.status} earlier ({step.detail})")
+            sink(Note(f"{name}: {step.status} earlier ({step.detail})"))
             continue
         step.status = "running"
         step.started = time.time()
@@ -136,9 +144,9 @@ def _run_steps(loaded: LoadedConfig, state: NightState, directory: Path) -> verd
         step.attempts += 1
         step.outputs.setdefault("first_started", step.started)
         save(state, directory)
-        context = StepContext(loaded, state, directory, directory / f"{name}.log")
+        context = StepContext(loaded, state, directory, directory / f"{name}.log", sink)
         context.log(f"== {name} (attempt {step.attempts}) of night {state.night}")
-        ui.note(f"{name}: running (log {context.log_path})")
+        sink(Note(f"{name}: running (log {context.log_path})"))
         try:
             detail, outputs = STEP_FUNCTIONS[name](context)
             step.status, step.detail = "done", detail
@@ -166,11 +174,11 @@ def _run_steps(loaded: LoadedConfig, state: NightState, directory: Path) -> verd
             step.ended = time.time()
             context.log(f"FAILED (exit {exc.exit_code}): {exc.message}\nhint: {exc.hint}")
             save(state, directory)
-            ui.warn(f"{name} failed: {exc.message}")
+            sink(Warn(f"{name} failed: {exc.message}"))
             return verdicts.failed_step(name, exc.exit_code, exc.message)
         step.ended = time.time()
         context.log(f"== {name}: {step.status}: {step.detail}")
-        ui.note(f"{name}: {step.status}: {step.detail}")
+        sink(Note(f"{name}: {step.status}: {step.detail}"))
         save(state, directory)
     compare = state.need("compare", CompareOutputs)
     if not compare.baseline_campaign:
@@ -191,7 +199,11 @@ def _read(directory: Path, name: str | None) -> str:
 
 
 def _finish(
-    loaded: LoadedConfig, state: NightState, directory: Path, verdict: verdicts.Verdict
+    loaded: LoadedConfig,
+    state: NightState,
+    directory: Path,
+    verdict: verdicts.Verdict,
+    sink: Sink,
 ) -> None:
     """Record the verdict, write the JUnit file and the markdown summary, notify."""
     config = loaded.config
@@ -215,7 +227,7 @@ def _finish(
             send(email, compose(email, subject, markdown, ("junit.xml", junit)))
             state.summary += f" (mailed to {', '.join(email.to)})"
         except KvmpleError as exc:  # a mail problem must not hide the verdict
-            ui.warn(f"notify: e-mail not sent: {exc.message}")
+            sink(Warn(f"notify: e-mail not sent: {exc.message}"))
             state.summary += f" (e-mail NOT sent: {exc.message})"
     apply = state.outputs_of("apply", ApplyOutputs)
     fetched = state.outputs_of("fetch", FetchOutputs)
@@ -227,7 +239,7 @@ def _finish(
         and state.step("campaign").status == "done"
         and apply.worktree.exists()
     ):
-        context = StepContext(loaded, state, directory, directory / "apply.log")
+        context = StepContext(loaded, state, directory, directory / "apply.log", sink)
         context.log("the night is over: removing the patched worktree (keep_tree: false)")
         remove_worktree(context, fetched.source, apply.worktree, apply.branch)
     save(state, directory)

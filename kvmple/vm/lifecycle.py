@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from kvmple import events
 from kvmple.console import ConsoleLog
 from kvmple.errors import (
     ConfigError,
@@ -29,11 +30,11 @@ from kvmple.errors import (
     KvmpleError,
     UsageError,
 )
+from kvmple.events import Sink, Warn
 from kvmple.host.kvmprobe import usable_accelerator
 from kvmple.keys import installation_key
 from kvmple.remote import SSHExecutor, free_port
 from kvmple.run import run
-from kvmple.ui import warn
 from kvmple.vm import reaper, registry
 from kvmple.vm.domxml import domain_xml
 from kvmple.vm.libvirt_backend import Libvirt, connect
@@ -347,12 +348,14 @@ def boot_guests(
     uri: str = SYSTEM_URI,
     ready_timeout: float,
     keep_smt_siblings: bool = False,
+    sink: Sink = events.discard,
 ) -> Iterator[list[Guest]]:
     """Start ``specs`` (in parallel where they do not overcommit the host CPUs: boot_waves),
     wait for SSH, check placement, yield the guests in the order of ``specs``.
 
     On exit, whatever the reason, every guest is destroyed and its files and record removed
-    (except guests passed to ``detach``).
+    (except guests passed to ``detach``). A clean-up that fails while another error is
+    raised is a Warn to ``sink`` (the first error wins); otherwise it raises GuestError.
     """
     _check_specs(specs, keep_smt_siblings=keep_smt_siblings)
     with connect(uri) as lv:
@@ -379,7 +382,7 @@ def boot_guests(
             boot.records = [r for r in boot.records if r.domain not in kept]
             problems = boot.teardown()
             if problems and sys.exc_info()[0] is not None:
-                warn("cleanup failed for " + "; ".join(problems) + " (run 'kvmple gc')")
+                sink(Warn("cleanup failed for " + "; ".join(problems) + " (run 'kvmple gc')"))
             elif problems:
                 raise GuestError(
                     "cleanup failed for " + "; ".join(problems),

@@ -44,14 +44,15 @@ def guests_dir() -> Path:
 
 
 def process_start_time(pid: int) -> int | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot), None if it is gone."""
+    """The kernel's start time of ``pid`` (clock ticks since boot), None if it is gone or a
+    zombie (it exited and can no longer clean anything up; proc(5): state Z)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # comm (field 2) may contain spaces and parentheses: split after the last ')'.
     fields = stat[stat.rfind(")") + 2 :].split()
-    return int(fields[19])
+    return None if fields[0] == "Z" else int(fields[19])
 
 
 @dataclass(frozen=True)

@@ -22,17 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kvmple.errors import CommandError, CommandTimeout, InputError, WorkloadError
 from kvmple.executor import Executor
+from kvmple.guest.kvmple_guest import protocol
 from kvmple.run import Result
 from kvmple.workloads.base import CpuSplit, Measurement, Metric, Params, parse_params
 from kvmple.workloads.perftest_output import machine_record, parse_perftest
 from kvmple.workloads.programs import GUEST_BIN, ensure_programs, program_argv
 
-PROGRAM = "kvmple-perftest"
-READY_LINE = "KVMPLE-PERFTEST-READY"  # printed by kvmple-perftest --wait-go ...
-WINDOW_END_LINE = "KVMPLE-PERFTEST-WINDOW-END"  # ... and this after its last timed window
-# Exit codes of kvmple-perftest (see its docstring).
-_EXIT_TIMEOUT = 3
-_EXIT_USAGE = 2
+PROGRAM = protocol.PERFTEST
 
 
 class PerftestParams(BaseModel):
@@ -190,12 +186,12 @@ class _GoSignal:
 
     def on_line(self, line: str) -> str | None:
         line = line.strip()
-        if line not in (READY_LINE, WINDOW_END_LINE) or line in self.seen:
+        if line not in (protocol.READY_LINE, protocol.WINDOW_END_LINE) or line in self.seen:
             return None
         self.seen.add(line)
-        if line == READY_LINE:
+        if line == protocol.READY_LINE:
             self.before_window()
-            return "go\n"
+            return f"{protocol.GO_WORD}\n"
         if self.after_window is not None:
             self.after_window()
         return None
@@ -211,9 +207,9 @@ def measurement_from_result(
     workload: str, p: PerftestParams, result: Result, where: str
 ) -> Measurement:
     """Turn the perftest's output into a Measurement, or raise WorkloadError with the reason."""
-    if result.returncode == _EXIT_USAGE:
+    if result.returncode == protocol.PerftestExit.USAGE:
         raise WorkloadError(f"perftest rejected its options: {_reason(result)}")
-    if result.returncode == _EXIT_TIMEOUT:
+    if result.returncode == protocol.PerftestExit.TIMEOUT:
         raise WorkloadError(f"perftest timed out on {where}: {_reason(result)}")
     if not result.ok:
         raise WorkloadError(f"perftest failed on {where}: {_reason(result)}")
@@ -221,11 +217,11 @@ def measurement_from_result(
         report = parse_perftest(result.stdout, where=f"perftest output on {where}")
     except InputError as exc:  # our own run printed no known report: the workload failed
         raise WorkloadError(exc.message, hint=exc.hint) from None
-    record = machine_record(result.stdout) or {}
+    record = machine_record(result.stdout)
     cpu: CpuSplit | None = None
     notes: tuple[str, ...]
     if p.engine == "qpid":
-        cpu = CpuSplit.from_json(record["cpu"]) if record.get("cpu") else None
+        cpu = CpuSplit.from_json(record["cpu"]) if record and record.get("cpu") else None
         notes = ("qpid-perftest's own figures; CPU split measured around its whole run",)
     else:
         cpus = [it.cpu for it in report.iterations if it.cpu is not None]

@@ -29,14 +29,13 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from kvmple.errors import CommandError, GuestError, WorkloadError
 from kvmple.executor import Executor
+from kvmple.guest.kvmple_guest import protocol
 from kvmple.run import Result
 from kvmple.workloads.base import LoadStatus, LoopStatus, Params, parse_params
 from kvmple.workloads.programs import GUEST_BIN, ensure_programs, program_argv
 
-PROGRAM = "kvmple-spin"
-STATE_FILE = "/run/kvmple-spin.json"
-ARMED_LINE = "KVMPLE-SPIN-ARMED"  # kvmple-spin hold: ready, waiting for "start"
-RUNNING_TAG = "KVMPLE-SPIN-RUNNING"  # ...: the loops run, waiting for "stop"
+PROGRAM = protocol.SPIN
+STATE_FILE = protocol.SPIN_STATE
 STOP_WAIT_S = 60.0  # for the held command to stop its loops and report
 
 log = logging.getLogger("kvmple.workloads.spin")
@@ -218,13 +217,14 @@ class HeldLoops:
         event.wait(max(0.0, self._deadline - time.monotonic()))
 
     def _on_line(self, line: str) -> str | None:
-        if line == ARMED_LINE:
+        if line == protocol.SPIN_ARMED_LINE:
             self._wait(self._go)
-            return "off\n" if self._call_off else "start\n"
-        if line.startswith(RUNNING_TAG):
+            word = protocol.SPIN_CALL_OFF_WORD if self._call_off else protocol.SPIN_START_WORD
+            return f"{word}\n"
+        if line.startswith(protocol.SPIN_RUNNING_TAG):
             self._running.set()
             self._wait(self._halt)
-            return "stop\n"
+            return f"{protocol.SPIN_STOP_WORD}\n"
         return None
 
     def _raise_failure(self, action: str) -> None:
@@ -306,8 +306,8 @@ class _SpinStatus(BaseModel):
 
 
 def load_status(workload: str, data: JsonValue) -> LoadStatus:
-    """kvmple-spin's status JSON as a LoadStatus; WorkloadError naming the key when the
-    guest's kvmple-spin printed another shape (an older program in the image)."""
+    """kvmple-spin's status JSON (protocol.SpinStatusRecord) as a LoadStatus; WorkloadError
+    naming the key when the guest's kvmple-spin printed another shape (an older program)."""
     try:
         status = _SpinStatus.model_validate(data)
     except ValidationError as exc:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kvmple import cli
+from kvmple import cli, ui
 from kvmple.campaign import runner
 from kvmple.campaign.model import CampaignOptions
 from kvmple.campaign.plan import build_plan
@@ -21,6 +21,7 @@ from tests.unit.test_campaign_hostfit import _host
 
 ROOT = Path(__file__).resolve().parents[2]
 MATRIX = ROOT / "playbooks" / "modern-matrix.yaml"
+LAB_MODERN = ROOT / "playbooks" / "lab-modern.yaml"
 
 
 def _expected_runs(path: Path) -> int:
@@ -46,6 +47,27 @@ def test_modern_matrix_dry_run_count_is_the_product_of_its_axes(
     out = capsys.readouterr().out
     assert "plan modern-matrix-dbench:" in out and "plan modern-matrix-sysbench-threads:" in out
     assert f"2 campaigns (dbench, sysbench-threads), {expected} runs in all" in out
+
+
+def test_lab_modern_is_the_matrix_with_ple_recorded_unavailable_on_an_amd_lab_host() -> None:
+    """lab-modern.yaml (bench/lab_modern.py runs it inside an amd lab host): PLE x cpu-pm x
+    halt_poll_ns x two workloads, 16 runs; where PLE is unavailable (TCG's AMD-V has no pause
+    filter) its values collapse into one, recorded as unavailable: 8 runs, each knob set kept."""
+    each = variants(load_playbook(LAB_MODERN))
+    names = [v.playbook.workloads["bench"].name for v in each]
+    assert names == ["hackbench", "sysbench-threads"]
+    assert sum(len(build_plan(v.playbook).runs) for v in each) == _expected_runs(LAB_MODERN) == 16
+    no_ple = {"ple": "the (emulated) CPU has no pause filter"}
+    plans = [build_plan(v.playbook, no_ple) for v in each]
+    assert [len(p.runs) for p in plans] == [4, 4]
+    for plan in plans:
+        settings = {tuple(k for k in block.knobs if k[0] != "ple") for block in plan.blocks}
+        assert settings == {
+            (("cpu-pm", pm), ("kvm.halt_poll_ns", ns))
+            for pm in ("off", "on")
+            for ns in ("0", "200000")
+        }
+        assert dict(plan.unavailable) == no_ple
 
 
 def test_variants_replace_the_measured_workload_and_round_trip() -> None:
@@ -96,9 +118,11 @@ def test_run_runs_one_campaign_per_workload(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ran: list[Any] = []
+    sinks: list[object] = []
 
-    def fake_run(loaded: Any, options: CampaignOptions, **_: object) -> _Outcome:
+    def fake_run(loaded: Any, options: CampaignOptions, **kwargs: object) -> _Outcome:
         ran.append(loaded)
+        sinks.append(kwargs.get("sink"))
         return _Outcome(loaded.playbook.name)
 
     monkeypatch.setattr(runner, "run_campaign", fake_run)
@@ -109,6 +133,8 @@ def test_run_runs_one_campaign_per_workload(
     ]
     assert "workload_axis" not in ran[1].text and "sysbench-threads" in ran[1].text
     assert "campaign of modern-matrix-sysbench-threads" in capsys.readouterr().out
+    # the command draws what the campaigns report: one renderer for the whole axis
+    assert isinstance(sinks[0], ui.Renderer) and sinks == [sinks[0]] * 2
 
 
 def test_run_campaign_refuses_the_whole_axis() -> None:
@@ -135,3 +161,40 @@ def test_unquoted_on_off_names_the_yaml_pitfall() -> None:
     assert bad != MATRIX.read_text()
     with pytest.raises(ConfigError, match=r"factors\.3\.values: .*quote the settings"):
         parse_playbook(bad, "bad.yaml")
+
+
+def test_unknown_workload_parameters_fail_at_load_naming_entry_and_key(tmp_path: Path) -> None:
+    text = MATRIX.read_text()
+    cases = {
+        "    params: {threads: 4, time: 10}\n": (
+            "    params: {threads: 4, time: 10, bogus: 3}\n",
+            r":\d+: workload_axis\.1\.params: bogus: not a parameter of sysbench-threads "
+            r"\(parameters of sysbench-threads: threads, time, yields, locks\)",
+        ),
+        "    params: {clients: 4, time: 10}\n": (
+            "    params: {clients: 4, time: ten}\n",
+            r"workloads\.measured\.params: time: Input should be a valid integer",
+        ),
+        "{values: [0, 2], guest: load, param: count}": (
+            "{values: [0, 2], guest: load, param: cout}",
+            r"axes\.spinners: cout: not a parameter of spin",
+        ),
+    }
+    for original, (changed, message) in cases.items():
+        assert original in text
+        path = tmp_path / "bad.yaml"
+        path.write_text(text.replace(original, changed))
+        with pytest.raises(ConfigError, match=message):
+            load_playbook(path)
+
+
+def test_an_axis_on_the_measured_guest_must_suit_every_workload_of_the_axis() -> None:
+    text = MATRIX.read_text().replace(
+        "  spinners: {values: [0, 2], guest: load, param: count}",
+        "  spinners: {values: [0, 2], guest: load, param: count}\n"
+        "  clients: {values: [2, 4], guest: measured, param: clients}",
+    )
+    with pytest.raises(
+        ConfigError, match=r"workload_axis\.1 \(sysbench-threads\): axes\.clients: clients: not a"
+    ):
+        parse_playbook(text, "m.yaml")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kvmple.errors import HostError, UsageError
+from kvmple.events import Progress, ProgressEnded, ProgressStarted, Recorder
 from kvmple.image import build, builder, cache
 from kvmple.image.artifact import IMAGE_FILE, Image, ImageManifest
 from kvmple.image.recipe import Recipe, load_recipe
@@ -178,8 +179,23 @@ def test_build_returns_cached_image_without_root(
     key = cache.cache_key(inputs)
     directory = fake_complete_entry("tiny", key)
     monkeypatch.setattr(builder.os, "geteuid", lambda: 1000)  # a cache hit needs no root
-    image = build(recipe)
+    shown = Recorder()
+    image = build(recipe, sink=shown)
     assert image.key == key and image.qcow2 == directory / "disk.qcow2"
+    assert shown == []  # a hit is silent
+
+
+def test_build_steps_report_a_transient_display_then_their_duration() -> None:
+    shown = Recorder()
+    steps = builder._Steps("tiny", shown)
+    with steps.step("debootstrap") as status:
+        status("Unpacking libc6 (1)")
+    assert shown[:3] == [
+        ProgressStarted("tiny: debootstrap", transient=True),
+        Progress(status="Unpacking libc6 (1)"),
+        ProgressEnded(),
+    ]
+    assert shown.messages() == [f"tiny: debootstrap done in {steps.seconds['debootstrap']:.0f}s"]
 
 
 def test_build_needs_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from kvmple.errors import BuildError, ConfigError, GuestError
+from kvmple.events import Progress, ProgressEnded, ProgressStarted, Recorder
 from kvmple.kernel.boottest import boot_test, find_marker, qemu_argv
 from kvmple.kernel.build import BuildRequest, build_kernel, load_manifest, resolve_fragment
 from kvmple.kernel.configs import (
@@ -240,10 +241,18 @@ def test_build_runs_every_step_and_writes_the_manifest(tmp_path: Path) -> None:
     fragment = tmp_path / "extra.config"
     fragment.write_text("CONFIG_64BIT=y\n")
     out = tmp_path / "out"
+    shown = Recorder()
     manifest = build_kernel(
-        BuildRequest(tree=tree, out=out, fragments=(str(fragment),), ccache=False, jobs=1)
+        BuildRequest(tree=tree, out=out, fragments=(str(fragment),), ccache=False, jobs=1),
+        sink=shown,
     )
     assert manifest.release == "6.1.0-fake"
+    # one progress display over make, counting the objects kbuild reports
+    assert shown == [
+        ProgressStarted("make"),
+        Progress(done=1, status="CC      init/main.o"),
+        ProgressEnded(),
+    ]
     assert manifest.image == out / "arch" / "x86" / "boot" / "bzImage"
     assert manifest.modules == out / "modules-install"
     assert (out / "modules-install" / "lib" / "modules" / "6.1.0-fake").is_dir()

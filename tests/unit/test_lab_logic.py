@@ -113,3 +113,23 @@ def test_lab_up_refuses_a_name_whose_domain_exists(
     err = capsys.readouterr().err
     assert "lab host name 'taken' is taken: the domain kvmple-lab-taken exists" in err
     assert "booting" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["../x", "Lab_1", "a" * 41])
+def test_a_bad_lab_host_name_is_a_usage_error_before_anything_runs(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 2 like any bad argument value (README), before images are built or libvirt asked:
+    it names the lab host's domain and files."""
+    from kvmple import image
+    from kvmple.cli import main
+
+    def never(*args: object) -> object:
+        raise AssertionError("nothing may run for a bad --name")
+
+    monkeypatch.setattr(image, "resolve", never)
+    monkeypatch.setattr(amd, "up", never)
+    for kind in ("amd", "intel"):
+        assert main(["lab", "up", kind, "--name", name]) == 2
+        err = capsys.readouterr().err
+        assert f"--name: lab host name {name!r} is not a valid name part" in err

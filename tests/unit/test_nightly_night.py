@@ -14,6 +14,7 @@ import pytest
 
 from kvmple.cli import main
 from kvmple.errors import Interrupted, UsageError
+from kvmple.events import Recorder
 from kvmple.nightly import campaign_steps
 from kvmple.nightly import steps as steps_mod
 from kvmple.nightly.config import load_config
@@ -178,8 +179,16 @@ def test_apply_failure_stops_the_night_with_its_verdict(
 ) -> None:
     config, tree, stand_ins = job
     make_series(tree, tmp_path / "series", broken=True)
-    result = run_night(load_config(config), "bad")
+    shown = Recorder()
+    result = run_night(load_config(config), "bad", sink=shown)
     assert (result.verdict.name, result.exit_code) == ("apply failed", 10)
+    # the person watching sees each step start and end, and the failure once, as a warning
+    messages = shown.messages()
+    assert messages[0].startswith("fetch: running (log ") and messages[1].startswith("fetch: done")
+    assert [m for m in messages if m.startswith("warning:")] == [
+        f"warning: apply failed: {result.state.step('apply').detail}"
+    ]
+    assert not any(m.startswith("build") for m in messages)
     state = result.state
     assert state.step("apply").status == "failed"
     assert "mark preempt" in state.step("apply").detail

@@ -214,12 +214,14 @@ def _fake_campaign(monkeypatch: pytest.MonkeyPatch, outcome: CampaignOutcome) ->
 
     calls: list[object] = []
 
-    def run_campaign(loaded: object, options: object, resume_id: str | None = None) -> object:
+    def run_campaign(
+        loaded: object, options: object, resume_id: str | None = None, **_: object
+    ) -> object:
         calls.append((loaded, options, resume_id))
         return outcome
 
     monkeypatch.setattr(runner, "run_campaign", run_campaign)
-    monkeypatch.setattr(runner, "print_report", lambda *a: calls.append("report"))
+    monkeypatch.setattr(runner, "campaign_report", lambda *a: calls.append("report"))
     return calls
 
 
