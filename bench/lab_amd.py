@@ -16,31 +16,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
+
+from labcli import kvmple, use_test_cache
 
 NAME = "bench-amd"
 
 
-def kvmple(*args: str, timeout: float = 1800.0) -> tuple[float, subprocess.CompletedProcess[str]]:
-    start = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "kvmple.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if done.returncode != 0:
-        sys.exit(f"kvmple {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    return time.perf_counter() - start, done
-
-
 def main() -> None:
-    os.environ.setdefault("KVMPLE_CACHE_DIR", "/var/cache/kvmple-tests")
-    os.environ.setdefault("KVMPLE_KEY_DIR", "/var/cache/kvmple-tests/ssh")
+    use_test_cache()
     with tempfile.TemporaryDirectory(prefix="kvmple-bench-lab-") as state:
         os.environ["KVMPLE_STATE_DIR"] = state
         print(f"host load average (1 min) at start: {os.getloadavg()[0]:.1f} on "

@@ -16,9 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import time
+
+from labcli import kvmple, use_test_cache
 
 NAME = "bench-exits"
 
@@ -50,26 +49,11 @@ print(json.dumps({"seconds": seconds, "exits": counts["exits"], "by_reason": by_
 """
 
 
-def kvmple(*args: str, timeout: float = 1800.0) -> tuple[float, subprocess.CompletedProcess[str]]:
-    start = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "kvmple.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if done.returncode != 0:
-        sys.exit(f"kvmple {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    return time.perf_counter() - start, done
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--reuse", metavar="NAME", help="a running lab host (not taken down)")
     args = parser.parse_args()
-    os.environ.setdefault("KVMPLE_CACHE_DIR", "/var/cache/kvmple-tests")
-    os.environ.setdefault("KVMPLE_KEY_DIR", "/var/cache/kvmple-tests/ssh")
+    use_test_cache()
     name = args.reuse or NAME
     print(f"host load average (1 min) at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     try:

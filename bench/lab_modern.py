@@ -17,9 +17,10 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 import tempfile
 import time
+
+from labcli import kvmple, use_test_cache
 
 from kvmple.results.evidence import ExitCounts
 from kvmple.results.records import RunRecord
@@ -27,20 +28,6 @@ from kvmple.results.transfer import parse_export
 
 NAME = "bench-modern"
 PARAM = "/sys/module/kvm/parameters/halt_poll_ns"
-
-
-def kvmple(*args: str, timeout: float = 1800.0) -> tuple[float, subprocess.CompletedProcess[str]]:
-    start = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "kvmple.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if done.returncode != 0:
-        sys.exit(f"kvmple {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    return time.perf_counter() - start, done
 
 
 def inside(name: str, *command: str, timeout: float = 900.0) -> subprocess.CompletedProcess[str]:
@@ -88,8 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reuse", metavar="NAME", help="a running lab host (not taken down)")
     args = parser.parse_args()
-    os.environ.setdefault("KVMPLE_CACHE_DIR", "/var/cache/kvmple-tests")
-    os.environ.setdefault("KVMPLE_KEY_DIR", "/var/cache/kvmple-tests/ssh")
+    use_test_cache()
     with tempfile.TemporaryDirectory(prefix="kvmple-bench-lab-modern-") as state:
         if not args.reuse:
             os.environ["KVMPLE_STATE_DIR"] = state

@@ -1,0 +1,29 @@
+"""What the lab benches share: the kvmple CLI run as a child, and the test image cache."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+
+def use_test_cache() -> None:
+    """The images and key the lab tier built (tests/lab), unless the caller chose others."""
+    os.environ.setdefault("KVMPLE_CACHE_DIR", "/var/cache/kvmple-tests")
+    os.environ.setdefault("KVMPLE_KEY_DIR", "/var/cache/kvmple-tests/ssh")
+
+
+def kvmple(*args: str, timeout: float = 1800.0) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Run `kvmple ARGS`; (seconds it took, its result). Exits the bench if it fails."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "kvmple.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        sys.exit(f"kvmple {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return time.perf_counter() - start, done
