@@ -17,6 +17,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from kvmple.errors import InputError
 
+
+def first_error(exc: ValidationError, top: str = "(top level)") -> tuple[str, str]:
+    """(dotted key, message) of pydantic's first error: what one clear line names; ``top``
+    when the error is about the whole document."""
+    first = exc.errors()[0]
+    return ".".join(str(part) for part in first["loc"]) or top, first["msg"]
+
+
 R = TypeVar("R", bound="JsonRecord")
 
 

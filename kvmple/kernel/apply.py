@@ -29,6 +29,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from kvmple.config.jsonfile import first_error
 from kvmple.errors import InputError, PatchError
 from kvmple.kernel.manifest import AppliedRecord
 from kvmple.kernel.patchtool import (
@@ -416,9 +417,8 @@ def read_record(tree: Path) -> AppliedRecord | None:
     try:
         return AppliedRecord.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        key, msg = first_error(exc)
         raise InputError(
-            f"{path}: {key}: {first['msg']}",
+            f"{path}: {key}: {msg}",
             hint="a record edited by hand or by another program: apply the series again",
         ) from exc

@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 
 from kvmple import events, paths
+from kvmple.config.jsonfile import first_error
 from kvmple.errors import GuestError
 from kvmple.events import Sink
 from kvmple.fsutil import write_atomic
@@ -91,10 +92,9 @@ def parse_result(console: str) -> LabResult | None:
         try:
             return LabResult.model_validate(doc)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+            key, msg = first_error(exc)
             raise GuestError(
-                f"the lab host's result line: {key}: {first['msg']}",
+                f"the lab host's result line: {key}: {msg}",
                 hint="the lab host runs another kvmple than this one? see the console log",
             ) from exc
     return None

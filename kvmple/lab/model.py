@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
+from kvmple.config.jsonfile import first_error
 from kvmple.errors import StoreError, UsageError
 from kvmple.fsutil import write_atomic
 from kvmple.vm import registry
@@ -72,9 +73,8 @@ def load(record: registry.GuestRecord) -> LabHost | None:
     except FileNotFoundError:
         return None
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise StoreError(f"lab record {path} is unreadable: {key}: {first['msg']}") from exc
+        key, msg = first_error(exc)
+        raise StoreError(f"lab record {path} is unreadable: {key}: {msg}") from exc
     except ValueError as exc:
         raise StoreError(f"lab record {path} is unreadable: {exc}") from exc
 

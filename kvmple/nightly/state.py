@@ -21,6 +21,7 @@ from typing import Literal, TypeVar
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from kvmple import paths
+from kvmple.config.jsonfile import first_error
 from kvmple.errors import StoreError, UsageError
 from kvmple.nightly.outputs import StepOutputs
 
@@ -94,10 +95,9 @@ class NightState:
         try:
             return model.model_validate(raw)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+            key, msg = first_error(exc)
             raise StoreError(
-                f"night {self.night} state.json: steps.{step}.outputs.{key}: {first['msg']}",
+                f"night {self.night} state.json: steps.{step}.outputs.{key}: {msg}",
                 hint="the night's state was edited or written by another kvmple: "
                 "start a new night (--night NEW-ID)",
             ) from exc
@@ -186,10 +186,9 @@ def load(directory: Path) -> NightState | None:
     try:
         return NightState.from_json(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        key, msg = first_error(exc)
         raise StoreError(
-            f"{path}: not a kvmple night state ({key}: {first['msg']})",
+            f"{path}: not a kvmple night state ({key}: {msg})",
             hint=f"move {directory} away to start this night again",
         ) from exc
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from kvmple import paths
+from kvmple.config.jsonfile import first_error
 from kvmple.errors import GuestError, StoreError
 
 
@@ -138,10 +139,9 @@ def load(domain: str) -> GuestRecord | None:
     except FileNotFoundError:
         return None
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        key, msg = first_error(exc)
         raise StoreError(
-            f"VM record {path} is unreadable: {key}: {first['msg']}",
+            f"VM record {path} is unreadable: {key}: {msg}",
             hint="remove the file by hand after checking 'virsh list --all'",
         ) from exc
     except ValueError as exc:

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, JsonValue, TypeAdapter, ValidationError
 
+from kvmple.config.jsonfile import first_error
 from kvmple.errors import ConfigError
 from kvmple.executor import Executor
 
@@ -143,10 +144,9 @@ def parse_params(model: type[P], params: Params, *, where: str) -> P:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(part) for part in first["loc"]) or "(params)"
+        key, msg = first_error(exc, "(params)")
         raise ConfigError(
-            f"{where}: {key}: {first['msg']}",
+            f"{where}: {key}: {msg}",
             hint=f"valid parameters: {', '.join(model.model_fields)}",
         ) from None
 

@@ -27,6 +27,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
+from kvmple.config.jsonfile import first_error
 from kvmple.errors import CommandError, GuestError, WorkloadError
 from kvmple.executor import Executor
 from kvmple.guest.kvmple_guest import protocol
@@ -311,10 +312,9 @@ def load_status(workload: str, data: JsonValue) -> LoadStatus:
     try:
         status = _SpinStatus.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        key, msg = first_error(exc)
         raise WorkloadError(
-            f"kvmple-spin status from the guest: {key}: {first['msg']}",
+            f"kvmple-spin status from the guest: {key}: {msg}",
             hint="the image's kvmple-spin does not match this kvmple: rebuild the image",
         ) from exc
     return LoadStatus(workload, status.loops, status.sample_s)
