@@ -103,6 +103,17 @@ class Libvirt:
             ) from exc
         return True
 
+    def reset(self, name: str) -> None:
+        """Reset ``name`` like a power cycle (virDomainReset): the guest's firmware and its
+        direct-boot kernel start again. GuestError when it is not running."""
+        dom = self._lookup(name)
+        if dom is None:
+            raise GuestError(f"cannot reset guest {name} ({self.uri}): no such domain")
+        try:
+            dom.reset(0)
+        except libvirt.libvirtError as exc:
+            raise GuestError(f"could not reset guest {name} ({self.uri}): {_message(exc)}") from exc
+
     def names(self, prefix: str) -> list[str]:
         """Names of all domains (running or defined) starting with ``prefix``."""
         try:
