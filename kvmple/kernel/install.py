@@ -49,6 +49,9 @@ class HostFacts:
     has_systemd: bool
     initramfs_tool: str | None  # "update-initramfs" | "dracut" | None
     distributor: str = "Debian GNU/Linux"
+    # Debian's kexec-tools with LOAD_KEXEC=true (/etc/default/kexec, its debconf default)
+    # loads /vmlinuz at every shutdown: over the kernel kvmple loaded, and every reboot kexecs
+    kexec_load_at_shutdown: bool = False
 
 
 def gather_host_facts() -> HostFacts:
@@ -57,6 +60,8 @@ def gather_host_facts() -> HostFacts:
     text = grub_default.read_text(errors="replace") if grub_default.is_file() else ""
     saved = any(line.strip().replace('"', "") == "GRUB_DEFAULT=saved" for line in text.splitlines())
     tool = next((t for t in ("update-initramfs", "dracut") if which(t)), None)
+    kexec_default = Path("/etc/default/kexec")
+    kexec_text = kexec_default.read_text(errors="replace") if kexec_default.is_file() else ""
     return HostFacts(
         euid=os.geteuid(),
         has_grub_reboot=which("grub-reboot") is not None,
@@ -64,6 +69,9 @@ def gather_host_facts() -> HostFacts:
         has_kexec=which("kexec") is not None,
         has_systemd=Path("/run/systemd/system").is_dir(),
         initramfs_tool=tool,
+        kexec_load_at_shutdown=any(
+            line.strip().replace('"', "") == "LOAD_KEXEC=true" for line in kexec_text.splitlines()
+        ),
     )
 
 
@@ -169,6 +177,12 @@ def _choose_method(method: str, facts: HostFacts) -> str:
         )
     if method == "kexec" and not facts.has_kexec:
         raise HostError("kexec not found", hint="apt-get install kexec-tools")
+    if method == "kexec" and facts.kexec_load_at_shutdown:
+        raise HostError(
+            "LOAD_KEXEC=true in /etc/default/kexec: kexec-tools would load /vmlinuz at shutdown "
+            "over the new kernel, and every reboot would be a kexec (no fallback)",
+            hint="set LOAD_KEXEC=false there (dpkg-reconfigure kexec-tools)",
+        )
     if method not in ("grub-reboot", "kexec"):
         raise HostError(f"unknown install method {method!r}", hint="grub-reboot or kexec")
     return method

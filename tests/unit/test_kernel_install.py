@@ -162,3 +162,9 @@ def test_kexec_plan_appends_panic_and_can_skip_the_initramfs() -> None:
 def test_append_needs_kexec() -> None:
     with pytest.raises(HostError, match="need --method kexec"):
         plan_install(MANIFEST, PASSED, DEBIAN, method="grub-reboot", append=("quiet",))
+
+
+def test_kexec_refused_while_kexec_tools_loads_at_shutdown() -> None:
+    with pytest.raises(HostError, match="LOAD_KEXEC=true") as caught:
+        plan_install(MANIFEST, PASSED, replace(DEBIAN, kexec_load_at_shutdown=True), method="kexec")
+    assert "LOAD_KEXEC=false" in (caught.value.hint or "")
