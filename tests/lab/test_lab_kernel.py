@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,17 +92,21 @@ def ssh(env: dict[str, str], *command: str, timeout: float = 900.0) -> str:
 
 
 def _register_campaign(env: dict[str, str]) -> str:
-    """A one-run campaign, registered and interrupted before its guests booted."""
+    """A one-run campaign, registered, then stopped (SIGTERM) before its first run ends."""
     ssh(env, "env", "-C", "/opt/kvmple", "/opt/kvmple/venv/bin/python3", "-c", CUT_PLAYBOOK)
-    started = kvmple(
-        env, "lab", "ssh", NAME, "--",
-        "timeout", "-s", "INT", "150", "env", "-C", "/opt/kvmple", "kvmple", "run", PLAYBOOK,
-        "--allow-unavailable", "--no-report",
-        timeout=600,
-    )  # fmt: skip
-    found = re.search(r"campaign (\S+) interrupted", started.stderr)
-    assert started.returncode == 130 and found, started.stderr[-3000:]
-    return found.group(1)
+    ssh(env, "systemd-run", "--unit", "kvmple-test-register", "--working-directory=/opt/kvmple",
+        "/usr/local/bin/kvmple", "run", PLAYBOOK, "--allow-unavailable", "--no-report")  # fmt: skip
+    deadline = time.monotonic() + 900
+    while True:
+        listed = json.loads(ssh(env, "kvmple", "results", "list", "--json"))
+        found = [c["id"] for c in listed if c["name"] == "lab-kernel"]
+        if found:
+            break
+        assert time.monotonic() < deadline, "the campaign was never registered"
+        time.sleep(10)
+    ssh(env, "systemctl", "stop", "kvmple-test-register")  # SIGTERM: kvmple cleans up
+    (campaign,) = found
+    return str(campaign)
 
 
 def _wait_resumed(env: dict[str, str], timeout: float = 1800.0) -> dict[str, str]:
