@@ -153,10 +153,12 @@ def test_install_boot_once_and_resume(
     enabled = kvmple(lab, "lab", "ssh", NAME, "--", "systemctl", "is-enabled", "kvmple-resume")
     assert enabled.stdout.strip() == "disabled", enabled.stdout + enabled.stderr  # one shot
     export = json.loads(ssh(lab, "kvmple", "results", "export", "--format", "json"))
-    (exported,) = [c for c in export["campaigns"] if c["id"] == campaign]
-    assert exported["status"] == "complete"
-    assert [r["status"] for r in exported["runs"]] == ["ok"]
-    assert exported["runs"][0]["provenance"]["host"]["kernel_release"] == manifest.release
+    (exported,) = [c for c in export["campaigns"] if c["meta"]["id"] == campaign]
+    assert exported["meta"]["status"] == "complete"
+    assert exported["meta"]["host"]["kernel_release"] == manifest.release  # re-recorded
+    (run_,) = exported["runs"]
+    assert run_["status"] == "ok" and run_["provenance"]["host"]["kvm_module"] == "kvm_amd"
+    assert run_["kvm"]["exits"]["exits"] > 0  # kvm:kvm_exit hist triggers on the new kernel
 
 
 def test_a_kernel_that_panics_falls_back(
