@@ -268,6 +268,11 @@ def _resume(store: Store, campaign_id: str, host: HostFacts) -> tuple[CampaignMe
     if loaded.sha256 != meta.playbook_hash:
         raise CampaignError(f"campaign {campaign_id}: stored playbook does not match its hash")
     recorded = meta.host
+    if recorded.get("kernel_release") != host.facts.get("kernel_release") and not store.runs(
+        campaign_id
+    ):  # registered, then a kernel installed (kernel install --campaign): nothing to mix
+        meta = store.set_host(campaign_id, host.facts)
+        recorded = meta.host
     for key in ("hostname", "kernel_release", "accelerator"):
         if recorded.get(key) != host.facts.get(key):
             raise CampaignError(

@@ -156,11 +156,27 @@ def _register_build_actions(actions: Any) -> None:
     boot.add_argument("--json", action="store_true")
     boot.set_defaults(handler=_boot_test)
 
-    install = actions.add_parser("install", help="install on this host (not verified on hardware)")
+    install = actions.add_parser(
+        "install",
+        help="install on this host (kexec: verified on an emulated AMD-V host (QEMU TCG); "
+        "grub-reboot: not verified on hardware)",
+    )
     _build_dir_args(install)
     install.add_argument("--method", choices=("auto", "grub-reboot", "kexec"), default="auto")
     install.add_argument("--campaign", help="campaign id to resume after the reboot")
     install.add_argument("--reboot", action="store_true", help="reboot into it at the end")
+    install.add_argument(
+        "--append",
+        action="append",
+        default=[],
+        metavar="PARAM",
+        help="(kexec) a kernel parameter added to the reused command line (panic=10 always is)",
+    )
+    install.add_argument(
+        "--no-initramfs",
+        action="store_true",
+        help="no initramfs: the kernel has its root disk and file system drivers built in",
+    )
     install.add_argument(
         "--execute", action="store_true", help="carry the plan out (default: print it only)"
     )
@@ -405,6 +421,9 @@ def _install(args: argparse.Namespace) -> int:
         reboot=args.reboot,
         campaign=args.campaign,
         kvmple=kvmple_command(),
+        append=tuple(args.append),
+        initramfs=not args.no_initramfs,
+        workdir=str(Path.cwd()),
     )
     _say(f"install plan for {plan.release} ({plan.method}; {', '.join(plan.notes)}):")
     for number, step in enumerate(plan.steps, 1):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
@@ -76,6 +77,27 @@ def register(sub: Any) -> None:
     reload.add_argument("assignments", nargs="+", metavar="PARAM=VALUE")
     reload.add_argument("--json", action="store_true")
     reload.set_defaults(handler=_reload)
+
+    kernel = lab_sub.add_parser(
+        "install-kernel",
+        help="(amd) install a kernel kvmple built into a lab host, boot it once by kexec, "
+        "check uname -r; a kernel that fails falls back (exit 13)",
+        description="Copy OUT's bzImage, modules, manifest and boot-test record into the lab "
+        "host over its SSH, run 'kvmple kernel install --method kexec --no-initramfs --reboot "
+        "--execute' inside, wait for SSH from the new boot and compare uname -r with the "
+        "build's release. A kernel that panics resets into the lab host's own kernel.",
+    )
+    kernel.add_argument("name", metavar="NAME")
+    kernel.add_argument("--build", type=Path, required=True, metavar="OUT", help="build dir")
+    kernel.add_argument("--campaign", metavar="ID", help="campaign to resume after the boot")
+    kernel.add_argument(
+        "--append", action="append", default=[], metavar="PARAM", help="kernel parameter"
+    )
+    kernel.add_argument(
+        "--boot-timeout", type=float, default=900.0, metavar="SECONDS", help="default 900"
+    )
+    kernel.add_argument("--json", action="store_true")
+    kernel.set_defaults(handler=_install_kernel)
 
     verify = lab_sub.add_parser(
         "verify-ple", help="(intel) collect and judge the PLE verification, then end the lab host"
@@ -217,6 +239,34 @@ def _reload(args: argparse.Namespace) -> int:
     else:
         read = ", ".join(f"{k}={v}" for k, v in result.after.items())
         print(f"{result.module} reloaded; read back {read}", flush=True)
+    return 0
+
+
+def _install_kernel(args: argparse.Namespace) -> int:
+    from kvmple.kernel.manifest import load_manifest
+    from kvmple.lab.kernel import install_kernel
+    from kvmple.lab.model import find
+
+    entry = find(args.name, _running())
+    if entry.host is None or entry.host.kind != "amd":
+        raise UsageError(f"lab host {args.name!r} is not a running amd lab host")
+    manifest = load_manifest(args.build)
+    ui.note(f"installing {manifest.release} into lab host {entry.name} (kexec)...")
+    done = install_kernel(
+        entry.record,
+        args.build,
+        manifest,
+        campaign=args.campaign,
+        append=tuple(args.append),
+        boot_timeout_s=args.boot_timeout,
+    )
+    if args.json:
+        ui.out.print_json(json.dumps(done.to_json()))
+    print(
+        f"lab host {done.lab} runs {done.running} (staged in {done.staged_s:.0f} s, "
+        f"SSH back {done.back_s:.0f} s after the install started; emulated timings)",
+        flush=True,
+    )
     return 0
 
 

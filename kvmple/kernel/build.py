@@ -27,6 +27,7 @@ from kvmple.kernel.configs import (
     BOOT_TEST_ALLOWED_TO_VANISH,
     BOOT_TEST_FRAGMENT,
     IMAGE_BOOT_FRAGMENT,
+    LAB_AMD_FRAGMENT,
     LAB_INTEL_FRAGMENT,
     FragmentCheck,
     check_fragments,
@@ -41,10 +42,12 @@ from kvmple.run import run, run_logged, which
 BUILTIN_FRAGMENT = "kvmple-boot"  # name of BOOT_TEST_FRAGMENT on the command line
 IMAGE_FRAGMENT = "kvmple-image"  # name of IMAGE_BOOT_FRAGMENT (boot-test --image)
 LAB_INTEL_FRAGMENT_NAME = "kvmple-lab-intel"  # the Bochs VT-x lab host (kvmple lab up intel)
+LAB_AMD_FRAGMENT_NAME = "kvmple-lab-amd"  # an amd lab host's own kernel (lab install-kernel)
 BUILTIN_FRAGMENTS = {
     BUILTIN_FRAGMENT: BOOT_TEST_FRAGMENT,
     IMAGE_FRAGMENT: IMAGE_BOOT_FRAGMENT,
     LAB_INTEL_FRAGMENT_NAME: LAB_INTEL_FRAGMENT,
+    LAB_AMD_FRAGMENT_NAME: LAB_AMD_FRAGMENT,
 }
 
 

@@ -74,6 +74,7 @@ def lab_spec(options: AmdOptions, image: GuestImage) -> VMSpec:
         campaign_id=LAB_CAMPAIGN,
         cpu_model=options.cpu_model,
         cpu_features=options.cpu_features,
+        on_reboot="restart",  # a reset boots QEMU's -kernel again (kexec fallback)
     )
 
 

@@ -166,6 +166,17 @@ class Store:
         with self._write(f"setting the status of campaign {campaign_id}"):
             self._db.execute("UPDATE campaigns SET status = ? WHERE id = ?", (status, campaign_id))
 
+    def set_host(self, campaign_id: str, host: dict[str, Any]) -> CampaignMeta:
+        """Record new host facts for a campaign (only one without runs: kvmple run --resume
+        after a kernel install between its registration and its first run)."""
+        meta = self.campaign(campaign_id).model_copy(update={"host": host})
+        with self._write(f"updating the host of campaign {campaign_id}"):
+            self._db.execute(
+                "UPDATE campaigns SET record = ? WHERE id = ?",
+                (meta.model_dump_json(), campaign_id),
+            )
+        return meta
+
     def campaign(self, campaign_id: str) -> CampaignMeta:
         """The campaign with this exact id; StoreError if there is none."""
         rows = self._safe_query(

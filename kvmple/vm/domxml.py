@@ -96,7 +96,7 @@ def domain_xml(spec: VMSpec, *, overlay: Path, console_log: Path, ssh_port: int)
 
     _sub(domain, "clock", offset="utc")
     _sub(domain, "on_poweroff", "destroy")
-    _sub(domain, "on_reboot", "destroy")
+    _sub(domain, "on_reboot", spec.on_reboot)
     _sub(domain, "on_crash", "destroy")
 
     devices = _sub(domain, "devices")

@@ -47,6 +47,7 @@ class _Domain(Protocol):
     def isActive(self) -> int: ...  # libvirt-python's names
     def isPersistent(self) -> int: ...
     def destroy(self) -> int: ...
+    def reset(self, flags: int = 0) -> int: ...
     def undefine(self) -> int: ...
     def XMLDesc(self, flags: int = 0) -> str: ...
     # ([(vcpu number, state, cpu time ns, host cpu)], [per vCPU: allowed flag per host CPU])
@@ -125,6 +126,17 @@ class Libvirt:
                 f"could not remove guest {name} ({self.uri}): {_message(exc)}"
             ) from exc
         return True
+
+    def reset(self, name: str) -> None:
+        """Reset ``name`` like a power cycle (virDomainReset): the guest's firmware and its
+        direct-boot kernel start again. GuestError when it is not running."""
+        dom = self._lookup(name)
+        if dom is None:
+            raise GuestError(f"cannot reset guest {name} ({self.uri}): no such domain")
+        try:
+            dom.reset(0)
+        except libvirt.libvirtError as exc:
+            raise GuestError(f"could not reset guest {name} ({self.uri}): {_message(exc)}") from exc
 
     def names(self, prefix: str) -> list[str]:
         """Names of all domains (running or defined) starting with ``prefix``."""

@@ -67,6 +67,10 @@ class VMSpec:
     # "qemu64" + ("svm", "npt")); None: host-passthrough under KVM, QEMU's default under TCG.
     cpu_model: str | None = None
     cpu_features: tuple[str, ...] = ()
+    # What a guest reset does: "destroy" ends a measured guest (a reboot is a fault there);
+    # "restart" resets a lab host in place, so QEMU boots its -kernel again: the fallback of
+    # a kexec'd kernel that panics (kvmple.lab.kernel).
+    on_reboot: Literal["destroy", "restart"] = "destroy"
 
     def __post_init__(self) -> None:
         check_name_part("role", self.role)

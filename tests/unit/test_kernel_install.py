@@ -133,3 +133,38 @@ def test_execute_runs_every_step_in_order() -> None:
     assert fake.files["/etc/systemd/system/kvmple-resume.service"][0] == resume_unit(
         "c7", "6.1.192-kvmple-selftest", ("kvmple",)
     )
+
+
+def test_kexec_plan_appends_panic_and_can_skip_the_initramfs() -> None:
+    """A kexec'd kernel that panics must reset (the fallback); extra parameters follow."""
+    plan = plan_install(
+        MANIFEST,
+        PASSED,
+        DEBIAN,
+        method="kexec",
+        reboot=True,
+        append=("init=/x",),
+        initramfs=False,
+        campaign="c9",
+        workdir="/opt/kvmple",
+    )
+    assert plan.notes[0] == "verified on an emulated AMD-V host (QEMU TCG)"
+    argvs = [s.argv for s in plan.steps if s.argv]
+    load = next(a for a in argvs if a[0] == "kexec")
+    assert "--append=panic=10 init=/x" in load
+    assert not any(a.startswith("--initrd") for a in load)
+    assert not any(a[0] == "update-initramfs" for a in argvs)
+    unit = next(s for s in plan.steps if s.write_path)
+    assert "WorkingDirectory=/opt/kvmple\n" in unit.content
+    assert argvs[-1] == ("systemctl", "kexec")
+
+
+def test_append_needs_kexec() -> None:
+    with pytest.raises(HostError, match="need --method kexec"):
+        plan_install(MANIFEST, PASSED, DEBIAN, method="grub-reboot", append=("quiet",))
+
+
+def test_kexec_refused_while_kexec_tools_loads_at_shutdown() -> None:
+    with pytest.raises(HostError, match="LOAD_KEXEC=true") as caught:
+        plan_install(MANIFEST, PASSED, replace(DEBIAN, kexec_load_at_shutdown=True), method="kexec")
+    assert "LOAD_KEXEC=false" in (caught.value.hint or "")

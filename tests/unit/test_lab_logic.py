@@ -58,6 +58,8 @@ def test_lab_spec_has_emulated_amd_v() -> None:
     assert "svm" in spec.cpu_features and spec.domain_name == "kvmple-lab-t1"
     xml = domain_xml(spec, overlay=Path("/o"), console_log=Path("/c"), ssh_port=2222)
     assert '<feature policy="require" name="svm" />' in xml
+    # a reset (a kexec'd kernel that panics) boots QEMU's -kernel again: the fallback
+    assert "<on_reboot>restart</on_reboot>" in xml
     assert amd.AmdOptions().cpu.startswith("qemu64,+svm,+npt,+vgif,+svme-addr-chk,")
 
 

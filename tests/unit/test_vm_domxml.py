@@ -136,3 +136,7 @@ def test_bad_cpu_model_or_features_refused(overrides: dict[str, object]) -> None
 
     with pytest.raises(ConfigError):
         make_spec(**overrides)
+
+
+def test_a_measured_guest_is_destroyed_on_reboot() -> None:
+    assert render().findtext("on_reboot") == "destroy"
