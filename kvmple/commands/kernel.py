@@ -156,6 +156,11 @@ def _register_build_actions(actions: Any) -> None:
     boot.add_argument("--json", action="store_true")
     boot.set_defaults(handler=_boot_test)
 
+    _register_install(actions)
+
+
+def _register_install(actions: Any) -> None:
+    """install: the plan, and with --execute its execution on this host."""
     install = actions.add_parser(
         "install",
         help="install on this host (kexec: verified on an emulated AMD-V host (QEMU TCG); "

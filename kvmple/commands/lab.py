@@ -78,6 +78,23 @@ def register(sub: Any) -> None:
     reload.add_argument("--json", action="store_true")
     reload.set_defaults(handler=_reload)
 
+    _register_install_kernel(lab_sub)
+
+    verify = lab_sub.add_parser(
+        "verify-ple", help="(intel) collect and judge the PLE verification, then end the lab host"
+    )
+    verify.add_argument("name", metavar="NAME")
+    verify.add_argument("--timeout", type=float, default=1800.0, help="seconds to the verdict")
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(handler=_verify_ple)
+
+    down = lab_sub.add_parser("down", help="stop lab hosts and remove their files")
+    down.add_argument("names", nargs="*")
+    down.add_argument("--all", action="store_true", help="every lab host")
+    down.set_defaults(handler=_down)
+
+
+def _register_install_kernel(lab_sub: Any) -> None:
     kernel = lab_sub.add_parser(
         "install-kernel",
         help="(amd) install a kernel kvmple built into a lab host, boot it once by kexec, "
@@ -98,19 +115,6 @@ def register(sub: Any) -> None:
     )
     kernel.add_argument("--json", action="store_true")
     kernel.set_defaults(handler=_install_kernel)
-
-    verify = lab_sub.add_parser(
-        "verify-ple", help="(intel) collect and judge the PLE verification, then end the lab host"
-    )
-    verify.add_argument("name", metavar="NAME")
-    verify.add_argument("--timeout", type=float, default=1800.0, help="seconds to the verdict")
-    verify.add_argument("--json", action="store_true")
-    verify.set_defaults(handler=_verify_ple)
-
-    down = lab_sub.add_parser("down", help="stop lab hosts and remove their files")
-    down.add_argument("names", nargs="*")
-    down.add_argument("--all", action="store_true", help="every lab host")
-    down.set_defaults(handler=_down)
 
 
 def _running() -> set[str]:

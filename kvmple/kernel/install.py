@@ -10,8 +10,9 @@ so ``kvmple run --resume ID`` continues the campaign after the reboot.
 
 The kexec path (install, one-shot boot, resume, fallback on a panic) is verified on an
 emulated AMD-V host (QEMU TCG) by hand, through ``kvmple lab install-kernel``
-(kvmple.lab.kernel); its lab test (about 25 min) is not in CI yet. The grub-reboot path is NOT VERIFIED ON HARDWARE (this
-project's machines have no VT-x and must not replace their own kernel).
+(kvmple.lab.kernel); its lab test (about 25 min) is not in CI yet. The grub-reboot path is
+NOT VERIFIED ON HARDWARE (this project's machines have no VT-x and must not replace their
+own kernel).
 """
 
 from __future__ import annotations
