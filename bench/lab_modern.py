@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 import time
 
-from labcli import kvmple, use_test_cache
+from labcli import exit_reason_names, kvmple, use_test_cache
 
 from kvmple.results.evidence import ExitCounts
 from kvmple.results.records import RunRecord
@@ -35,29 +35,35 @@ def inside(name: str, *command: str, timeout: float = 900.0) -> subprocess.Compl
                   timeout=timeout + 60)[1]  # fmt: skip
 
 
-def _exits(run: RunRecord) -> str:
+FORMAT = "/sys/kernel/tracing/events/kvm/kvm_exit/format"
+
+
+def _exits(run: RunRecord, names: dict[int, str]) -> str:
     if run.kvm is None:
         return "not recorded"
     exits = run.kvm.exits
     if not isinstance(exits, ExitCounts):
         return f"unavailable: {exits.unavailable}"
     top = sorted(exits.exits_by_reason.items(), key=lambda kv: -kv[1])[:3]
-    return f"{exits.exits} ({', '.join(f'{k} {v}' for k, v in top)})"
+    shown = ", ".join(f"{names.get(int(k, 0), k)} {v}" for k, v in top)
+    return f"{exits.exits} ({shown})"
 
 
-def _row(workload: str, run: RunRecord) -> str:
+def _row(workload: str, run: RunRecord, names: dict[int, str]) -> str:
     knobs = run.provenance["knobs"]
     pm, poll = knobs["cpu-pm"], knobs["kvm.halt_poll_ns"]
-    pm_read = ",".join(sorted(set(pm.get("guests", {}).values()))) or "-"
+    argv = {v.removeprefix("-overcommit cpu-pm=") for v in pm.get("guests", {}).values()}
+    pm_read = ",".join(sorted(argv)) or "-"  # from each guest's QEMU command line
     figures = " ".join(f"{k}={v:.4g}" for k, v in run.figures.items())
     asked = f"{run.cell['cpu-pm']}/{pm_read}"
     polled = f"{run.cell['kvm.halt_poll_ns']}/{poll.get('value', '?')}"
-    return f"{workload:17} {asked:8} {polled:15} {figures:40} {_exits(run)}"
+    return f"{workload:17} {asked:8} {polled:15} {figures:40} {_exits(run, names)}"
 
 
 def report(name: str) -> None:
     export = inside(name, "kvmple", "results", "export", "--format", "json")
     campaigns = parse_export(export.stdout, f"results export inside {name}").campaigns
+    names = exit_reason_names(inside(name, "cat", FORMAT).stdout)
     print(f"{'workload':17} {'cpu-pm':8} {'halt_poll_ns':15} {'figures':40} kvm exits in the "
           "run window (top reasons)")  # fmt: skip
     print(f"{'':17} {'set/read':8} {'set/read':15}")
@@ -67,7 +73,7 @@ def report(name: str) -> None:
             if run.status != "ok":
                 print(f"{workload}: run {run.run_key} {run.status}: {run.reason}")
                 continue
-            print(_row(workload, run))
+            print(_row(workload, run, names))
         print(f"  {workload}: unavailable {campaign.meta.notes.get('unavailable', {})}")
 
 

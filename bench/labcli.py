@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -27,3 +28,10 @@ def kvmple(*args: str, timeout: float = 1800.0) -> tuple[float, subprocess.Compl
     if done.returncode != 0:
         sys.exit(f"kvmple {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
     return time.perf_counter() - start, done
+
+
+def exit_reason_names(kvm_exit_format: str) -> dict[int, str]:
+    """Exit code -> name, from a kernel's events/kvm/kvm_exit/format (its __print_symbolic
+    table: SVM_EXIT_REASONS / VMX_EXIT_REASONS in arch/x86/include/uapi/asm/)."""
+    pairs = re.findall(r'\{\s*(0x[0-9a-fA-F]+|\d+),\s*"(\w+)"\s*\}', kvm_exit_format)
+    return {int(code, 0): name for code, name in pairs}
