@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,11 +26,12 @@ from kvmple.errors import CampaignError, GuestError, WorkloadError
 from kvmple.events import Note, Progress, Sink, Warn
 from kvmple.host import knobs, pvknobs, vmknobs
 from kvmple.host.seam import real_seam
-from kvmple.image import resolve
+from kvmple.image import Image, resolve
 from kvmple.results import CampaignMeta, RunRecord, Store
+from kvmple.results.records import CellValue
 from kvmple.results.stats import enough_runs
 from kvmple.vm import gc, registry
-from kvmple.vm.lifecycle import boot_guests
+from kvmple.vm.lifecycle import Guest, boot_guests
 from kvmple.vm.spec import VMSpec, domain_name
 from kvmple.workloads import ensure_programs, get_workload
 
@@ -106,7 +107,7 @@ def _reap_crashed_guests(campaign_id: str, sink: Sink) -> None:
         log.info("reaped leftovers: %s", report.removed_domains)
 
 
-def _cell_key(cell: dict[str, Any]) -> str:
+def _cell_key(cell: Mapping[str, CellValue]) -> str:
     return ",".join(f"{k}={v}" for k, v in cell.items() if k != "overcommit")
 
 
@@ -116,7 +117,7 @@ class _Context:
     meta: CampaignMeta
     playbook: Playbook
     host: HostFacts
-    images: dict[str, Any]
+    images: dict[str, Image]
     outcome: CampaignOutcome
     done: set[str]
     failures: dict[str, int]  # stored failed attempts per run key, all invocations
@@ -125,7 +126,7 @@ class _Context:
     tries: dict[str, int] = field(default_factory=dict)  # this invocation
 
 
-def _specs(ctx: _Context, block: Block) -> list[Any]:
+def _specs(ctx: _Context, block: Block) -> list[VMSpec]:
     per_vm = vmknobs.qemu_args(_settings(block))
     specs = []
     for role, guest in ctx.playbook.guests.items():
@@ -283,7 +284,7 @@ def _boot_and_run(ctx: _Context, index: int, block: Block) -> None:
                 queue.append((position, run))
 
 
-def _per_vm_read_back(block: Block, guests: Sequence[Any]) -> dict[str, Any]:
+def _per_vm_read_back(block: Block, guests: Sequence[Guest]) -> dict[str, Any]:
     """Per-VM knob settings read back from each guest's QEMU command line and, for PV
     features, from inside each guest (HostError when a guest differs from its label)."""
     per_vm = vmknobs.check_guests(_settings(block), [g.name for g in guests])
@@ -294,7 +295,7 @@ def _per_vm_read_back(block: Block, guests: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-def _prepare(ctx: _Context, guests: dict[str, Any]) -> dict[str, Any]:
+def _prepare(ctx: _Context, guests: dict[str, Guest]) -> dict[str, Any]:
     workloads: dict[str, Any] = {}
     for role, spec in ctx.playbook.workloads.items():
         workload = get_workload(spec.name)
@@ -323,7 +324,7 @@ def _one_run(
     block_index: int,
     position: int,
     run: PlannedRun,
-    guests: dict[str, Any],
+    guests: dict[str, Guest],
     workloads: dict[str, Any],
     block_facts: dict[str, Any],
     shared: frozenset[int],
@@ -375,7 +376,7 @@ def _one_run(
 
 
 def _count_ok(
-    ctx: _Context, run: PlannedRun, cell: dict[str, Any], label: str, outcome: Attempt
+    ctx: _Context, run: PlannedRun, cell: Mapping[str, CellValue], label: str, outcome: Attempt
 ) -> None:
     ctx.done.add(run.key)
     ctx.outcome.ok += 1

@@ -19,6 +19,7 @@ from kvmple.campaign.plan import PlannedRun
 from kvmple.campaign.playbook import Playbook
 from kvmple.errors import CampaignError, GuestError, WorkloadError
 from kvmple.results.evidence import ConfounderFinding, RunEvidence, Unavailable
+from kvmple.vm.lifecycle import Guest
 
 log = logging.getLogger("kvmple.campaign")
 
@@ -53,7 +54,7 @@ class RunFrame:
         playbook: Playbook,
         run: PlannedRun,
         *,
-        guests: dict[str, Any],
+        guests: dict[str, Guest],
         workloads: dict[str, Any],
         shared: frozenset[int],
     ) -> None:
@@ -147,7 +148,7 @@ class RunFrame:
             self._held.__exit__(*exc_info)
 
 
-def qemu_pid_by_role(guests: dict[str, Any]) -> dict[str, int | None]:
+def qemu_pid_by_role(guests: dict[str, Guest]) -> dict[str, int | None]:
     """Guest role -> its QEMU's pid as read back at boot (None: not read back)."""
     found: dict[str, int | None] = {}
     for role, guest in guests.items():
@@ -156,7 +157,7 @@ def qemu_pid_by_role(guests: dict[str, Any]) -> dict[str, int | None]:
     return found
 
 
-def qemu_pids(guests: dict[str, Any]) -> list[int]:
+def qemu_pids(guests: dict[str, Guest]) -> list[int]:
     return [pid for pid in qemu_pid_by_role(guests).values() if pid is not None]
 
 
@@ -179,7 +180,7 @@ def measure_run(
     playbook: Playbook,
     run: PlannedRun,
     *,
-    guests: dict[str, Any],
+    guests: dict[str, Guest],
     workloads: dict[str, Any],
     shared: frozenset[int],
 ) -> Attempt:
