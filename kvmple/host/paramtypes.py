@@ -3,7 +3,8 @@
 A parameter's type is its ``module_param(name, type, perm)`` in the kernel source; the
 kernel's setter (kernel/params.c: ``param_set_uint`` -> ``kstrtouint``, ``param_set_bool`` ->
 ``kstrtobool``, ...) refuses anything else at run time, hours into a campaign. kvmple knows
-the parameters below (Linux 6.x; the file each is declared in); a factor on any other
+the parameters below (the file each is declared in; every type but the RFC's checked against
+Debian's linux-source-6.1 module_param/module_param_named/_cb declarations); any other
 parameter declares its type (``type: uint``), and its values are checked against that.
 """
 
@@ -49,8 +50,8 @@ KNOWN: dict[str, tuple[ParamType, str]] = {
     "kvm.eager_page_split": ("bool", _X86),
     "kvm.mitigate_smt_rsb": ("bool", _X86),
     "kvm.flush_on_reuse": ("bool", _MMU),
-    "kvm.tdp_mmu": ("bool", _MMU),
-    "kvm.mmio_caching": ("bool", _MMU),
+    "kvm.tdp_mmu": ("bool", "arch/x86/kvm/mmu/tdp_mmu.c"),
+    "kvm.mmio_caching": ("bool", "arch/x86/kvm/mmu/spte.c"),
     "kvm.nx_huge_pages_recovery_ratio": ("uint", _MMU),
     "kvm.nx_huge_pages_recovery_period_ms": ("uint", _MMU),
     "kvm.ipi_tracking_enabled": ("bool", _RFC),
