@@ -162,7 +162,7 @@ def _knobs(ctx: _Context, block: Block) -> Iterator[dict[str, KnobReadBack]]:
     settings = []
     for knob, value in block.knobs:
         if value == UNAVAILABLE:
-            reason = ctx.meta.notes.get("unavailable", {}).get(knob, "unavailable")
+            reason = ctx.meta.unavailable().get(knob, "unavailable")
             read_back[knob] = {"unavailable": reason}
         else:
             settings.append((knob, value))

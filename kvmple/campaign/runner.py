@@ -169,7 +169,7 @@ def run_campaign(
     with open_store(options.db_url) as store:
         if resume_id is not None:
             meta, loaded = _resume(store, resume_id, host)
-            unavailable = dict(meta.notes.get("unavailable", {}))
+            unavailable = meta.unavailable()
         else:
             assert loaded is not None
             unavailable = _unavailable_factors(loaded.playbook, host, options.allow_unavailable)
@@ -241,14 +241,14 @@ def _new_campaign(
         playbook_text=loaded.text,
         created=time.time(),
         status="running",
-        host=host.facts,
+        host={**host.facts},
         kvmple_version=__version__,
         seed=playbook.order.seed,
         axes=axes,
         primary_metric=measured.primary,
         metric_unit=unit,
         notes={
-            "unavailable": unavailable,
+            "unavailable": {**unavailable},
             "source": loaded.source,
             "reference": playbook.reference,
         },
