@@ -26,6 +26,8 @@ from kvmple.workloads import HeldLoad, LoadStatus, LoadWorkload, MeasuredWorkloa
 
 log = logging.getLogger("kvmple.campaign")
 
+ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+
 
 class PhaseClock:
     """Wall time per phase of one run (stored with its evidence; bench/campaign.py sums them to
@@ -183,20 +185,15 @@ class RunFrame:
     def __enter__(self) -> RunFrame:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: *ExcInfo) -> None:
         try:
             self.stop_loads()
         except (WorkloadError, GuestError) as error:
-            if exc_type is None:
+            if exc_info[0] is None:
                 raise
             log.warning("stopping the loads after a failed run: %s", error.message)
         finally:
-            self._held.__exit__(exc_type, exc, tb)
+            self._held.__exit__(*exc_info)
 
 
 def qemu_pid_by_role(guests: dict[str, Guest]) -> dict[str, int | None]:
