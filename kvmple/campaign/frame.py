@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from types import TracebackType
 
 from pydantic import JsonValue
 
@@ -23,10 +22,9 @@ from kvmple.errors import CampaignError, GuestError, WorkloadError
 from kvmple.results.evidence import ConfounderFinding, RunEvidence, Unavailable
 from kvmple.vm.lifecycle import Guest
 from kvmple.workloads import HeldLoad, LoadStatus, LoadWorkload, MeasuredWorkload, Workload
+from kvmple.workloads.base import ExcInfo
 
 log = logging.getLogger("kvmple.campaign")
-
-ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
 
 
 class PhaseClock:

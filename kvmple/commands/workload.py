@@ -128,7 +128,7 @@ def _read(path: Path) -> str:
 def _parse(args: argparse.Namespace) -> int:
     text = _read(args.file)
     where = str(args.file)
-    data: dict[str, object]
+    data: dict[str, JsonValue]
     if args.workload == "hackbench":
         if args.format != "auto":
             raise UsageError("--format applies to amqp-perftest logs only")

@@ -20,13 +20,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
+from types import TracebackType
+from typing import ClassVar, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, JsonValue, TypeAdapter, ValidationError
 
 from kvmple.config.jsonfile import first_error
 from kvmple.errors import ConfigError
 from kvmple.executor import Executor
+
+# what a context manager's __exit__ receives (type, value, traceback; all None without one)
+ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
 
 # A workload's ``params:``: the playbook's mapping (JSON/YAML values), or its validated model.
 Params = Mapping[str, JsonValue] | BaseModel
@@ -228,7 +232,7 @@ class HeldLoad(Protocol):
 
     def __enter__(self) -> HeldLoad: ...
 
-    def __exit__(self, *exc_info: Any) -> None: ...
+    def __exit__(self, *exc_info: *ExcInfo) -> None: ...
 
 
 @runtime_checkable
