@@ -16,7 +16,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -34,7 +34,7 @@ from kvmple.keys import installation_key
 from kvmple.remote import HostKeyMismatch, LoginRefused, SSHExecutor, free_port
 from kvmple.run import run
 from kvmple.ui import warn
-from kvmple.vm import registry
+from kvmple.vm import registry, snapshot
 from kvmple.vm.domxml import domain_xml
 from kvmple.vm.libvirt_backend import Libvirt, connect
 from kvmple.vm.pinning import check_pinning, compare_affinity, read_host_cpus, summarize
@@ -175,8 +175,11 @@ def _fits(wave: Sequence[VMSpec]) -> bool:
 class _Boot:
     """The state of one boot_guests call, shared by its worker threads."""
 
-    def __init__(self, lv: Libvirt, ready_timeout: float) -> None:
+    def __init__(
+        self, lv: Libvirt, ready_timeout: float, policy: snapshot.Policy | None = None
+    ) -> None:
         self.lv = lv
+        self.policy = policy or snapshot.Policy({}, use=False)
         self.ready_timeout = ready_timeout
         self.t0 = time.monotonic()
         self.key = installation_key().private
@@ -186,7 +189,31 @@ class _Boot:
         self.created: set[str] = set()  # domains this boot created: the only ones it destroys
         self.executors: list[SSHExecutor] = []
 
-    def start(self, spec: VMSpec) -> Guest:
+    def bring_up(self, spec: VMSpec) -> Guest:
+        """Start ``spec``'s guest and wait until it is ready: from a booted snapshot when the
+        policy allows, else cold (kvmple.vm.snapshot.bring_up)."""
+        return snapshot.bring_up(self, spec, self.policy)
+
+    def drop(self, guest: Guest) -> None:
+        """Stop and forget one guest of this boot (a failed restore before a cold boot)."""
+        guest.executor.close()
+        if guest.name in self.created:
+            self.lv.destroy(guest.name)
+        with self.lock:
+            self.created.discard(guest.name)
+            self.records = [r for r in self.records if r.domain != guest.name]
+            self.executors = [e for e in self.executors if e is not guest.executor]
+        registry.forget(guest.record)
+
+    def start(
+        self,
+        spec: VMSpec,
+        *,
+        backing: Path | None = None,
+        launch: Callable[[str, Path], None] | None = None,
+    ) -> Guest:
+        """Claim, create the overlay (on ``backing``, default the image) and start the domain
+        (``launch(xml, run_dir)``, default a fresh boot: libvirt createXML)."""
         run_dir = registry.guests_dir() / spec.domain_name
         record = registry.GuestRecord(
             domain=spec.domain_name,
@@ -213,7 +240,7 @@ class _Boot:
         overlay = run_dir / "overlay.qcow2"
         run(
             ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-             str(Path(spec.image.qcow2).resolve()), str(overlay)],
+             str(Path(backing or spec.image.qcow2).resolve()), str(overlay)],
             timeout=60,
             what=f"creating the overlay of {spec.domain_name}",
         )  # fmt: skip
@@ -230,7 +257,10 @@ class _Boot:
                     hint="pick another campaign id or role, or remove that domain yourself",
                 )
             try:
-                self.lv.create(xml, spec.domain_name)
+                if launch is None:
+                    self.lv.create(xml, spec.domain_name)
+                else:
+                    launch(xml, run_dir)
                 with self.lock:
                     self.created.add(spec.domain_name)
                 break
@@ -369,25 +399,31 @@ def boot_guests(
     uri: str = SYSTEM_URI,
     ready_timeout: float,
     keep_smt_siblings: bool = False,
+    snapshots: bool | None = None,
+    readiness: Mapping[str, snapshot.Readiness] | None = None,
 ) -> Iterator[list[Guest]]:
     """Start ``specs`` (in parallel where they do not overcommit the host CPUs: boot_waves),
     wait for SSH, check placement, yield the guests in the order of ``specs``.
 
     On exit, whatever the reason, every guest is destroyed and its files and record removed
     (except guests passed to ``detach``).
+
+    ``snapshots``: start guests from booted snapshots (kvmple.vm.snapshot); None means yes
+    on qemu:///system unless KVMPLE_COLD_BOOT=1. ``readiness`` (by role) says what a guest
+    must reach beyond SSH before it counts as ready (and before it is saved); each guest's
+    ``readback["boot"]`` says whether it was restored or booted cold, and from which key.
     """
     _check_specs(specs, keep_smt_siblings=keep_smt_siblings)
     with connect(uri) as lv:
-        boot = _Boot(lv, ready_timeout)
+        use = snapshot.wanted(uri) if snapshots is None else snapshots
+        boot = _Boot(lv, ready_timeout, snapshot.Policy(dict(readiness or {}), use=use))
         guests: list[Guest] = []
         try:
             with ThreadPoolExecutor(len(specs), thread_name_prefix="kvmple-boot") as pool:
                 try:
                     for wave in boot_waves(specs):
-                        started = [f.result() for f in [pool.submit(boot.start, s) for s in wave]]
-                        guests.extend(started)
-                        for future in [pool.submit(boot.wait_ready, g) for g in started]:
-                            future.result()
+                        futures = [pool.submit(boot.bring_up, s) for s in wave]
+                        guests.extend(f.result() for f in futures)
                 except BaseException:
                     boot.stop.set()  # let the other workers give up quickly
                     raise

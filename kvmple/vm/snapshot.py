@@ -1,0 +1,399 @@
+"""Booted snapshots: save a ready guest once, start later guests of the same shape from it.
+
+The first boot of a key boots cold, waits for readiness, saves the guest
+(``virDomainSaveFlags``: memory + device state, the domain stops), copies its overlay as it
+was at that moment and publishes both in the cache (kvmple.vm.snapcache: temporary name,
+rename). Then it, like every later guest of that key, is *restored*: a private copy of the
+save image whose header carries this guest's domain XML (kvmple.vm.saveimage: libvirt 9.0
+refuses a replacement XML with another name, UUID or genid), a new overlay on top of the
+cached disk (the cached one is never written), the guest's own SSH port and vCPU pins.
+
+After a restore, before anything is measured (``settle``):
+
+- clock: the guest slept while saved, so CLOCK_REALTIME lags the host by the time in the
+  cache. It is stepped to the host's with ``date -u -s @<host seconds>`` over SSH, and the
+  residual offset read back (guest ``date +%s.%N`` against the midpoint of the host's clock
+  around the call; bounded by half the round trip). CLOCK_MONOTONIC never jumps: the guest
+  did not run while saved.
+- randomness: the domain has a VM generation ID (``<genid/>``); libvirt 9.0 gives a restored
+  domain a new one (measured: the live genid differs from the one in the image), and
+  Linux 6.1's vmgenid driver (CONFIG_VMGENID=y in Debian 12) then reseeds the guest's CRNG
+  (drivers/virt/vmgenid.c -> add_vmfork_randomness). Also 64 host random bytes are written
+  to /dev/urandom. What is *not* fresh: /proc/sys/kernel/random/boot_id is the snapshot's.
+- readiness is checked again (SSH, then e.g. the broker probe); a failure discards the
+  snapshot and the guest boots cold (the caller does that: ``RestoreFailed``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import platform
+import shutil
+import threading
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kvmple.errors import GuestError, KvmpleError
+from kvmple.run import run
+from kvmple.ui import warn
+from kvmple.vm import registry, saveimage, snapcache
+from kvmple.vm.domxml import QEMU_NS, domain_xml
+
+if TYPE_CHECKING:
+    from kvmple.remote import SSHExecutor
+    from kvmple.vm.libvirt_backend import Libvirt
+    from kvmple.vm.lifecycle import Guest, _Boot
+    from kvmple.vm.spec import VMSpec
+
+RESTORE_TIMEOUT = 300.0  # s: a loaded 2-core TCG host took up to 70 s to restore a 1 GiB guest
+
+
+class RestoreFailed(GuestError):
+    """A restore (or the readiness after it) failed: discard the snapshot, boot cold."""
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """What "ready" means for a guest beyond answering SSH, and so what a snapshot holds.
+
+    ``level`` names it ("ssh", "ssh+broker"), ``version`` names what ``check`` relies on
+    (e.g. the guest programs' digests); both are part of the snapshot key. ``check(executor,
+    timeout)`` raises a KvmpleError while the guest is not ready.
+    """
+
+    level: str = "ssh"
+    version: str = ""
+    check: Callable[[SSHExecutor, float], None] | None = None
+
+
+SSH_ONLY = Readiness()
+
+
+def key_fields(spec: VMSpec, readiness: Readiness, versions: Mapping[str, int]) -> dict[str, Any]:
+    """Everything that shapes the state of ``spec``'s guest once ready (the snapshot key).
+
+    The domain XML is hashed with this guest's name, paths, port and pins neutralised: it
+    covers kernel, initrd, cmdline (services masked/enabled by kernel args), vCPUs, memory,
+    CPU model and devices. Pins are not in the key: a restore applies the playbook's own.
+    """
+    image = spec.image
+    image_key = getattr(image, "key", None) or _file_identity(Path(image.qcow2))
+    neutral = replace(
+        spec,
+        campaign_id="snapshot",
+        role="guest",
+        vcpu_pins=tuple((0,) for _ in range(spec.vcpus)),
+        emulator_pins=(0,),
+    )
+    shape = domain_xml(neutral, overlay=Path("/o"), console_log=Path("/c"), ssh_port=1)
+    return {
+        "image": image.name,
+        "image_key": image_key,
+        "kernel": _file_identity(Path(image.kernel)),
+        "initrd": _file_identity(Path(image.initrd)),
+        "cmdline": spec.kernel_cmdline,
+        "vcpus": spec.vcpus,
+        "memory_mib": spec.memory_mib,
+        "accelerator": spec.accelerator,
+        "host_cpu": _host_cpu_model() if spec.accelerator == "kvm" else "qemu64 (TCG)",
+        "qemu": versions.get("qemu"),
+        "libvirt": versions.get("libvirt"),
+        "domain_xml_sha256": hashlib.sha256(shape.encode()).hexdigest(),
+        "readiness": readiness.level,
+        "readiness_version": readiness.version,
+    }
+
+
+def _file_identity(path: Path) -> str:
+    try:
+        st = path.resolve().stat()
+    except OSError:
+        return f"{path}:missing"
+    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _host_cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def restore_xml(saved_xml: str, guest_xml: str) -> str:
+    """The saved domain definition dressed as this guest: name, title, metadata, vCPU pins,
+    disk, console and QEMU command line (SSH port) from ``guest_xml``; a fresh UUID and
+    genid. Everything else (machine type, device addresses, CPU) stays as saved, so QEMU's
+    migration stream matches the devices."""
+    saved = ET.fromstring(saved_xml)
+    guest = ET.fromstring(guest_xml)
+    for tag in ("name", "title", "metadata", "cputune"):
+        _swap(saved, guest, tag)
+    _set_text(saved, "uuid", str(uuid.uuid4()))
+    _set_text(saved, "genid", str(uuid.uuid4()))
+    _copy_attr(saved, guest, "devices/disk/source", "file")
+    for path in ("devices/serial/source", "devices/console/source"):
+        _copy_attr(saved, guest, path, "path")
+    _swap(saved, guest, f"{{{QEMU_NS}}}commandline")
+    ET.indent(saved)
+    return ET.tostring(saved, encoding="unicode") + "\n"
+
+
+def _swap(saved: ET.Element, guest: ET.Element, tag: str) -> None:
+    old, new = saved.find(tag), guest.find(tag)
+    if old is not None:
+        index = list(saved).index(old)
+        saved.remove(old)
+    else:
+        index = len(saved)
+    if new is not None:
+        saved.insert(index, new)
+
+
+def _set_text(root: ET.Element, tag: str, text: str) -> None:
+    element = root.find(tag)
+    if element is None:
+        element = ET.SubElement(root, tag)
+    element.text = text
+
+
+def _copy_attr(saved: ET.Element, guest: ET.Element, path: str, attr: str) -> None:
+    src, dst = guest.find(path), saved.find(path)
+    if src is None or dst is None or src.get(attr) is None:
+        raise RestoreFailed(f"the saved domain has no {path} to point at this guest's file")
+    dst.set(attr, str(src.get(attr)))
+
+
+def make_overlay(backing: Path, overlay: Path) -> None:
+    """A new qcow2 ``overlay`` on top of ``backing`` (which is never written through it)."""
+    overlay.unlink(missing_ok=True)
+    run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+         str(backing.resolve()), str(overlay)],
+        timeout=60,
+        what=f"creating the overlay {overlay}",
+    )  # fmt: skip
+
+
+def restore(
+    lv: Libvirt,
+    entry: snapcache.Snapshot,
+    name: str,
+    guest_xml: str,
+    run_dir: Path,
+    *,
+    timeout: float = RESTORE_TIMEOUT,
+) -> None:
+    """Start ``name`` from ``entry``: private save image in ``run_dir`` with ``guest_xml``'s
+    host-side parts, restored within ``timeout`` s. RestoreFailed for a bad image (truncated,
+    partial, another QEMU's), a refused or hung restore; GuestError (port taken) as lv says."""
+    image = run_dir / "restore.save"
+    try:
+        header = saveimage.read_header(entry.memory)
+        saveimage.write_relabelled(entry.memory, image, restore_xml(header.xml, guest_xml))
+    except (saveimage.SaveImageError, ET.ParseError, OSError) as exc:
+        raise RestoreFailed(f"snapshot {entry.key[:12]} is unusable: {exc}") from exc
+    try:
+        _restore_within(lv, image, name, timeout)
+    finally:
+        image.unlink(missing_ok=True)  # QEMU has read it; a per-guest copy is ~memory-sized
+    snapcache.touch(entry)
+
+
+def _restore_within(lv: Libvirt, image: Path, name: str, timeout: float) -> None:
+    outcome: list[BaseException | None] = []
+
+    def work() -> None:
+        try:
+            lv.restore(str(image), name)
+            outcome.append(None)
+        except BaseException as exc:  # handed to the waiting thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=work, name=f"kvmple-restore-{name}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        lv.destroy(name)  # makes the pending restore fail; the domain is ours (claimed)
+        worker.join(60)
+        raise RestoreFailed(f"restoring {name} did not finish within {timeout:g}s (stopped)")
+    error = outcome[0] if outcome else None
+    if isinstance(error, GuestError) and "forwarding" in error.message:
+        raise error  # the SSH port was taken meanwhile: the caller retries with another
+    if isinstance(error, KvmpleError):
+        raise RestoreFailed(error.message) from error
+    if error is not None:
+        raise error
+
+
+def save(
+    lv: Libvirt,
+    name: str,
+    overlay: Path,
+    key: str,
+    fields: Mapping[str, Any],
+) -> snapcache.Snapshot | None:
+    """Save the ready guest ``name`` (it stops) with a copy of ``overlay`` as the entry of
+    ``key``; the entry, or None when another boot published it first. GuestError when saving
+    fails (disk full, ...): nothing is left in the cache then."""
+    stage = snapcache.staging(key)
+    try:
+        lv.save(name, str(stage / snapcache.MEMORY))
+        saveimage.read_header(stage / snapcache.MEMORY)  # complete, not "Part"
+        shutil.copyfile(overlay, stage / snapcache.DISK)
+        os.chmod(stage / snapcache.DISK, 0o444)
+        entry = snapcache.publish(stage, key, fields)
+    except (OSError, saveimage.SaveImageError) as exc:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise GuestError(f"saving the snapshot of {name}: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    snapcache.prune(keep=key)
+    return entry
+
+
+def settle(executor: SSHExecutor, *, timeout: float = 60.0) -> dict[str, Any]:
+    """After a restore: step the guest's clock to the host's, stir host randomness into the
+    guest's pool, and read back the clock offset and whether the vmgenid driver is bound.
+    Returns {"clock_offset_ms", "clock_uncertainty_ms", "vmgenid_driver"}."""
+    seed = base64.b64encode(os.urandom(64)).decode()
+    sent = time.time()
+    executor.run(["true"], timeout=timeout, what="timing a round trip to the guest")
+    half_trip = (time.time() - sent) / 2  # the date command lands about this much later
+    executor.run(
+        [
+            "sh",
+            "-c",
+            f"date -u -s @{time.time() + half_trip:.6f} >/dev/null && base64 -d > /dev/urandom",
+        ],
+        input=seed + "\n",
+        timeout=timeout,
+        what="stepping the clock and seeding /dev/urandom after a restore",
+    )
+    before = time.time()
+    out = executor.run(
+        ["sh", "-c", "date +%s.%N; ls /sys/bus/acpi/drivers/vmgenid 2>/dev/null | grep -c :"],
+        timeout=timeout,
+        check=False,
+        what="reading the guest clock",
+    ).stdout.split()
+    after = time.time()
+    offset = (float(out[0]) - (before + after) / 2) * 1000 if out else float("nan")
+    return {
+        "clock_offset_ms": round(offset, 1),
+        "clock_uncertainty_ms": round((after - before) * 500, 1),
+        "vmgenid_driver": len(out) > 1 and out[1] != "0",
+    }
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How one boot_guests call starts its guests: ``readiness`` by role (default SSH only),
+    ``use`` whether snapshots are restored and saved at all."""
+
+    readiness: Mapping[str, Readiness]
+    use: bool = True
+
+
+def wanted(uri: str) -> bool:
+    """The default: snapshots on qemu:///system (save/restore of real QEMU processes),
+    unless KVMPLE_COLD_BOOT=1 (what --cold-boot sets)."""
+    return uri == "qemu:///system" and os.environ.get("KVMPLE_COLD_BOOT", "") not in ("1", "yes")
+
+
+def _ready(boot: _Boot, guest: Guest, readiness: Readiness) -> None:
+    """SSH, then the readiness check; timings recorded on the guest."""
+    boot.wait_ready(guest)
+    if readiness.check is not None:
+        readiness.check(guest.executor, boot.ready_timeout)
+    guest.timings["ready_s"] = time.monotonic() - boot.t0
+
+
+def bring_up(boot: _Boot, spec: VMSpec, policy: Policy) -> Guest:
+    """Start ``spec``'s guest for ``boot`` and return it ready (see the module doc).
+
+    Restored when the cache has its key; else booted cold, saved, and restored from what was
+    just saved (so every guest of a key starts from the same state). A snapshot that fails
+    in any way is discarded with one warning line and the guest boots cold.
+    """
+    readiness = policy.readiness.get(spec.role, SSH_ONLY)
+    if not policy.use:
+        guest = boot.start(spec)
+        _ready(boot, guest, readiness)
+        guest.readback["boot"] = {"mode": "cold", "snapshot": None}
+        return guest
+    fields = key_fields(spec, readiness, boot.lv.versions())
+    key = snapcache.key_of(fields)
+    saved_here = False
+    entry = snapcache.lookup(key)
+    if entry is None:
+        guest = boot.start(spec)
+        _ready(boot, guest, readiness)
+        guest.executor.close()  # no SSH session inside the saved state
+        try:
+            overlay = Path(guest.record.run_dir) / "overlay.qcow2"
+            entry = save(boot.lv, guest.name, overlay, key, fields) or snapcache.lookup(key)
+        except GuestError as exc:
+            warn(f"guest {spec.role}: no snapshot saved ({exc.message}); it runs cold-booted")
+            if not guest.alive():
+                raise
+            guest.readback["boot"] = {"mode": "cold", "snapshot": None, "note": exc.message}
+            return guest
+        boot.drop(guest)
+        saved_here = True
+        if entry is None:
+            raise GuestError(f"snapshot {key[:12]} vanished right after it was saved")
+    restored: Guest | None = None
+    try:
+        restored = boot.start(spec, backing=entry.disk, launch=_launcher(boot, entry, spec))
+        _ready(boot, restored, readiness)
+        facts = settle(restored.executor)
+    except KvmpleError as exc:
+        warn(
+            f"snapshot {key[:12]} ({spec.image.name}, {readiness.level}) discarded: "
+            f"{exc.message}; booting {spec.role} cold"
+        )
+        snapcache.discard(key)
+        if restored is not None:
+            boot.drop(restored)
+        else:
+            _drop_named(boot, spec.domain_name)
+        return bring_up(boot, spec, replace(policy, use=False))
+    guest = restored
+    guest.readback["boot"] = {
+        "mode": "restored",
+        "snapshot": key,
+        "saved_by_this_boot": saved_here,
+        "readiness": readiness.level,
+        **facts,
+    }
+    return guest
+
+
+def _launcher(boot: _Boot, entry: snapcache.Snapshot, spec: VMSpec) -> Callable[[str, Path], None]:
+    def launch(xml: str, run_dir: Path) -> None:
+        restore(boot.lv, entry, spec.domain_name, xml, run_dir)
+
+    return launch
+
+
+def _drop_named(boot: _Boot, name: str) -> None:
+    """Forget a half-started guest of ``boot`` (its record, run directory, domain)."""
+    if name in boot.created:
+        boot.lv.destroy(name)
+    with boot.lock:
+        boot.created.discard(name)
+        records = [r for r in boot.records if r.domain == name]
+        boot.records = [r for r in boot.records if r.domain != name]
+    for record in records:
+        registry.forget(record)
