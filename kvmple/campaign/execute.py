@@ -216,6 +216,7 @@ def _run_block(ctx: _Context, index: int, block: Block) -> None:
 
 
 def _boot_and_run(ctx: _Context, index: int, block: Block) -> None:
+    from kvmple.campaign.readiness import readiness_for
     from kvmple.vm.lifecycle import boot_guests
 
     playbook = ctx.playbook
@@ -230,7 +231,12 @@ def _boot_and_run(ctx: _Context, index: int, block: Block) -> None:
         boot_start = time.monotonic()
         guests = stack.enter_context(
             boot_guests(
-                _specs(ctx), ready_timeout=playbook.timeouts.boot, keep_smt_siblings=keep_smt
+                _specs(ctx),
+                ready_timeout=playbook.timeouts.boot,
+                keep_smt_siblings=keep_smt,
+                readiness=readiness_for(
+                    playbook.workloads, prepare_timeout=playbook.timeouts.prepare
+                ),
             )
         )
         ctx.outcome.boots += 1
@@ -256,6 +262,8 @@ def _boot_and_run(ctx: _Context, index: int, block: Block) -> None:
                 for role, g in by_role.items()
             },
             "threads": {role: g.readback.get("vcpu_threads") for role, g in by_role.items()},
+            # restored from which booted snapshot, or booted cold (kvmple.vm.snapshot)
+            "boot": {role: g.readback.get("boot") for role, g in by_role.items()},
         }
         # Failed attempts go to the back of the queue and are retried with the same guests
         # (at most MAX_ATTEMPTS per run: _one_run raises past that).
@@ -357,6 +365,7 @@ def _one_run(
         },
         "affinity": block_facts["affinity"],
         "vcpu_threads": block_facts["threads"],
+        "boot": block_facts["boot"],
         "kvmple_version": __version__,
         "playbook_hash": ctx.meta.playbook_hash,
         "seed": playbook.order.seed,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,11 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--no-report", action="store_true", help="do not print the report at the end"
     )
+    parser.add_argument(
+        "--cold-boot",
+        action="store_true",
+        help="boot every guest for real instead of restoring booted snapshots (and save none)",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -57,6 +63,8 @@ def _run(args: argparse.Namespace) -> int:
     from kvmple.campaign.plan import build_plan
     from kvmple.campaign.playbook import load_playbook
 
+    if args.cold_boot:  # read by kvmple.vm.snapshot.wanted wherever the campaign boots
+        os.environ["KVMPLE_COLD_BOOT"] = "1"
     if args.resume and args.playbook:
         raise UsageError("give either a PLAYBOOK or --resume ID, not both")
     if not args.resume and not args.playbook:
