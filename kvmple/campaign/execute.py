@@ -365,7 +365,7 @@ def _one_run(
         },
         "affinity": block_facts["affinity"],
         "vcpu_threads": block_facts["threads"],
-        "boot": block_facts["boot"],
+        "boot": block_facts.get("boot"),
         "kvmple_version": __version__,
         "playbook_hash": ctx.meta.playbook_hash,
         "seed": playbook.order.seed,
