@@ -334,6 +334,7 @@ def bring_up(boot: _Boot, spec: VMSpec, policy: Policy) -> Guest:
         return guest
     fields = key_fields(spec, readiness, boot.lv.versions())
     key = snapcache.key_of(fields)
+    _discard_other_versions(fields)
     saved_here = False
     entry = snapcache.lookup(key)
     if entry is None:
@@ -378,6 +379,25 @@ def bring_up(boot: _Boot, spec: VMSpec, policy: Policy) -> Guest:
         **facts,
     }
     return guest
+
+
+_VERSIONED = ("qemu", "libvirt")
+
+
+def _discard_other_versions(fields: Mapping[str, Any]) -> None:
+    """Snapshots of this very guest shape made by another QEMU or libvirt can never be
+    restored here (QEMU refuses a foreign migration stream): drop them, one line each."""
+    same = {k: v for k, v in fields.items() if k not in _VERSIONED}
+    for entry in snapcache.entries():
+        other = entry.fields
+        if {k: other.get(k) for k in same} != same:
+            continue
+        if all(other.get(k) == fields[k] for k in _VERSIONED):
+            continue
+        if snapcache.discard(entry.key):
+            was = ", ".join(f"{k} {other.get(k)}" for k in _VERSIONED)
+            now = ", ".join(f"{k} {fields[k]}" for k in _VERSIONED)
+            warn(f"snapshot {entry.key[:12]} ({was}) discarded: this host runs {now}")
 
 
 def _launcher(boot: _Boot, entry: snapcache.Snapshot, spec: VMSpec) -> Callable[[str, Path], None]:

@@ -6,6 +6,7 @@ test:///default driver. The test driver cannot save a QEMU guest, so ``Libvirt.s
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -306,3 +307,24 @@ def test_a_restore_that_hangs_is_stopped(lv: Libvirt, image: FileImage) -> None:
     with pytest.raises(snapshot.RestoreFailed, match=r"did not finish within 0\.5s"):
         snapshot._restore_within(HangingLibvirt(), Path("/x"), "kvmple-c1-a", 0.5)  # type: ignore[arg-type]
     assert time.monotonic() - start < 10
+
+
+def test_a_snapshot_from_another_qemu_is_discarded(
+    lv: Libvirt,
+    image: FileImage,
+    fake_qemu: dict[str, list[str]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _boot(image, "a")
+    (entry,) = snapcache.entries()
+    meta = entry.directory / snapcache.META
+    data = json.loads(meta.read_text())
+    data["fields"]["qemu"] = 6002000  # as if saved before a QEMU upgrade
+    data["key"] = snapcache.key_of(data["fields"])
+    meta.write_text(json.dumps(data))
+    entry.directory.rename(entry.directory.with_name(data["key"]))
+    boot = _boot(image, "b")  # saves a new one for this QEMU, drops the old one
+    assert boot["saved_by_this_boot"] is True
+    assert [e.key for e in snapcache.entries()] == [boot["snapshot"]]
+    assert f"snapshot {data['key'][:12]} (qemu 6002000" in capsys.readouterr().err
+    _nothing_left(lv)
