@@ -346,8 +346,9 @@ def bring_up(boot: _Boot, spec: VMSpec, policy: Policy) -> Guest:
             entry = save(boot.lv, guest.name, overlay, key, fields) or snapcache.lookup(key)
         except GuestError as exc:
             warn(f"guest {spec.role}: no snapshot saved ({exc.message}); it runs cold-booted")
-            if not guest.alive():
-                raise
+            if not guest.alive():  # the failed save took it down: boot it again, cold
+                boot.drop(guest)
+                return bring_up(boot, spec, replace(policy, use=False))
             guest.readback["boot"] = {"mode": "cold", "snapshot": None, "note": exc.message}
             return guest
         boot.drop(guest)
