@@ -109,11 +109,13 @@ class Guest:
                 f"guest {self.name}: affinity from the kernel {from_kernel} differs from "
                 f"libvirt's {from_libvirt}"
             )
-        self.readback = {
-            "qemu_pid": pid,
-            "vcpu_threads": {str(k): v for k, v in tids.items()},
-            "vcpu_affinity": {str(k): list(v) for k, v in from_kernel.items()},
-        }
+        self.readback.update(  # update: "boot" (how the guest was started) stays
+            {
+                "qemu_pid": pid,
+                "vcpu_threads": {str(k): v for k, v in tids.items()},
+                "vcpu_affinity": {str(k): list(v) for k, v in from_kernel.items()},
+            }
+        )
         return from_kernel
 
 
