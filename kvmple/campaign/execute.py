@@ -289,17 +289,13 @@ def _boot_and_run(ctx: _Context, index: int, block: Block) -> None:
 
 
 def _prepare(ctx: _Context, guests: dict[str, Any]) -> dict[str, Any]:
-    from kvmple.workloads import ensure_programs, get_workload
+    """The workloads by role. Their ``prepare`` (guest programs shipped, broker answering)
+    already ran inside boot_guests as each guest's readiness (kvmple.campaign.readiness),
+    before a booted snapshot was saved or after one was restored: not run a second time."""
+    from kvmple.workloads import get_workload
 
-    workloads: dict[str, Any] = {}
-    for role, spec in ctx.playbook.workloads.items():
-        workload = get_workload(spec.name)
-        executor = guests[role].executor
-        ctx.bar.update(ctx.task, description=f"preparing {spec.name} in {role}")
-        ensure_programs(executor)
-        workload.prepare(executor, timeout=ctx.playbook.timeouts.prepare, params=dict(spec.params))
-        workloads[role] = workload
-    return workloads
+    del guests  # ready already
+    return {role: get_workload(spec.name) for role, spec in ctx.playbook.workloads.items()}
 
 
 def _precise_enough(ctx: _Context, run: PlannedRun) -> bool:

@@ -32,7 +32,6 @@ from kvmple.errors import (
 )
 from kvmple.keys import installation_key
 from kvmple.remote import HostKeyMismatch, LoginRefused, SSHExecutor, free_port
-from kvmple.run import run
 from kvmple.ui import warn
 from kvmple.vm import registry, snapshot
 from kvmple.vm.domxml import domain_xml
@@ -240,12 +239,7 @@ class _Boot:
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
         overlay = run_dir / "overlay.qcow2"
-        run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-             str(Path(backing or spec.image.qcow2).resolve()), str(overlay)],
-            timeout=60,
-            what=f"creating the overlay of {spec.domain_name}",
-        )  # fmt: skip
+        snapshot.make_overlay(Path(backing or spec.image.qcow2), overlay)
         console = run_dir / "console.log"
         for attempt in range(_PORT_ATTEMPTS):
             if self.stop.is_set():
@@ -259,10 +253,7 @@ class _Boot:
                     hint="pick another campaign id or role, or remove that domain yourself",
                 )
             try:
-                if launch is None:
-                    self.lv.create(xml, spec.domain_name)
-                else:
-                    launch(xml, run_dir)
+                (launch or (lambda x, _: self.lv.create(x, spec.domain_name)))(xml, run_dir)
                 with self.lock:
                     self.created.add(spec.domain_name)
                 break
@@ -423,7 +414,9 @@ def boot_guests(
         try:
             with ThreadPoolExecutor(len(specs), thread_name_prefix="kvmple-boot") as pool:
                 try:
-                    for wave in boot_waves(specs):
+                    # restored guests do not boot: all of them start at once
+                    parallel = snapshot.all_cached(lv, specs, boot.policy)
+                    for wave in [list(specs)] if parallel else boot_waves(specs):
                         futures = [pool.submit(boot.bring_up, s) for s in wave]
                         guests.extend(f.result() for f in futures)
                 except BaseException:

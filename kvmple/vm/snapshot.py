@@ -27,15 +27,13 @@ After a restore, before anything is measured (``settle``):
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
-import platform
 import shutil
 import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,8 +41,8 @@ from typing import TYPE_CHECKING, Any
 from kvmple.errors import GuestError, KvmpleError
 from kvmple.run import run
 from kvmple.ui import warn
-from kvmple.vm import registry, saveimage, snapcache
-from kvmple.vm.domxml import QEMU_NS, domain_xml
+from kvmple.vm import registry, saveimage, snapcache, snapkey
+from kvmple.vm.domxml import QEMU_NS
 
 if TYPE_CHECKING:
     from kvmple.remote import SSHExecutor
@@ -77,56 +75,8 @@ SSH_ONLY = Readiness()
 
 
 def key_fields(spec: VMSpec, readiness: Readiness, versions: Mapping[str, int]) -> dict[str, Any]:
-    """Everything that shapes the state of ``spec``'s guest once ready (the snapshot key).
-
-    The domain XML is hashed with this guest's name, paths, port and pins neutralised: it
-    covers kernel, initrd, cmdline (services masked/enabled by kernel args), vCPUs, memory,
-    CPU model and devices. Pins are not in the key: a restore applies the playbook's own.
-    """
-    image = spec.image
-    image_key = getattr(image, "key", None) or _file_identity(Path(image.qcow2))
-    neutral = replace(
-        spec,
-        campaign_id="snapshot",
-        role="guest",
-        vcpu_pins=tuple((0,) for _ in range(spec.vcpus)),
-        emulator_pins=(0,),
-    )
-    shape = domain_xml(neutral, overlay=Path("/o"), console_log=Path("/c"), ssh_port=1)
-    return {
-        "image": image.name,
-        "image_key": image_key,
-        "kernel": _file_identity(Path(image.kernel)),
-        "initrd": _file_identity(Path(image.initrd)),
-        "cmdline": spec.kernel_cmdline,
-        "vcpus": spec.vcpus,
-        "memory_mib": spec.memory_mib,
-        "accelerator": spec.accelerator,
-        "host_cpu": _host_cpu_model() if spec.accelerator == "kvm" else "qemu64 (TCG)",
-        "qemu": versions.get("qemu"),
-        "libvirt": versions.get("libvirt"),
-        "domain_xml_sha256": hashlib.sha256(shape.encode()).hexdigest(),
-        "readiness": readiness.level,
-        "readiness_version": readiness.version,
-    }
-
-
-def _file_identity(path: Path) -> str:
-    try:
-        st = path.resolve().stat()
-    except OSError:
-        return f"{path}:missing"
-    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-
-
-def _host_cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    """The snapshot key's fields for ``spec`` once ``readiness`` is reached (snapkey)."""
+    return snapkey.key_fields(spec, readiness.level, readiness.version, versions)
 
 
 def restore_xml(saved_xml: str, guest_xml: str) -> str:
@@ -192,21 +142,25 @@ def restore(
     run_dir: Path,
     *,
     timeout: float = RESTORE_TIMEOUT,
-) -> None:
+) -> dict[str, float]:
     """Start ``name`` from ``entry``: private save image in ``run_dir`` with ``guest_xml``'s
     host-side parts, restored within ``timeout`` s. RestoreFailed for a bad image (truncated,
-    partial, another QEMU's), a refused or hung restore; GuestError (port taken) as lv says."""
+    partial, another QEMU's), a refused or hung restore; GuestError (port taken) as lv says.
+    Returns the seconds spent copying the image and in libvirt's restore."""
     image = run_dir / "restore.save"
+    start = time.monotonic()
     try:
         header = saveimage.read_header(entry.memory)
         saveimage.write_relabelled(entry.memory, image, restore_xml(header.xml, guest_xml))
     except (saveimage.SaveImageError, ET.ParseError, OSError) as exc:
         raise RestoreFailed(f"snapshot {entry.key[:12]} is unusable: {exc}") from exc
+    copied = time.monotonic()
     try:
         _restore_within(lv, image, name, timeout)
     finally:
         image.unlink(missing_ok=True)  # QEMU has read it; a per-guest copy is ~memory-sized
     snapcache.touch(entry)
+    return {"copy_s": round(copied - start, 2), "restore_s": round(time.monotonic() - copied, 2)}
 
 
 def _restore_within(lv: Libvirt, image: Path, name: str, timeout: float) -> None:
@@ -356,10 +310,20 @@ def bring_up(boot: _Boot, spec: VMSpec, policy: Policy) -> Guest:
         if entry is None:
             raise GuestError(f"snapshot {key[:12]} vanished right after it was saved")
     restored: Guest | None = None
+    phases: dict[str, float] = {}
     try:
-        restored = boot.start(spec, backing=entry.disk, launch=_launcher(boot, entry, spec))
-        _ready(boot, restored, readiness)
+        restored = boot.start(spec, backing=entry.disk, launch=_launcher(boot, entry, spec, phases))
+        t = time.monotonic()
+        boot.wait_ready(restored)
+        phases["ssh_s"] = round(time.monotonic() - t, 2)
+        t = time.monotonic()
         facts = settle(restored.executor)
+        phases["settle_s"] = round(time.monotonic() - t, 2)
+        t = time.monotonic()
+        if readiness.check is not None:
+            readiness.check(restored.executor, boot.ready_timeout)
+        phases["readiness_s"] = round(time.monotonic() - t, 2)
+        restored.timings["ready_s"] = time.monotonic() - boot.t0
     except KvmpleError as exc:
         warn(
             f"snapshot {key[:12]} ({spec.image.name}, {readiness.level}) discarded: "
@@ -378,11 +342,27 @@ def bring_up(boot: _Boot, spec: VMSpec, policy: Policy) -> Guest:
         "saved_by_this_boot": saved_here,
         "readiness": readiness.level,
         **facts,
+        "seconds": phases,
     }
     return guest
 
 
 _VERSIONED = ("qemu", "libvirt")
+
+
+def all_cached(lv: Libvirt, specs: Sequence[VMSpec], policy: Policy) -> bool:
+    """True when every guest of ``specs`` would be restored: they can then start together
+    (restored guests do not boot, so boot_waves' reason to serialise does not apply)."""
+    if not policy.use:
+        return False
+    versions = lv.versions()
+    return all(
+        snapcache.lookup(
+            snapcache.key_of(key_fields(spec, policy.readiness.get(spec.role, SSH_ONLY), versions))
+        )
+        is not None
+        for spec in specs
+    )
 
 
 def _discard_other_versions(fields: Mapping[str, Any]) -> None:
@@ -401,9 +381,11 @@ def _discard_other_versions(fields: Mapping[str, Any]) -> None:
             warn(f"snapshot {entry.key[:12]} ({was}) discarded: this host runs {now}")
 
 
-def _launcher(boot: _Boot, entry: snapcache.Snapshot, spec: VMSpec) -> Callable[[str, Path], None]:
+def _launcher(
+    boot: _Boot, entry: snapcache.Snapshot, spec: VMSpec, phases: dict[str, float]
+) -> Callable[[str, Path], None]:
     def launch(xml: str, run_dir: Path) -> None:
-        restore(boot.lv, entry, spec.domain_name, xml, run_dir)
+        phases.update(restore(boot.lv, entry, spec.domain_name, xml, run_dir))
 
     return launch
 
