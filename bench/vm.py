@@ -70,7 +70,8 @@ def boot_once(mode: str) -> float:
             origin += (
                 f", clock offset after step {boot.get('clock_offset_ms')} ms "
                 f"(+-{boot.get('clock_uncertainty_ms')}), vmgenid driver "
-                f"{'bound' if boot.get('vmgenid_driver') else 'NOT bound'}"
+                f"{'bound' if boot.get('vmgenid_driver') else 'NOT bound'}; seconds "
+                f"{boot.get('seconds')}"
             )
         print(
             f"  {g.name}: SSH at {g.timings.get('ssh_ready_s', 0):6.2f} s, ready at "
