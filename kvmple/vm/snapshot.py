@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from kvmple.vm.lifecycle import Guest, _Boot
     from kvmple.vm.spec import VMSpec
 
+CONSOLE = "console.log"
 RESTORE_TIMEOUT = 300.0  # s: a loaded 2-core TCG host took up to 70 s to restore a 1 GiB guest
 
 
@@ -93,6 +94,7 @@ def restore_xml(saved_xml: str, guest_xml: str) -> str:
     _copy_attr(saved, guest, "devices/disk/source", "file")
     for path in ("devices/serial/source", "devices/console/source"):
         _copy_attr(saved, guest, path, "path")
+        saved.find(path).set("append", "on")  # type: ignore[union-attr]  # after _seed_console
     _swap(saved, guest, f"{{{QEMU_NS}}}commandline")
     ET.indent(saved)
     return ET.tostring(saved, encoding="unicode") + "\n"
@@ -150,6 +152,7 @@ def restore(
     image = run_dir / "restore.save"
     start = time.monotonic()
     try:
+        _seed_console(entry, run_dir)
         header = saveimage.read_header(entry.memory)
         saveimage.write_relabelled(entry.memory, image, restore_xml(header.xml, guest_xml))
     except (saveimage.SaveImageError, ET.ParseError, OSError) as exc:
@@ -161,6 +164,15 @@ def restore(
         image.unlink(missing_ok=True)  # QEMU has read it; a per-guest copy is ~memory-sized
     snapcache.touch(entry)
     return {"copy_s": round(copied - start, 2), "restore_s": round(time.monotonic() - copied, 2)}
+
+
+def _seed_console(entry: snapcache.Snapshot, run_dir: Path) -> None:
+    """Start the guest's console log with the console of the boot that made the snapshot
+    and a line saying so (QEMU appends after it: restore_xml sets append='on')."""
+    saved = entry.directory / CONSOLE
+    text = saved.read_bytes() if saved.is_file() else b""
+    note = f"\n[kvmple: restored from booted snapshot {entry.key}; above: the boot that saved it]\n"
+    (run_dir / "console.log").write_bytes(text + note.encode())
 
 
 def _restore_within(lv: Libvirt, image: Path, name: str, timeout: float) -> None:
@@ -205,6 +217,9 @@ def save(
         saveimage.read_header(stage / snapcache.MEMORY)  # complete, not "Part"
         shutil.copyfile(overlay, stage / snapcache.DISK)
         os.chmod(stage / snapcache.DISK, 0o444)
+        console = overlay.parent / "console.log"  # the boot's console, for later diagnosis
+        if console.is_file():
+            shutil.copyfile(console, stage / CONSOLE)
         entry = snapcache.publish(stage, key, fields)
     except (OSError, saveimage.SaveImageError) as exc:
         shutil.rmtree(stage, ignore_errors=True)
