@@ -207,6 +207,8 @@ def _boot(
         assert isinstance(recorded, dict)
         boot: dict[str, object] = dict(recorded)
         boot["backing"] = _backing(Path(guest.record.run_dir) / "overlay.qcow2")
+        console = guest.console_log
+        boot["console"] = console.read_text() if console.is_file() else ""
     return boot
 
 
@@ -236,6 +238,7 @@ def test_first_boot_saves_then_every_boot_restores(
     second = _boot(image, "b")  # another name: restored from the same entry
     assert second["mode"] == "restored" and second["saved_by_this_boot"] is False
     assert second["backing"] == str(entry.disk)  # a new overlay on the cached disk
+    assert f"restored from booted snapshot {entry.key}" in str(second["console"])
     assert fake_qemu["save"] == ["kvmple-c1-a"]
     assert oct(entry.disk.stat().st_mode & 0o777) == "0o444"
     _nothing_left(lv)
