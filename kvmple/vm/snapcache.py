@@ -45,6 +45,19 @@ class Snapshot:
     size_bytes: int
     created: float
     last_used: float
+    sizes: dict[str, int] | None = None  # bytes of each file when published
+
+    def damage(self) -> str | None:
+        """What is wrong with the files (a size differing from the published one), or None.
+        Cheap by design (no hashing of a memory-sized file before each restore)."""
+        for name, size in (self.sizes or {}).items():
+            try:
+                actual = (self.directory / name).stat().st_size
+            except OSError as exc:
+                return f"{name}: {exc.strerror}"
+            if actual != size:
+                return f"{name} has {actual} bytes, {size} when saved (truncated?)"
+        return None
 
     @property
     def memory(self) -> Path:
@@ -96,6 +109,7 @@ def _load(directory: Path) -> Snapshot | None:
             size_bytes=_size(directory),
             created=float(meta["created"]),
             last_used=stat.st_mtime,
+            sizes={str(k): int(v) for k, v in meta.get("sizes", {}).items()},
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -132,7 +146,14 @@ def publish(stage: Path, key: str, fields: Mapping[str, Any]) -> Snapshot | None
     removed then). OSError (disk full, ...) propagates after ``stage`` is removed.
     """
     try:
-        meta = {"format": FORMAT, "key": key, "fields": dict(fields), "created": time.time()}
+        sizes = {p.name: p.stat().st_size for p in stage.iterdir() if p.name != META}
+        meta = {
+            "format": FORMAT,
+            "key": key,
+            "fields": dict(fields),
+            "created": time.time(),
+            "sizes": sizes,
+        }
         with (stage / META).open("w", encoding="utf-8") as f:
             json.dump(meta, f, indent=1, sort_keys=True)
             f.flush()

@@ -152,6 +152,9 @@ def restore(
     image = run_dir / "restore.save"
     start = time.monotonic()
     try:
+        damage = entry.damage()
+        if damage:
+            raise saveimage.SaveImageError(damage)
         _seed_console(entry, run_dir)
         header = saveimage.read_header(entry.memory)
         saveimage.write_relabelled(entry.memory, image, restore_xml(header.xml, guest_xml))
@@ -197,8 +200,12 @@ def _restore_within(lv: Libvirt, image: Path, name: str, timeout: float) -> None
         raise error  # the SSH port was taken meanwhile: the caller retries with another
     if isinstance(error, KvmpleError):
         raise RestoreFailed(error.message) from error
+    if isinstance(error, Exception):
+        # seen here: a stream with 4 KiB overwritten mid-RAM made the libvirt binding raise
+        # "SystemError: <virDomainRestoreFlags> returned a result with an exception set"
+        raise RestoreFailed(f"restoring {name} failed: {type(error).__name__}: {error}") from error
     if error is not None:
-        raise error
+        raise error  # KeyboardInterrupt and friends
 
 
 def save(

@@ -252,7 +252,7 @@ def test_truncated_snapshot_is_discarded_and_the_guest_boots_cold(
 ) -> None:
     _boot(image, "a")
     (entry,) = snapcache.entries()
-    entry.memory.write_bytes(entry.memory.read_bytes()[:300])
+    entry.memory.write_bytes(entry.memory.read_bytes()[:-100])  # the header still parses
     boot = _boot(image, "b")
     assert boot["mode"] == "cold" and boot["snapshot"] is None
     assert snapcache.entries() == []
