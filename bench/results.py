@@ -6,13 +6,14 @@
 
     .venv/bin/python bench/results.py [--pg URL]
 
-Data are synthetic (RFC-shaped, kvmple.results.synthetic); the store is a fresh SQLite file
+Data are synthetic (RFC-shaped, tests/fixtures/synthetic.py); the store is a fresh SQLite file
 in a temp dir (and PostgreSQL when --pg is given or the test server answers).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 import uuid
@@ -23,8 +24,12 @@ from kvmple.results.analysis import analyse
 from kvmple.results.html import render_html
 from kvmple.results.records import RunRecord
 from kvmple.results.store import open_store, sqlite_url
-from kvmple.results.synthetic import synthetic_campaign
 from kvmple.results.tables import render_text
+
+# The synthetic campaigns are a test fixture (tests/fixtures/, not shipped in the package):
+# bench runs from a checkout, so take them from its tests/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.fixtures.synthetic import synthetic_campaign
 
 TEST_PG = "postgresql://kvmple_test:kvmple_test@127.0.0.1:5432/kvmple_test"
 

@@ -37,6 +37,13 @@ class ConfigError(KvmpleError):
     exit_code = 3
 
 
+class InputError(KvmpleError):
+    """An input file is not what it was given as (a log in no format kvmple recognises):
+    says what was looked for and what the file looks like."""
+
+    exit_code = 3
+
+
 class HostError(KvmpleError):
     """The host cannot do what was asked (not root, no QEMU, libvirt down, no PLE, VMs running)."""
 

@@ -4,7 +4,8 @@
 adds ``stream``. It logs in with the installation key only (no agent, no other keys, no
 passwords) and accepts only the image's pinned host keys: a different key is refused with a
 GuestError, never learnt. Commands are argv lists joined with ``shlex.join`` for the remote
-shell; the result is the same ``kvmple.run.Result`` local commands return.
+shell; the result is the same ``kvmple.run.Result`` local commands return, and the output
+moves through the same loop (:func:`kvmple.pump.pump`) over an SSH channel.
 
 A timed-out command is killed in the guest: sshd makes each command's shell a session (and
 process group) leader, the shell prints its pid and ``exec``s the command, so killing that
@@ -25,6 +26,7 @@ from types import TracebackType
 import paramiko
 
 from kvmple.errors import CommandError, CommandTimeout, GuestError
+from kvmple.pump import Answer, Capture, Sink, Stream, pump
 from kvmple.run import Result, failure
 
 _IDLE_POLL = 0.01
@@ -258,13 +260,16 @@ class SSHExecutor:
                 channel.sendall(input.encode())
             if on_line is None:
                 channel.shutdown_write()
-            out, err, pid = self._collect(channel, deadline, on_line)
-            if out is None:
-                self._kill(pid)
+            transport = _Channel(channel)
+            capture = Capture()
+            sinks: list[Sink] = [capture] if on_line is None else [capture, Answer(on_line)]
+            if not pump(transport, sinks, deadline=deadline):
+                self._kill(transport.pid)
                 label = what or "remote command"
                 raise CommandTimeout(
                     f"{label} timed out after {timeout:g}s: {shlex.join(args)} [on {self.name}]",
                 )
+            out, err = capture.out, capture.err
             status = channel.recv_exit_status()
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise GuestError(
@@ -282,57 +287,6 @@ class SSHExecutor:
         if check and not result.ok:
             raise failure(result, what)
         return result
-
-    def _collect(
-        self,
-        channel: paramiko.Channel,
-        deadline: float | None,
-        on_line: Callable[[str], str | None] | None,
-    ) -> tuple[str | None, str, int | None]:
-        """Read stdout/stderr until the command ends. stdout None means the deadline passed."""
-        out = bytearray()
-        err = bytearray()
-        pid: int | None = None
-        pending = b""  # stdout not yet split into lines for on_line
-        while True:
-            busy = False
-            if channel.recv_ready():
-                chunk = channel.recv(65536)
-                busy = True
-                if pid is None:
-                    pending += chunk
-                    head, newline, rest = pending.partition(b"\n")
-                    if not newline:
-                        continue
-                    pid = int(head) if head.strip().isdigit() else -1
-                    chunk, pending = rest, b""
-                out += chunk
-                if on_line is not None:
-                    pending += chunk
-                    *lines, pending = pending.split(b"\n")
-                    for line in lines:
-                        reply = on_line(line.decode("utf-8", errors="replace"))
-                        if reply:
-                            channel.sendall(reply.encode())
-            if channel.recv_stderr_ready():
-                err += channel.recv_stderr(65536)
-                busy = True
-            # Done only at EOF: sshd may send the exit status before the last output (seen
-            # here as an empty stdout from a busy guest), so the status alone is not enough.
-            if (
-                channel.exit_status_ready()
-                and (channel.eof_received or channel.closed)
-                and not channel.recv_ready()
-                and not channel.recv_stderr_ready()
-            ):
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                return None, err.decode("utf-8", errors="replace"), pid
-            if not busy:
-                time.sleep(_IDLE_POLL)
-        if on_line is not None and pending and pid is not None:
-            on_line(pending.decode("utf-8", errors="replace"))
-        return out.decode("utf-8", errors="replace"), err.decode("utf-8", errors="replace"), pid
 
     def _kill(self, pid: int | None) -> None:
         """Kill a timed-out command's process group in the guest (best effort)."""
@@ -377,6 +331,58 @@ class SSHExecutor:
         if sftp is None:
             raise GuestError(f"{self.name}: SFTP subsystem unavailable")
         return sftp
+
+
+class _Channel:
+    """An SSH channel as a :class:`kvmple.pump.Transport`. The remote shell prints its pid
+    first (``echo $$; exec ...``): that line is kept as ``pid``, not passed on as output."""
+
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self.channel = channel
+        self.pid: int | None = None
+        self._head = b""
+
+    @property
+    def done(self) -> bool:
+        # Done only at EOF: sshd may send the exit status before the last output (seen
+        # here as an empty stdout from a busy guest), so the status alone is not enough.
+        channel = self.channel
+        return (
+            channel.exit_status_ready()
+            and bool(channel.eof_received or channel.closed)
+            and not channel.recv_ready()
+            and not channel.recv_stderr_ready()
+        )
+
+    def read(self, wait: float) -> list[tuple[Stream, bytes]]:
+        """What arrived within ``wait`` seconds (paramiko offers no select on both streams:
+        poll every _IDLE_POLL seconds)."""
+        until = time.monotonic() + wait
+        chunks: list[tuple[Stream, bytes]] = []
+        while True:
+            if self.channel.recv_ready():
+                data = self._after_pid(self.channel.recv(65536))
+                if data:
+                    chunks.append(("out", data))
+            if self.channel.recv_stderr_ready():
+                chunks.append(("err", self.channel.recv_stderr(65536)))
+            if chunks or self.done or time.monotonic() >= until:
+                return chunks
+            time.sleep(_IDLE_POLL)
+
+    def _after_pid(self, data: bytes) -> bytes:
+        if self.pid is not None:
+            return data
+        self._head += data
+        head, newline, rest = self._head.partition(b"\n")
+        if not newline:
+            return b""
+        self.pid = int(head) if head.strip().isdigit() else -1
+        self._head = b""
+        return rest
+
+    def send(self, data: bytes) -> None:
+        self.channel.sendall(data)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -5,16 +5,22 @@ or says why not; a failure raises ``CommandError`` whose message is the exact co
 copy-pasteable ``shlex.join`` plus the tail of its stderr. Remote commands (kvmple.vm.remote)
 return the same ``Result`` type.
 
-It imports only ``kvmple.errors`` (a leaf) so it can be used from anywhere.
+``run`` (capture), ``run_streaming`` (answer lines) and ``run_logged`` (tee to a log) are one
+loop, :func:`kvmple.pump.pump`, over a :class:`LocalProcess`, with different sinks.
+
+It imports only ``kvmple.errors`` and ``kvmple.pump`` (leaves) so it can be used from anywhere.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shlex
+import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,6 +29,7 @@ from pathlib import Path
 from typing import IO
 
 from kvmple.errors import CommandError, CommandTimeout
+from kvmple.pump import Answer, Capture, Sink, Stream, Tail, Tee, pump
 
 Argv = Sequence[str | os.PathLike[str]]
 
@@ -79,8 +86,9 @@ def _spawn(
     env: Mapping[str, str] | None,
     what: str | None,
     hint: str | None,
-) -> subprocess.Popen[str]:
-    """Start ``args`` in its own session (so a timeout can kill its whole tree), text mode."""
+) -> subprocess.Popen[bytes]:
+    """Start ``args`` in its own session (so a timeout can kill its whole tree); bytes, the
+    pump decodes."""
     try:
         return subprocess.Popen(
             args,
@@ -89,8 +97,6 @@ def _spawn(
             stderr=stderr,
             cwd=cwd,
             env=None if env is None else {**os.environ, **env},
-            text=True,
-            errors="replace",
             start_new_session=True,
         )
     except FileNotFoundError as exc:
@@ -98,6 +104,140 @@ def _spawn(
             f"{what or 'command'} not found: {shlex.join(args)}",
             hint=hint or f"install the program {args[0]!r} (see README: setup)",
         ) from exc
+
+
+class LocalProcess:
+    """A local process as a :class:`kvmple.pump.Transport`: its stdout and stderr pipes
+    (stderr None when merged into stdout), read with select so a silent process still
+    times out."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self._open: dict[int, Stream] = {}
+        pipes: tuple[tuple[Stream, IO[bytes] | None], ...] = (
+            ("out", proc.stdout),
+            ("err", proc.stderr),
+        )
+        for stream, pipe in pipes:
+            if pipe is not None:
+                os.set_blocking(pipe.fileno(), False)
+                self._open[pipe.fileno()] = stream
+
+    @property
+    def done(self) -> bool:
+        return not self._open
+
+    def read(self, wait: float) -> list[tuple[Stream, bytes]]:
+        ready, _, _ = select.select(list(self._open), [], [], wait)
+        chunks: list[tuple[Stream, bytes]] = []
+        for fd in ready:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            if data:
+                chunks.append((self._open[fd], data))
+            else:
+                del self._open[fd]
+        return chunks
+
+    def send(self, data: bytes) -> None:
+        if self.proc.stdin is not None:
+            with contextlib.suppress(BrokenPipeError, ValueError):  # it stopped reading
+                self.proc.stdin.write(data)
+                self.proc.stdin.flush()
+
+    def close_input(self) -> None:
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+
+
+@dataclass(frozen=True)
+class _Io:
+    """How one local command is wired: what goes to stdin, where stderr goes."""
+
+    input: str | None = None  # written by a helper thread, then stdin closes
+    answers: bool = False  # stdin stays open for the sinks' replies until the output ends
+    merge_stderr: bool = False
+    translate_newlines: bool = False  # as text-mode pipes read them ("\r\n" -> "\n")
+    drain_on_timeout: bool = False  # keep what a timed-out command wrote before the kill
+
+
+def _execute(
+    args: tuple[str, ...],
+    sinks: Sequence[Sink],
+    io: _Io,
+    *,
+    timeout: float | None,
+    cwd: str | os.PathLike[str] | None,
+    env: Mapping[str, str] | None,
+    what: str | None,
+    hint: str | None,
+) -> int | None:
+    """Run ``args`` in its own session, pumping its output into ``sinks``; its exit status,
+    or None when ``timeout`` passed (its whole process group is killed then, and on any
+    exception, which propagates)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    wants_stdin = io.input is not None or io.answers
+    proc = _spawn(
+        args,
+        stdin=subprocess.PIPE if wants_stdin else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if io.merge_stderr else subprocess.PIPE,
+        cwd=cwd,
+        env=env,
+        what=what,
+        hint=hint,
+    )
+    transport = LocalProcess(proc)
+    feeder: threading.Thread | None = None
+    try:
+        if io.input is not None:
+            data = io.input.encode()
+            feeder = threading.Thread(target=_feed, args=(transport, data), daemon=True)
+            feeder.start()
+        finished = pump(
+            transport, sinks, deadline=deadline, translate_newlines=io.translate_newlines
+        )
+        if finished:
+            if feeder is None:
+                transport.close_input()
+            try:
+                proc.wait(
+                    timeout=None if deadline is None else max(0.1, deadline - time.monotonic())
+                )
+            except subprocess.TimeoutExpired:
+                finished = False
+        if not finished:
+            _kill_group(proc)
+            proc.wait()
+            if io.drain_on_timeout:
+                pump(transport, sinks, deadline=time.monotonic() + 5)
+            return None
+        return proc.returncode
+    except BaseException:
+        _kill_group(proc)
+        proc.wait()
+        raise
+    finally:
+        if feeder is not None:
+            feeder.join(1)
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+
+
+def _feed(transport: LocalProcess, data: bytes) -> None:
+    """Write ``input`` while the pump reads (a large input must not wait for the output)."""
+    if transport.proc.stdin is not None:
+        with contextlib.suppress(BrokenPipeError, ValueError, OSError):
+            transport.proc.stdin.write(data)
+    transport.close_input()
+
+
+def _timed_out(what: str | None, timeout: float | None, args: tuple[str, ...]) -> str:
+    return f"{what or 'command'} timed out after {timeout:g}s: {shlex.join(args)}"
 
 
 def run(
@@ -118,23 +258,17 @@ def run(
     """
     args = _argv(argv)
     start = time.monotonic()
-    stdin = subprocess.PIPE if input is not None else subprocess.DEVNULL
-    proc = _spawn(args, stdin=stdin, stderr=subprocess.PIPE, cwd=cwd, env=env, what=what, hint=hint)
-    try:
-        stdout, stderr = proc.communicate(input=input, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        _kill_group(proc)
-        stdout, stderr = proc.communicate()
+    capture = Capture()
+    io = _Io(input=input, translate_newlines=True, drain_on_timeout=True)
+    status = _execute(args, [capture], io, timeout=timeout, cwd=cwd, env=env, what=what, hint=hint)
+    if status is None:
+        stderr, stdout = capture.err, capture.out
         raise CommandTimeout(
-            f"{what or 'command'} timed out after {timeout:g}s: {shlex.join(args)}"
+            _timed_out(what, timeout, args)
             + (f" -- {_tail(stderr or stdout)}" if (stderr or stdout) else ""),
             hint=hint,
-        ) from exc
-    except BaseException:
-        _kill_group(proc)
-        proc.wait()
-        raise
-    result = Result(args, proc.returncode, stdout, stderr, time.monotonic() - start)
+        )
+    result = Result(args, status, capture.out, capture.err, time.monotonic() - start)
     if check and not result.ok:
         raise failure(result, what, hint)
     return result
@@ -154,55 +288,20 @@ def run_streaming(
     announces a phase, and waits for the caller to act on it); text ``on_line`` returns is
     written to the command's stdin, which stays open until the command ends. Whatever
     ``on_line`` raises kills the command's process group and propagates."""
-    import threading
-
     args = _argv(argv)
     start = time.monotonic()
-    deadline = None if timeout is None else start + timeout
-    proc = _spawn(
-        args,
-        stdin=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=None,
-        env=env,
-        what=what,
-        hint=hint,
+    capture = Capture()
+    sinks = [capture, Answer(on_line)]
+    status = _execute(
+        args, sinks, _Io(answers=True), timeout=timeout, cwd=None, env=env, what=what, hint=hint
     )
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    errors: list[str] = []
-    drain = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
-    drain.start()
-    out: list[str] = []
-    try:
-        for line in _lines_until(proc.stdout, deadline):
-            out.append(line)
-            reply = on_line(line.rstrip("\n"))
-            if reply:
-                with contextlib.suppress(BrokenPipeError):  # it ended without reading it
-                    proc.stdin.write(reply)
-                    proc.stdin.flush()
-        with contextlib.suppress(BrokenPipeError):
-            proc.stdin.close()
-        proc.wait(timeout=max(0.1, deadline - time.monotonic()) if deadline else None)
-    except (subprocess.TimeoutExpired, _Deadline) as exc:
-        _kill_group(proc)
-        proc.wait()
-        drain.join(5)
-        stderr = "".join(errors)
+    if status is None:
+        stderr = capture.err
         raise CommandTimeout(
-            f"{what or 'command'} timed out after {timeout:g}s: {shlex.join(args)}"
-            + (f" -- {_tail(stderr)}" if stderr else ""),
+            _timed_out(what, timeout, args) + (f" -- {_tail(stderr)}" if stderr else ""),
             hint=hint,
-        ) from exc
-    except BaseException:
-        _kill_group(proc)
-        proc.wait()
-        raise
-    finally:
-        with contextlib.suppress(OSError):
-            proc.stdin.close()
-    drain.join()
-    result = Result(args, proc.returncode, "".join(out), "".join(errors), time.monotonic() - start)
+        )
+    result = Result(args, status, capture.out, capture.err, time.monotonic() - start)
     if check and not result.ok:
         raise failure(result, what, hint)
     return result
@@ -227,43 +326,20 @@ def run_logged(
     args = _argv(argv)
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    deadline = None if timeout is None else start + timeout
-    tail: list[str] = []
+    tail = Tail(20)
     with log.open("a", encoding="utf-8", buffering=1) as sink:  # line-buffered: tail -f works
         sink.write(f"$ {shlex.join(args)}\n")
         sink.flush()
-        proc = _spawn(
-            args,
-            stdin=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            env=env,
-            what=what,
-            hint=hint,
-        )
-        try:
-            assert proc.stdout is not None
-            for line in _lines_until(proc.stdout, deadline):
-                sink.write(line)
-                tail.append(line.rstrip("\n"))
-                del tail[:-20]
-                if on_line is not None:
-                    on_line(line.rstrip("\n"))
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()) if deadline else None)
-        except (subprocess.TimeoutExpired, _Deadline) as exc:
-            _kill_group(proc)
-            proc.wait()
+        sinks: list[Sink] = [Tee(sink), tail]
+        if on_line is not None:
+            sinks.append(Answer(on_line))
+        io = _Io(merge_stderr=True)
+        status = _execute(args, sinks, io, timeout=timeout, cwd=cwd, env=env, what=what, hint=hint)
+        if status is None:
             sink.write(f"# killed after timeout {timeout}s\n")
-            raise CommandTimeout(
-                f"{what or 'command'} timed out after {timeout:g}s: {shlex.join(args)}",
-                hint=f"full log: {log}",
-            ) from exc
-        except BaseException:
-            _kill_group(proc)
-            proc.wait()
-            raise
-        sink.write(f"# exit {proc.returncode}\n")
-    result = Result(args, proc.returncode, "\n".join(tail), "", time.monotonic() - start)
+            raise CommandTimeout(_timed_out(what, timeout, args), hint=f"full log: {log}")
+        sink.write(f"# exit {status}\n")
+    result = Result(args, status, "\n".join(tail.lines), "", time.monotonic() - start)
     if not result.ok:
         raise CommandError(
             f"{what or 'command failed'} (exit {result.returncode}): {shlex.join(args)}"
@@ -271,38 +347,6 @@ def run_logged(
             hint=hint or f"full log: {log}",
         )
     return result
-
-
-class _Deadline(Exception):
-    pass
-
-
-def _lines_until(stream: IO[str], deadline: float | None) -> Iterator[str]:
-    """Yield lines from ``stream``; raise _Deadline once ``deadline`` has passed.
-
-    Uses select so a silent process still times out.
-    """
-    import select
-
-    fd = stream.fileno()
-    os.set_blocking(fd, False)
-    buffer = ""
-    while True:
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            raise _Deadline()
-        ready, _, _ = select.select([fd], [], [], min(remaining, 1.0) if remaining else 1.0)
-        if not ready:
-            continue
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            if buffer:
-                yield buffer
-            return
-        buffer += chunk.decode("utf-8", errors="replace")
-        *complete, buffer = buffer.split("\n")
-        for line in complete:
-            yield line + "\n"
 
 
 @contextmanager
@@ -358,8 +402,6 @@ def _kill_group(
 
 def which(program: str) -> str | None:
     """Path of ``program`` on PATH (and the sbin directories root tools live in)."""
-    import shutil
-
     path = os.environ.get("PATH", "")
     extra = ":/usr/local/sbin:/usr/sbin:/sbin"
     return shutil.which(program, path=path + extra)

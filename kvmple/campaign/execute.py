@@ -22,8 +22,17 @@ from kvmple.campaign import evidence, quiet
 from kvmple.campaign.model import CampaignOutcome, HostFacts
 from kvmple.campaign.plan import UNAVAILABLE, Block, Plan, PlannedRun
 from kvmple.campaign.playbook import Playbook
+from kvmple.campaign.readiness import readiness_for
 from kvmple.errors import CampaignError, GuestError, WorkloadError
+from kvmple.host import knobs, vmknobs
+from kvmple.host.seam import real_seam
+from kvmple.image import resolve
 from kvmple.results import CampaignMeta, RunRecord, Store
+from kvmple.results.stats import enough_runs
+from kvmple.vm import gc, registry
+from kvmple.vm.lifecycle import boot_guests
+from kvmple.vm.spec import VMSpec, domain_name
+from kvmple.workloads import get_workload
 
 log = logging.getLogger("kvmple.campaign")
 
@@ -82,7 +91,6 @@ def execute(
             )
 
     _reap_crashed_guests(meta.id)
-    from kvmple.image import resolve
 
     images = {role: resolve(guest.image) for role, guest in playbook.guests.items()}
     remaining = sum(1 for r in plan.runs if r.key not in done)
@@ -102,9 +110,6 @@ def execute(
 def _reap_crashed_guests(campaign_id: str) -> None:
     """Guests of this campaign left by a killed kvmple (SIGKILL, host crash) are reaped before
     resuming, so the same domain names can be booted again. Live owners are left alone."""
-    from kvmple.vm import gc, registry
-    from kvmple.vm.spec import domain_name
-
     prefix = domain_name(campaign_id, "")
     report = gc.GcReport()
     for record in registry.all_records():
@@ -135,9 +140,8 @@ class _Context:
     tries: dict[str, int] = field(default_factory=dict)  # this invocation
 
 
-def _specs(ctx: _Context) -> list[Any]:
-    from kvmple.vm.spec import VMSpec
-
+def _specs(ctx: _Context, block: Block) -> list[Any]:
+    per_vm = vmknobs.qemu_args(_settings(block))
     specs = []
     for role, guest in ctx.playbook.guests.items():
         emulator = guest.emulator_pin or tuple(sorted(guest.host_cpus))
@@ -152,30 +156,37 @@ def _specs(ctx: _Context) -> list[Any]:
                 accelerator="kvm" if ctx.host.accelerator == "kvm" else "tcg",
                 extra_kernel_args=tuple(guest.kernel_args.split()),
                 campaign_id=ctx.meta.id,
+                qemu_args=per_vm,
             )
         )
     return specs
+
+
+def _settings(block: Block) -> list[tuple[str, str]]:
+    """The block's knob settings this host provides (unavailable ones are only recorded)."""
+    return [(knob, value) for knob, value in block.knobs if value != UNAVAILABLE]
 
 
 @contextlib.contextmanager
 def _knobs(ctx: _Context, block: Block) -> Iterator[dict[str, Any]]:
     """Apply the block's host knob settings; yield the values read back."""
     read_back: dict[str, Any] = {}
-    with contextlib.ExitStack() as stack:
-        for knob, value in block.knobs:
-            if value == UNAVAILABLE:
-                reason = ctx.meta.notes.get("unavailable", {}).get(knob, "unavailable")
-                read_back[knob] = {"unavailable": reason}
-                continue
-            if knob == "ple":
-                from kvmple.host import ple
-                from kvmple.host.seam import real_seam
-
-                ui.note(f"host: PLE {value} (module reload; not verified on hardware)")
-                mode: ple.Mode = "on" if value == "on" else "off"
-                knobs = stack.enter_context(ple.ple_setting(real_seam(), mode))
-                read_back[knob] = {"setting": value, **knobs.to_json()}
+    settings = []
+    for knob, value in block.knobs:
+        if value == UNAVAILABLE:
+            reason = ctx.meta.notes.get("unavailable", {}).get(knob, "unavailable")
+            read_back[knob] = {"unavailable": reason}
+        else:
+            settings.append((knob, value))
+            read_back[knob] = None  # keeps the block's knob order in the provenance
+    with knobs.applied(settings, real_seam(), announce=_announce) as applied:
+        read_back.update({name: setting.to_json() for name, setting in applied.items()})
         yield read_back
+
+
+def _announce(knob: knobs.Knob, setting: str) -> None:
+    note = f" ({knob.change_note})" if knob.change_note else ""
+    ui.note(f"host: {knob.title} {setting}{note}")
 
 
 def _wait_for_quiet(ctx: _Context, cpus: frozenset[int], own_pids: Sequence[int]) -> dict[str, Any]:
@@ -216,9 +227,6 @@ def _run_block(ctx: _Context, index: int, block: Block) -> None:
 
 
 def _boot_and_run(ctx: _Context, index: int, block: Block) -> None:
-    from kvmple.campaign.readiness import readiness_for
-    from kvmple.vm.lifecycle import boot_guests
-
     playbook = ctx.playbook
     shared = playbook.guests[playbook.measured_role].host_cpus
     keep_smt = any(g.keep_smt_siblings for g in playbook.guests.values())
@@ -231,7 +239,7 @@ def _boot_and_run(ctx: _Context, index: int, block: Block) -> None:
         boot_start = time.monotonic()
         guests = stack.enter_context(
             boot_guests(
-                _specs(ctx),
+                _specs(ctx, block),
                 ready_timeout=playbook.timeouts.boot,
                 keep_smt_siblings=keep_smt,
                 readiness=readiness_for(
@@ -241,6 +249,8 @@ def _boot_and_run(ctx: _Context, index: int, block: Block) -> None:
         )
         ctx.outcome.boots += 1
         by_role = {g.spec.role: g for g in guests}
+        per_vm = vmknobs.check_guests(_settings(block), [g.name for g in guests])
+        knobs.update({name: setting.to_json() for name, setting in per_vm.items()})
         booted = time.monotonic()
         workloads = _prepare(ctx, by_role)
         ctx.outcome.boot_seconds += time.monotonic() - boot_start
@@ -292,8 +302,6 @@ def _prepare(ctx: _Context, guests: dict[str, Any]) -> dict[str, Any]:
     """The workloads by role. Their ``prepare`` (guest programs shipped, broker answering)
     already ran inside boot_guests as each guest's readiness (kvmple.campaign.readiness),
     before a booted snapshot was saved or after one was restored: not run a second time."""
-    from kvmple.workloads import get_workload
-
     del guests  # ready already
     return {role: get_workload(spec.name) for role, spec in ctx.playbook.workloads.items()}
 
@@ -302,7 +310,6 @@ def _precise_enough(ctx: _Context, run: PlannedRun) -> bool:
     adaptive = ctx.playbook.adaptive
     if adaptive is None:
         return False
-    from kvmple.results.stats import enough_runs
 
     values = ctx.values.get(_cell_key(run.cell.as_dict()), [])
     return enough_runs(

@@ -49,7 +49,9 @@ class HostFacts:
     accelerator: str
     verdict: str
     reason: str
-    ple_available: bool
-    ple_reason: str | None
     kvm_module: str | None
+    # host knobs (kvmple.host.knobs.REGISTRY) this host cannot provide, each with why
+    unavailable_knobs: dict[str, str] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
+    online_cpus: tuple[int, ...] = ()  # empty: unknown (then CPU pins are not checked)
+    mem_available_mib: int | None = None  # None: unknown

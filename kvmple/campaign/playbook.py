@@ -16,6 +16,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kvmple.config import load_model, parse_model
+from kvmple.errors import KvmpleError
+from kvmple.host import knobs
 
 Scalar = int | float | str | bool
 
@@ -147,8 +149,39 @@ class Factor(BaseModel):
 
     model_config = _FROZEN
 
-    knob: Literal["ple"] = Field(description="host knob: 'ple' (Pause-Loop Exiting)")
-    values: tuple[Literal["on", "off"], ...] = Field(min_length=1, description="settings")
+    knob: str = Field(
+        description="host knob: 'ple' (Pause-Loop Exiting), a KVM module parameter "
+        "('kvm.halt_poll_ns', 'kvm_intel.ple_window', ...) or a /sys or /sys/kernel/debug path"
+    )
+    values: tuple[str, ...] = Field(
+        min_length=1, description="settings, e.g. 'on', 'off' for ple, numbers for parameters"
+    )
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _numbers_as_text(cls, values: object) -> object:
+        # YAML reads halt_poll_ns: [0, 200000] as ints; sysfs and the plan key them as text
+        if isinstance(values, list | tuple):
+            return tuple(
+                str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in values
+            )
+        return values
+
+    @field_validator("knob")
+    @classmethod
+    def _known_knob(cls, name: str) -> str:
+        try:
+            knobs.get(name)
+        except KvmpleError as exc:
+            raise ValueError(f"{exc.message} ({exc.hint})" if exc.hint else exc.message) from None
+        return name
+
+    @model_validator(mode="after")
+    def _settings(self) -> Factor:
+        knob = knobs.get(self.knob)
+        for value in self.values:
+            knob.check_setting(value)
+        return self
 
 
 class Adaptive(BaseModel):

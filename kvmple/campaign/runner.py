@@ -16,27 +16,35 @@ import platform
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from kvmple import __version__, paths, ui
 from kvmple.campaign.execute import execute
+from kvmple.campaign.hostfit import host_fit
 from kvmple.campaign.model import CampaignOptions, CampaignOutcome, HostFacts
 from kvmple.campaign.plan import UNAVAILABLE, build_plan
 from kvmple.campaign.playbook import LoadedPlaybook, Playbook, parse_playbook
 from kvmple.errors import CampaignError, HostError, Interrupted, KvmpleError
+from kvmple.host import knobs
+from kvmple.host.doctor import diagnose
+from kvmple.host.seam import real_seam
+from kvmple.host.topology import read_mem_available_mib
 from kvmple.results import CampaignMeta, Store, open_store
+from kvmple.results.report import default_report_path, load_analysis, render, write_report
+from kvmple.workloads import get_workload
 
 __all__ = ["CampaignOptions", "CampaignOutcome", "print_report", "run_campaign"]
 
 log = logging.getLogger("kvmple.campaign")
 
 
-def _read_host() -> HostFacts:
-    from kvmple.host.doctor import diagnose
-
-    report = diagnose()
+def _read_host(factors: Iterable[str] = (), *, probe_kvm: bool = True) -> HostFacts:
+    """The host's facts, with which of the registry's knobs and of ``factors`` (knobs named by
+    what they change, e.g. kvm.halt_poll_ns) it cannot provide."""
+    seam = real_seam()
+    report = diagnose(seam=seam, probe_kvm=probe_kvm)
     if not report.can_run:
         raise HostError(
             f"kvmple cannot run on this host: {report.reason}",
@@ -55,30 +63,64 @@ def _read_host() -> HostFacts:
         "doctor_verdict": report.verdict,
         "accelerator": report.accelerator,
         "kvm_module": report.kvm_module.name if report.kvm_module else None,
+        "ple_basis": report.ple_basis,
         "machine": platform.machine(),
     }
+    unavailable = knobs.unavailable(
+        dict.fromkeys([*knobs.REGISTRY, *factors]),
+        seam,
+        accelerator=report.accelerator,
+        host_reason=report.reason,
+    )
     return HostFacts(
         accelerator=report.accelerator,
         verdict=report.verdict,
         reason=report.reason,
-        ple_available=report.ple_available,
-        ple_reason=report.ple_reason,
         kvm_module=report.kvm_module.name if report.kvm_module else None,
+        unavailable_knobs=unavailable,
         facts=facts,
+        online_cpus=report.topology.online,
+        mem_available_mib=read_mem_available_mib(),
+    )
+
+
+def read_host_for_dry_run(factors: Iterable[str] = ()) -> HostFacts:
+    """The host facts without booting the KVM probe (a cached result only)."""
+    return _read_host(factors, probe_kvm=False)
+
+
+def check_host_fit(playbook: Playbook, host: HostFacts, allow_unavailable: bool) -> None:
+    """Refuse (HostError, nothing created) when the host misses a requirement other than an
+    allowed-to-be-unavailable factor; every unmet requirement is named at once. Factors
+    alone are left to _unavailable_factors (CampaignError with the --allow-unavailable hint)."""
+    unmet = host_fit(playbook, host)
+    hard = [u for u in unmet if not u.factor]
+    if not hard:
+        return
+    listed = hard + [u for u in unmet if u.factor and not allow_unavailable]
+    raise HostError(
+        f"this host does not fit playbook {playbook.name!r}, nothing was created: "
+        + "; ".join(u.describe() for u in listed),
+        hint="change the playbook's pin/memory_mib for this host, or run it on one that fits "
+        "('kvmple run --dry-run PLAYBOOK' lists every requirement)",
     )
 
 
 def _unavailable_factors(playbook: Playbook, host: HostFacts, allow: bool) -> dict[str, str]:
-    missing: dict[str, str] = {}
-    for factor in playbook.factors:
-        if factor.knob == "ple" and not host.ple_available:
-            missing["ple"] = host.ple_reason or host.reason or "PLE is not available"
+    """The playbook's factors this host cannot provide, with why; CampaignError unless
+    ``allow`` (--allow-unavailable)."""
+    missing = {
+        f.knob: host.unavailable_knobs[f.knob]
+        for f in playbook.factors
+        if f.knob in host.unavailable_knobs
+    }
     if missing and not allow:
         knob, reason = next(iter(missing.items()))
+        where = knobs.get(knob).provider_hint
         raise CampaignError(
             f"this host cannot provide the factor {knob!r}: {reason}",
             hint="rerun with --allow-unavailable to run the other axes and record the factor "
-            "as unavailable (nothing is faked), or use a host where 'kvmple doctor' says kvm+ple",
+            "as unavailable (nothing is faked)" + (f", or {where}" if where else ""),
         )
     return missing
 
@@ -112,7 +154,10 @@ def run_campaign(
     resume_id: str | None = None,
 ) -> CampaignOutcome:
     """Run a new campaign from ``loaded``, or continue ``resume_id``."""
-    host = _read_host()
+    factors = [f.knob for f in loaded.playbook.factors] if loaded else []
+    host = _read_host(factors)
+    if resume_id is None and loaded is not None:
+        check_host_fit(loaded.playbook, host, options.allow_unavailable)  # before the store
     with open_store(options.db_url) as store:
         if resume_id is not None:
             meta, loaded = _resume(store, resume_id, host)
@@ -165,7 +210,6 @@ def _new_campaign(
     store: Store, loaded: LoadedPlaybook, host: HostFacts, unavailable: dict[str, str]
 ) -> CampaignMeta:
     playbook = loaded.playbook
-    from kvmple.workloads import get_workload
 
     measured = get_workload(playbook.workloads[playbook.measured_role].name)
     unit = next((m.unit for m in measured.metrics if m.name == measured.primary), "")
@@ -223,8 +267,6 @@ def _resume(store: Store, campaign_id: str, host: HostFacts) -> tuple[CampaignMe
 
 def print_report(outcome: CampaignOutcome, db_url: str | None) -> None:
     """The RFC-style table of the campaign and the path of its HTML report."""
-    from kvmple.results.report import default_report_path, load_analysis, render, write_report
-
     with open_store(db_url) as store:
         analysis = load_analysis(store, outcome.campaign_id)
     ui.out.print(render(analysis, "text"), markup=False, highlight=False)

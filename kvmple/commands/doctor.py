@@ -81,7 +81,11 @@ def _print_table(doc: dict[str, Any]) -> None:
         "VT-x / AMD-V",
         cpu["virt_extension"] or "none" + (" (host is a guest)" if cpu["under_hypervisor"] else ""),
     )
-    table.add_row("PLE CPU support", _yes(cpu["ple_flag"]))
+    table.add_row(
+        "PLE CPU support",
+        _yes(cpu["ple_flag"]) if cpu.get("ple_flag_known", True) else "not shown by this kernel",
+    )
+    table.add_row("PLE decided by", str(ple.get("basis", "")))
     module = kvm["module"]
     table.add_row("/dev/kvm", _yes(kvm["dev_kvm"]))
     table.add_row(

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from kvmple import ui
+from kvmple.commands.kernel_series import open_input, series_list, series_show
 from kvmple.errors import PatchError, UsageError
 
 EPILOG = """\
@@ -34,13 +35,22 @@ def register(sub: Any) -> None:
     series_actions = series.add_subparsers(dest="series_command", metavar="ACTION")
     series_actions.required = True
     series_actions.add_parser("list", help="names of the known series").set_defaults(
-        handler=_series_list
+        handler=series_list
     )
     show = series_actions.add_parser("show", help="a series and what is known of each patch")
-    show.add_argument("name", metavar="NAME|PATH")
+    show.add_argument(
+        "name",
+        metavar="NAME|PATH",
+        help="a series name, series.yaml, mbox, .patch file, quilt/format-patch folder or git "
+        "tree (with --range); paths are relative to the current directory",
+    )
     show.add_argument("--tree", type=Path, help="also say whether each patch is in this tree")
+    show.add_argument("--range", help="for a git tree: the commits that make the series")
+    show.add_argument(
+        "--revision", type=int, metavar="N", help="mail inputs: take revision vN (default newest)"
+    )
     show.add_argument("--json", action="store_true")
-    show.set_defaults(handler=_series_show)
+    show.set_defaults(handler=series_show)
 
     source = actions.add_parser("source", help="get kernel sources from the package registry")
     source_actions = source.add_subparsers(dest="source_command", metavar="ACTION")
@@ -60,16 +70,20 @@ def register(sub: Any) -> None:
     apply.add_argument("--tree", type=Path, required=True, help="the kernel source tree")
     apply.add_argument(
         "--series",
-        required=True,
         metavar="NAME|PATH",
-        help="a series name, a folder with series.yaml, or a quilt folder",
+        help="a series name, series.yaml, mbox, .patch, quilt or format-patch folder "
+        "(default: the --from input itself)",
     )
     apply.add_argument(
         "--from",
         dest="source",
         type=Path,
         metavar="SRC",
-        help="take the patches from SRC: quilt dir, mbox, format-patch dir or kernel git tree",
+        help="take the patches from SRC: quilt dir, mbox, format-patch dir or kernel git tree "
+        "(relative to the current directory)",
+    )
+    apply.add_argument(
+        "--revision", type=int, metavar="N", help="mail inputs: apply revision vN (default newest)"
     )
     apply.add_argument("--range", help="git revision range to search subjects in")
     apply.add_argument("--into", type=Path, help="where the new worktree/copy goes")
@@ -163,75 +177,6 @@ def _out_dir(args: argparse.Namespace) -> Path:
     return Path(args.build) if args.build else default_out(Path(args.tree))
 
 
-# ------------------------------------------------------------------------------ series
-
-
-def _series_list(args: argparse.Namespace) -> int:
-    from kvmple.kernel.series import list_series, load_series
-
-    for name in list_series():
-        series, _ = load_series(name)
-        _say(f"{name:24} {len(series.patches):3} patches  {series.title}")
-    return 0
-
-
-def _load_any(name: str) -> tuple[Any, Path]:
-    from kvmple.kernel.series import load_series
-    from kvmple.kernel.sources import series_from_quilt_dir
-
-    path = Path(name)
-    if path.is_dir() and (path / "series").is_file() and not (path / "series.yaml").exists():
-        return series_from_quilt_dir(path), path
-    return load_series(name)
-
-
-def _series_show(args: argparse.Namespace) -> int:
-    from kvmple.kernel.tree import inspect_tree
-    from kvmple.kernel.upstream import check_upstream
-
-    series, folder = _load_any(args.name)
-    presence = {}
-    if args.tree:
-        presence = {p.index: p for p in check_upstream(series, inspect_tree(args.tree))}
-    if args.json:
-        data = series.model_dump(mode="json")
-        for index, patch in enumerate(data["patches"]):
-            if index in presence:
-                patch["in_tree"] = {
-                    "upstream": presence[index].upstream,
-                    "evidence": presence[index].evidence,
-                }
-        _say(json.dumps(data, indent=2))
-        return 0
-    _say(f"{series.name}: {series.title}" + (f" ({series.version})" if series.version else ""))
-    for label, value in (
-        ("posted", " by ".join(x for x in (series.posted, series.posted_by) if x)),
-        ("base", series.base),
-        ("landed in", series.landed_in),
-        ("merged as", series.landed_revision),
-        ("folder", str(folder)),
-    ):
-        if value:
-            _say(f"  {label:10} {value}")
-    for source in series.sources:
-        detail = source.path or source.range or source.message_id or ""
-        _say(f"  source     {source.kind.value} {detail}")
-    for index, entry in enumerate(series.patches):
-        upstream = (
-            f"{entry.upstream} ({entry.upstream_status.value})"
-            if entry.upstream
-            else (f"no hash ({entry.upstream_status.value})")
-        )
-        _say(f"  {index + 1:2}. {entry.subject}")
-        _say(f"      author {entry.author or '?'}; upstream {upstream}")
-        if entry.note:
-            _say(f"      {entry.note}")
-        if index in presence:
-            state = "IN TREE" if presence[index].upstream else "not in tree"
-            _say(f"      {state}: {presence[index].evidence}")
-    return 0
-
-
 # ------------------------------------------------------------------------------ source
 
 
@@ -259,15 +204,19 @@ def _source_debian(args: argparse.Namespace) -> int:
 def _apply(args: argparse.Namespace) -> int:
     from kvmple.kernel.apply import Status, apply_series
 
-    series, folder = _load_any(args.series)
+    if args.series is None and args.source is None:
+        raise UsageError("give --series, --from, or both", hint="kvmple kernel apply --help")
+    opened = open_input(args.series or str(args.source), args)
+    series, folder = opened.series, opened.folder
     report = apply_series(
         series,
         folder,
         args.tree,
         into=args.into,
-        source=args.source,
+        source=args.source.resolve() if args.source is not None else opened.source,
         git_range=args.range,
         check_only=args.check,
+        revision=args.revision,
     )
     if args.json:
         _say(json.dumps(report.to_json(), indent=2))
@@ -275,8 +224,11 @@ def _apply(args: argparse.Namespace) -> int:
         for result in report.results:
             detail = f" -- {result.detail}" if result.detail else ""
             _say(f"  {result.index:3}. [{result.status.value}] {result.subject}{detail}")
+        for line in report.dropped:
+            _say(f"  dropped   {line}")
         counts = ", ".join(f"{report.count(s)} {s.value}" for s in Status if report.count(s))
-        _say(f"{series.name}: {counts} ({report.method})")
+        revision = f" v{report.revision}" if report.revision else ""
+        _say(f"{series.name}{revision}: {counts} ({report.method})")
         if report.target:
             branch = f" on branch {report.branch}" if report.branch else ""
             _say(f"patched tree: {report.target}{branch}")
@@ -333,8 +285,8 @@ def _build(args: argparse.Namespace) -> int:
         f"  config    sha256 {str(manifest['config_sha256'])[:16]}; "
         f"{check['checked']} fragment options checked"
     )
-    for label in ("other_arch", "allowed_to_vanish"):
-        for line in check[label]:
+    for label in ("other_arch", "allowed_to_vanish", "built_in_without_modules"):
+        for line in check.get(label, []):
             _say(f"  note      {line} ({label.replace('_', ' ')})")
     series = manifest.get("series")
     if isinstance(series, dict):
@@ -347,7 +299,8 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _boot_test(args: argparse.Namespace) -> int:
-    from kvmple.kernel.boottest import boot_test, record_pass
+    from kvmple.kernel.bootpass import record_pass
+    from kvmple.kernel.boottest import boot_test
     from kvmple.kernel.build import load_manifest
 
     if args.image is None and (args.initrd is not None or args.append):
@@ -386,7 +339,7 @@ def _boot_test(args: argparse.Namespace) -> int:
 
 def _boot_test_image(args: argparse.Namespace, out: Path, manifest: dict[str, object]) -> int:
     from kvmple.image import resolve
-    from kvmple.kernel.boottest import record_pass
+    from kvmple.kernel.bootpass import record_pass
     from kvmple.kernel.imageboot import image_boot_test
 
     image = resolve(args.image)
@@ -419,7 +372,7 @@ def _boot_test_image(args: argparse.Namespace, out: Path, manifest: dict[str, ob
 
 def _install(args: argparse.Namespace) -> int:
     from kvmple.executor import LocalExecutor
-    from kvmple.kernel.boottest import load_pass
+    from kvmple.kernel.bootpass import load_pass
     from kvmple.kernel.build import load_manifest
     from kvmple.kernel.install import execute, gather_host_facts, kvmple_command, plan_install
 

@@ -87,26 +87,38 @@ def _values(values: dict[str, int]) -> str:
 def _status(seam: Any, as_json: bool) -> int:
     from kvmple.host import ple, ple_state
 
-    module, reason = ple.availability(seam)
+    decision = ple.decide_ple(seam)
+    module, reason = decision.module, decision.reason
     saved = ple_state.load()
-    if reason is not None:
+    if decision.available is False:
         # A read: reporting "unavailable" is its successful answer (changes exit 4).
         if as_json:
-            doc = {"available": False, "reason": reason, "module": module.name if module else None}
+            doc: dict[str, object] = {
+                "available": False,
+                "reason": reason,
+                "basis": decision.basis,
+                "module": module.name if module else None,
+            }
             ui.out.print_json(json.dumps(doc))
         else:
-            ui.out.print(f"PLE unavailable on this host: {reason}")
+            ui.out.print(f"PLE unavailable on this host: {reason} (decided by {decision.basis})")
         return 0
     knobs = ple.read_knobs(seam)
     if as_json:
         doc = {
-            "available": True,
+            "available": decision.available,
+            "reason": reason,
+            "basis": decision.basis,
             **knobs.to_json(),
             "saved_originals": saved.values if saved is not None else None,
         }
         ui.out.print_json(json.dumps(doc))
         return 0
     ui.out.print(f"{knobs.module}: PLE {'on' if knobs.enabled else 'off'}  {_values(knobs.values)}")
+    if decision.available is None:
+        ui.out.print(f"PLE hardware support {reason}")
+    else:
+        ui.out.print(f"PLE available (decided by {decision.basis})")
     if saved is not None:
         ui.out.print(f"saved originals ({saved.saved_at}): {_values(saved.values)}")
     return 0

@@ -42,20 +42,43 @@ def register(sub: Any) -> None:
 
 
 def _say_what_this_host_provides(playbook: Any) -> None:
-    """After a dry run: would this host run the plan as written? (cached doctor, no boot)"""
+    """After a dry run: would this host run the plan as written? (cached doctor, no boot)
+    Lists every requirement the host does not meet."""
+    from kvmple.campaign.hostfit import host_fit
     from kvmple.campaign.plan import build_plan
-    from kvmple.host.doctor import diagnose
+    from kvmple.campaign.runner import read_host_for_dry_run
+    from kvmple.errors import HostError
 
-    report = diagnose(probe_kvm=False)
-    wants_ple = any(f.knob == "ple" for f in playbook.factors)
-    ui.out.print(f"this host: {report.verdict} ({report.reason})")
-    if wants_ple and not report.ple_available:
-        reduced = build_plan(playbook, {"ple": report.ple_reason or report.reason})
+    try:
+        host = read_host_for_dry_run(f.knob for f in playbook.factors)
+    except HostError as exc:
+        ui.out.print(f"this host cannot run kvmple: {exc.message}")
+        return
+    ui.out.print(f"this host: {host.verdict} ({host.reason})")
+    unmet = host_fit(playbook, host)
+    if not unmet:
+        ui.out.print("this host meets every requirement of the playbook")
+        return
+    ui.out.print(f"this host does not meet {len(unmet)} requirement(s):")
+    for item in unmet:
+        ui.out.print(f"  - {item.describe()}", markup=False)
+    factors = [u for u in unmet if u.factor]
+    if factors:
+        missing = {
+            f.knob: host.unavailable_knobs[f.knob]
+            for f in playbook.factors
+            if f.knob in host.unavailable_knobs
+        }
+        reduced = build_plan(playbook, missing)
+        titles = " and ".join(u.requirement for u in factors)
+        plural = "s" if len(factors) > 1 else ""
         ui.out.print(
-            "this host cannot provide the PLE factor: 'kvmple run' stops; with "
-            f"--allow-unavailable it runs {len(reduced.runs)} runs with PLE recorded as "
-            "unavailable"
+            f"the {titles} factor{plural}: 'kvmple run' stops; with --allow-unavailable it "
+            f"runs {len(reduced.runs)} runs with {titles} recorded as unavailable",
+            markup=False,
         )
+    if any(not u.factor for u in unmet):
+        ui.out.print("'kvmple run' refuses this playbook here before creating anything")
 
 
 def _run(args: argparse.Namespace) -> int:

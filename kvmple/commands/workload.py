@@ -18,11 +18,11 @@ from typing import Any
 import yaml
 
 from kvmple import ui
-from kvmple.errors import UsageError, WorkloadError
+from kvmple.errors import InputError, UsageError, WorkloadError
 from kvmple.executor import LocalExecutor
 from kvmple.workloads import WORKLOADS, get_workload, parse_params
 from kvmple.workloads.hackbench import parse_hackbench
-from kvmple.workloads.perftest_output import FORMATS, RESULT_TAG, parse_perftest
+from kvmple.workloads.perftest_output import FORMATS, RESULT_TAG, parse_any
 from kvmple.workloads.programs import guest_dir
 
 PARSERS = ("amqp-perftest", "hackbench")
@@ -115,9 +115,16 @@ def _parse(args: argparse.Namespace) -> int:
     if args.workload == "hackbench":
         if args.format != "auto":
             raise UsageError("--format applies to amqp-perftest logs only")
+        if "Time:" not in text:
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+            raise InputError(
+                f"{where}: not a hackbench log; "
+                + (f"its first line is {lines[0][:80]!r}" if lines else "it is empty"),
+                hint="looked for hackbench's 'Running in ... mode with N groups' and 'Time: S'",
+            )
         data = {"source": "hackbench", "time": parse_hackbench(text, where)}
     else:
-        data = parse_perftest(text, args.format, where).to_json()
+        data = parse_any(text, args.format, where).to_json()
     ui.out.print(json.dumps(data, indent=2, default=str), markup=False)
     return 0
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from kvmple.errors import CommandTimeout, GuestError, Interrupted, KvmpleError
 from kvmple.executor import Executor
 from kvmple.fleet.inventory import FleetHost, Inventory
+from kvmple.keys import installation_key
+from kvmple.remote import SSHExecutor
 
 _CAMPAIGN = re.compile(r"^campaign (\S+): ", re.M)
 _RESUME = re.compile(r"kvmple run --resume (\S+)")
@@ -62,9 +64,6 @@ ConnectFn = Callable[[str, FleetHost], Executor]
 
 
 def default_connect(name: str, host: FleetHost) -> Executor:
-    from kvmple.keys import installation_key
-    from kvmple.remote import SSHExecutor
-
     key = host.key or installation_key().private
     return SSHExecutor(host.address, host.port, host.user, key, host.host_keys, name)
 

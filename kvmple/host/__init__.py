@@ -3,5 +3,5 @@
 
 Everything that reads the host goes through a :class:`kvmple.host.seam.HostSeam` (sysfs and
 procfs roots, the module loader, the running-VM lister) so the full logic also runs against
-the fake Intel/AMD/no-PLE/kvm_pvm trees of :mod:`kvmple.host.fakes`.
+the fake Intel/AMD/no-PLE/kvm_pvm trees of tests/fixtures/fake_host.py.
 """

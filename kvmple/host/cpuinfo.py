@@ -19,6 +19,10 @@ class CpuInfo:
     model_name: str
     flags: frozenset[str]
     vmx_flags: frozenset[str]
+    # Whether the block has a "vmx flags" line at all: Linux prints it only since 5.x
+    # (arch/x86/kernel/cpu/proc.c, CONFIG_X86_VMX_FEATURE_NAMES), so its absence says nothing.
+    has_vmx_flags_line: bool = False
+    has_flags_line: bool = True
 
     @property
     def virt_extension(self) -> str | None:
@@ -36,9 +40,19 @@ class CpuInfo:
 
     @property
     def ple_flag(self) -> bool:
-        """Hardware pause-loop exiting: Intel ``ple`` in "vmx flags", AMD ``pausefilter``."""
+        """Hardware pause-loop exiting as /proc/cpuinfo shows it (False also when unknown;
+        use ``ple_from_cpuinfo`` to tell "no" from "this kernel does not say")."""
+        return self.ple_from_cpuinfo is True
+
+    @property
+    def ple_from_cpuinfo(self) -> bool | None:
+        """Intel ``ple`` in "vmx flags", AMD ``pausefilter`` in "flags"; None when this
+        kernel's /proc/cpuinfo cannot say (no "vmx flags" line before Linux 5.x, or no
+        "flags" line at all): a missing field is unknown, never "no"."""
+        if not self.has_flags_line:
+            return None
         if self.virt_extension == "vmx":
-            return "ple" in self.vmx_flags
+            return ("ple" in self.vmx_flags) if self.has_vmx_flags_line else None
         if self.virt_extension == "svm":
             return "pausefilter" in self.flags
         return False
@@ -50,6 +64,7 @@ class CpuInfo:
             "virt_extension": self.virt_extension,
             "under_hypervisor": self.under_hypervisor,
             "ple_flag": self.ple_flag,
+            "ple_flag_known": self.ple_from_cpuinfo is not None,
             "ple_related_flags": sorted(
                 (self.vmx_flags & {"ple"}) | (self.flags & {"pausefilter", "pfthreshold"})
             ),
@@ -72,6 +87,8 @@ def parse_cpuinfo(text: str) -> CpuInfo:
         model_name=fields.get("model name", "unknown"),
         flags=frozenset(fields.get("flags", "").split()),
         vmx_flags=frozenset(fields.get("vmx flags", "").split()),
+        has_vmx_flags_line="vmx flags" in fields,
+        has_flags_line="flags" in fields,
     )
 
 

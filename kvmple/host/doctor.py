@@ -74,6 +74,7 @@ def decide(
     qemu: QemuInfo,
     libvirt: LibvirtInfo,
     vms: tuple[RunningVm, ...] = (),
+    ple_basis: str = "",
 ) -> Verdict:
     """The verdict from the gathered facts (``probe`` None: the boot probe was not run)."""
     problems: list[str] = []
@@ -114,7 +115,11 @@ def decide(
         )
     elif ple_reason is not None:
         verdict, accel, ple_available = "kvm", "kvm", False
-        reason = f"KVM boots guests, but there is no PLE: {ple_reason}"
+        reason = (
+            f"KVM boots guests; PLE is {ple_reason}"
+            if ple_reason.startswith("unknown")
+            else f"KVM boots guests, but there is no PLE: {ple_reason}"
+        )
         advice = (
             "kvmple runs guests under KVM; PLE factors are recorded as unavailable. For PLE"
             " experiments use a CPU with PLE (Intel 'ple' VMX feature, AMD 'pausefilter')."
@@ -122,7 +127,9 @@ def decide(
     else:
         assert module is not None
         verdict, accel, ple_available = "kvm+ple", "kvm", True
-        reason = f"KVM boots guests and {module.name} has pause-loop exiting"
+        reason = f"KVM boots guests and {module.name} has pause-loop exiting" + (
+            f" (decided by {ple_basis})" if ple_basis else ""
+        )
         advice = (
             "ready: 'kvmple ple status' shows the knobs, 'kvmple ple on|off' switches them"
             f" ({RELOAD_NOT_VERIFIED})."
@@ -158,6 +165,7 @@ class DoctorReport:
     dev_kvm: bool
     kvm_module: KvmModule | None
     ple_reason: str | None
+    ple_basis: str  # how PLE was decided (ple.decide_ple)
     ple_values: dict[str, int] | None
     probe: BootProbe | None
     qemu: QemuInfo
@@ -189,6 +197,7 @@ class DoctorReport:
             "ple": {
                 "available": self.ple_available,
                 "reason": self.ple_reason,
+                "basis": self.ple_basis,
                 "module": spec.module if spec is not None else None,
                 "switch": spec.switch if spec is not None else None,
                 "values": self.ple_values,
@@ -230,8 +239,9 @@ def diagnose(
             )
         else:
             probe = load_cached(cache_key(platform.release(), qemu.version, module_name))
-    _, ple_reason = ple_mod.availability(seam)
-    ple_values = ple_mod.read_knobs(seam).values if ple_reason is None else None
+    ple = ple_mod.decide_ple(seam)
+    ple_reason = None if ple.available else ple.reason
+    ple_values = ple_mod.read_knobs(seam).values if ple.available is not False else None
     vms = seam.vms.running()
     verdict = decide(
         cpu=cpu,
@@ -242,6 +252,7 @@ def diagnose(
         qemu=qemu,
         libvirt=libvirt,
         vms=vms,
+        ple_basis=ple.basis,
     )
     return DoctorReport(
         verdict=verdict.verdict,
@@ -257,6 +268,7 @@ def diagnose(
         dev_kvm=dev_kvm.exists(),
         kvm_module=module,
         ple_reason=ple_reason,
+        ple_basis=ple.basis,
         ple_values=ple_values,
         probe=probe,
         qemu=qemu,

@@ -19,11 +19,14 @@ import json
 import os
 import platform
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from kvmple import paths
 from kvmple.errors import CommandError, CommandTimeout
+from kvmple.host.kvmmodule import find_kvm_module
+from kvmple.host.virt import qemu_info
+from kvmple.qemu import Accelerator, DirectBoot, QemuConfig, command_line
 from kvmple.run import run
 
 PROBE_ASM = r"""
@@ -167,25 +170,17 @@ def cache_key(kernel: str, qemu_version: str, kvm_module: str | None) -> dict[st
     return {"kernel": kernel, "qemu_version": qemu_version, "kvm_module": kvm_module}
 
 
-def qemu_argv(qemu: str, accel: str, image: Path, serial: Path) -> list[str]:
-    """The probe's QEMU command line (no network, no disks, 64 MiB)."""
-    return [
-        qemu,
-        "-accel",
-        accel,
-        "-nodefaults",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-m",
-        "64",
-        "-kernel",
-        str(image),
-        "-serial",
-        f"file:{serial}",
-        "-device",
-        "isa-debug-exit,iobase=0xf4,iosize=0x04",
-    ]
+def qemu_argv(binary: str, accel: str, image: Path, serial: Path) -> list[str]:
+    """The probe's QEMU command line (no network, no disks, 64 MiB, one vCPU)."""
+    config = QemuConfig(
+        accel=accel,
+        memory_mib=64,
+        serial=serial,
+        binary=binary,
+        boot=DirectBoot(image, None, ""),
+        debug_exit=True,
+    )
+    return command_line(config)
 
 
 def _marks(serial: Path) -> str:
@@ -196,13 +191,13 @@ def _marks(serial: Path) -> str:
     return "".join(ch for ch in text if ch in MARKS)
 
 
-def run_probe(qemu: str, accel: str, timeout: float = DEFAULT_TIMEOUT) -> ProbeOutcome:
+def run_probe(binary: str, accel: str, timeout: float = DEFAULT_TIMEOUT) -> ProbeOutcome:
     """Boot the probe image with ``-accel ACCEL`` and classify what happened."""
     with tempfile.TemporaryDirectory(prefix="kvmple-probe-") as tmp:
         image = Path(tmp) / "probe.bin"
         image.write_bytes(PROBE_IMAGE)
         serial = Path(tmp) / "serial.txt"
-        argv = qemu_argv(qemu, accel, image, serial)
+        argv = qemu_argv(binary, accel, image, serial)
         try:
             result = run(argv, timeout=timeout, check=False, what=f"{accel} boot probe")
         except CommandTimeout:
@@ -234,6 +229,25 @@ def run_probe(qemu: str, accel: str, timeout: float = DEFAULT_TIMEOUT) -> ProbeO
             stages,
             f"QEMU exited with status {result.returncode} (marks {stages or 'none'}): {why}",
         )
+
+
+def scaled_budget(base: float, load1: float, ncpus: int, cap: float = 4.0) -> float:
+    """``base`` seconds stretched by the run queue beyond the CPUs (1-minute load average /
+    CPUs, at most ``cap`` times): on a host whose CPUs are all busy QEMU starts slower."""
+    return base * min(cap, max(1.0, load1 / max(ncpus, 1)))
+
+
+def _probe_kvm_on_a_loaded_host(qemu: str, timeout: float) -> ProbeOutcome:
+    """The KVM probe with a budget that holds on a loaded host: scaled by the measured load,
+    and retried once (with twice the budget) when the guest never ran at all, which on a
+    busy host means QEMU had not started the guest yet, not that KVM cannot run it."""
+    budget = scaled_budget(timeout, os.getloadavg()[0], os.cpu_count() or 1)
+    outcome = run_probe(qemu, "kvm", budget)
+    if outcome.status == "timeout" and not outcome.stages:
+        first = outcome.detail
+        outcome = run_probe(qemu, "kvm", 2 * budget)
+        outcome = replace(outcome, detail=f"{outcome.detail} (retried once; first: {first})")
+    return outcome
 
 
 def _cache_path() -> Path:
@@ -282,14 +296,30 @@ def boot_probe(
         cached = load_cached(key)
         if cached is not None:
             return cached
-    tcg = run_probe(qemu, "tcg", timeout)
+    tcg = run_probe(qemu, "tcg", scaled_budget(timeout, os.getloadavg()[0], os.cpu_count() or 1))
     if not dev_kvm.exists():
         kvm = ProbeOutcome("kvm", "skipped", 0.0, "", f"{dev_kvm} does not exist")
     elif not os.access(dev_kvm, os.R_OK | os.W_OK):
         kvm = ProbeOutcome("kvm", "skipped", 0.0, "", f"no read/write access to {dev_kvm}")
     else:
-        kvm = run_probe(qemu, "kvm", timeout)
+        kvm = _probe_kvm_on_a_loaded_host(qemu, timeout)
     probe = BootProbe(kvm, tcg, kernel, qemu_version, kvm_module)
     if tcg.passed:  # a probe whose control failed proves nothing: do not remember it
         _store(probe)
     return probe
+
+
+def usable_accelerator() -> Accelerator:
+    """The one accelerator decision: "kvm" when the boot probe (cached per host: kernel, QEMU
+    version, KVM module) shows KVM boots an ordinary guest, else "tcg". /dev/kvm alone proves
+    nothing: this project's CI host has a paravirtual kvm_pvm that cannot run ordinary
+    guests. The doctor's verdict uses the same probe."""
+    dev_kvm = Path("/dev/kvm")
+    if not dev_kvm.exists():
+        return "tcg"
+    info = qemu_info()
+    if info.binary is None or info.version is None:
+        return "tcg"
+    module = find_kvm_module(Path("/sys"))
+    probe = boot_probe(info.binary, info.version, module.name if module else None, dev_kvm)
+    return "kvm" if probe.kvm_boots else "tcg"

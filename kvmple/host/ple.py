@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
-from kvmple.errors import HostError, UsageError
+from kvmple.errors import HostError, KvmpleError, UsageError
 from kvmple.host import ple_state
 from kvmple.host.cpuinfo import read_cpuinfo
 from kvmple.host.kvmmodule import KvmModule, PleModuleSpec, find_kvm_module
@@ -49,34 +49,101 @@ class PleKnobs:
         }
 
 
-def availability(seam: HostSeam) -> tuple[KvmModule | None, str | None]:
-    """(the PLE-capable module, None) or (module or None, why PLE is unavailable)."""
+@dataclass(frozen=True)
+class PleDecision:
+    """Whether this host has PLE and how that was decided.
+
+    ``available`` is None when nothing on the host can tell (then ``reason`` says so);
+    ``basis`` names the evidence: cpuinfo's "vmx flags"/"flags", or kvm_intel's ple_gap
+    (vmx.c's hardware_setup zeroes ple_gap when !cpu_has_vmx_ple(), so a loaded kvm_intel
+    with ple_gap > 0 proves hardware PLE on kernels whose /proc/cpuinfo lacks "vmx flags").
+    """
+
+    module: KvmModule | None
+    available: bool | None
+    basis: str
+    reason: str | None
+
+
+def decide_ple(seam: HostSeam) -> PleDecision:
+    """Decide PLE for this host (the one answer doctor, ``ple status`` and campaigns use)."""
     module = find_kvm_module(seam.sys_root)
     if module is None:
-        return None, "no KVM module is loaded (no /sys/module/kvm_intel or kvm_amd)"
+        reason = "no KVM module is loaded (no /sys/module/kvm_intel or kvm_amd)"
+        return PleDecision(None, False, "sysfs: /sys/module", reason)
     spec = module.ple_spec
     if spec is None:
-        return module, (
-            f"the KVM module is {module.name}, which has no pause-loop-exiting parameters"
-            + (
-                " (a paravirtual KVM that cannot run ordinary guests)"
-                if module.name == "kvm_pvm"
-                else ""
-            )
+        reason = f"the KVM module is {module.name}, which has no pause-loop-exiting parameters" + (
+            " (a paravirtual KVM that cannot run ordinary guests)"
+            if module.name == "kvm_pvm"
+            else ""
         )
+        return PleDecision(module, False, f"sysfs: /sys/module/{module.name}", reason)
+    if module.parameter(spec.switch) is None:
+        reason = (
+            f"{spec.module} exposes no {spec.switch} parameter in sysfs (an older kernel "
+            "hard-codes it: kvmple cannot switch PLE there)"
+        )
+        return PleDecision(module, False, f"sysfs: {spec.module} parameters", reason)
     cpu = read_cpuinfo(seam.proc_root)
-    if not cpu.ple_flag:
-        return module, (f"the CPU lacks {spec.cpu_flag}: {spec.module} forces PLE off without it")
-    missing = [name for name in spec.names if module.parameter(name) is None]
-    if spec.switch in missing:
-        return module, f"{spec.module} exposes no {spec.switch} parameter in sysfs"
-    return module, None
+    from_cpu = cpu.ple_from_cpuinfo
+    line = "'vmx flags'" if spec.module == "kvm_intel" else "'flags'"
+    if from_cpu is True:
+        return PleDecision(module, True, f"/proc/cpuinfo {line} lists {spec.cpu_flag}", None)
+    if from_cpu is False:
+        reason = f"the CPU lacks {spec.cpu_flag}: {spec.module} forces PLE off without it"
+        return PleDecision(module, False, f"/proc/cpuinfo {line}", reason)
+    return _decide_from_switch(module, spec)
+
+
+def _decide_from_switch(module: KvmModule, spec: PleModuleSpec) -> PleDecision:
+    """/proc/cpuinfo cannot say: judge from the switch parameter (and kvmple's saved one)."""
+    line = "vmx flags" if spec.vendor == "intel" else "flags"
+    silent = f"this kernel's /proc/cpuinfo has no {line!r} line"
+    try:
+        value = int(module.parameter(spec.switch) or "0")
+    except ValueError:
+        value = 0
+    if value > 0:
+        basis = (
+            f"{spec.module} {spec.switch}={value} > 0 ({spec.module} zeroes it on CPUs "
+            f"without PLE; {silent})"
+        )
+        return PleDecision(module, True, basis, None)
+    try:
+        saved = ple_state.load()
+    except KvmpleError:
+        saved = None
+    if saved is not None and saved.module == spec.module and saved.values.get(spec.switch, 0) > 0:
+        basis = (
+            f"{spec.switch}={saved.values[spec.switch]} before kvmple changed it "
+            f"({ple_state.originals_path()}; {silent})"
+        )
+        return PleDecision(module, True, basis, None)
+    reason = (
+        f"unknown: {silent} and {spec.module} {spec.switch} is 0, which it also is when PLE "
+        f"was switched off; load {spec.module} with {spec.switch}="
+        f"{spec.defaults()[spec.switch]}: a non-zero read-back proves PLE"
+    )
+    return PleDecision(module, None, f"{spec.module} {spec.switch}=0 ({silent})", reason)
+
+
+def availability(seam: HostSeam) -> tuple[KvmModule | None, str | None]:
+    """(the PLE-capable module, None) or (module or None, why PLE is unavailable or unknown).
+    See decide_ple for how it is decided."""
+    decision = decide_ple(seam)
+    return decision.module, None if decision.available else decision.reason
 
 
 def require_ple(seam: HostSeam) -> tuple[KvmModule, PleModuleSpec]:
-    """The PLE module, or HostError saying why this host has no PLE (nothing is changed)."""
-    module, reason = availability(seam)
-    if reason is not None or module is None or module.ple_spec is None:
+    """The PLE module, or HostError saying why this host has no PLE (nothing is changed).
+
+    A host where PLE is unknown (decide_ple) passes: reading the knobs is harmless, and a
+    change is judged by its read-back (kvm_intel zeroes ple_gap without hardware PLE).
+    """
+    decision = decide_ple(seam)
+    module, reason = decision.module, decision.reason
+    if decision.available is False or module is None or module.ple_spec is None:
         raise HostError(
             f"PLE is not available on this host, nothing changed: {reason}",
             hint="PLE needs VT-x with 'ple' or AMD-V with 'pausefilter' and kvm_intel/kvm_amd;"
@@ -214,6 +281,13 @@ def apply(seam: HostSeam, values: Mapping[str, int]) -> PleKnobs:
     module, spec = require_ple(seam)
     wanted = validate(spec, values)
     current = _read_values(seam, spec)
+    absent = sorted(set(wanted) - set(current))
+    if absent:
+        raise UsageError(
+            f"{spec.module} on this kernel has no {', '.join(absent)} parameter; nothing changed",
+            hint=f"it exposes {', '.join(current)} (kernels before 3.18 have only ple_gap and "
+            "ple_window)",
+        )
     if all(current.get(k) == v for k, v in wanted.items()):
         return PleKnobs(spec, current)
     check_can_reload(seam, module)

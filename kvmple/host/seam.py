@@ -3,7 +3,7 @@ roots, the module loader and the running-VM lister.
 
 The real loader (``modprobe -r`` then ``modprobe MODULE k=v...``) is the only hardware path
 that is NOT verified here (no VT-x on the development host); tests drive the same logic with
-:mod:`kvmple.host.fakes`, whose loader rewrites a fake sysfs tree.
+tests/fixtures/fake_host.py, whose loader rewrites a fake sysfs tree.
 """
 
 from __future__ import annotations

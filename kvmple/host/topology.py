@@ -127,3 +127,18 @@ def read_topology(root: Path = Path("/")) -> Topology:
         isolated=isolated,
         governors=tuple(governors),
     )
+
+
+def read_mem_available_mib(proc_root: Path = Path("/proc")) -> int | None:
+    """MemAvailable from /proc/meminfo in MiB (None when unreadable: then unknown, not 0).
+    MemAvailable is the kernel's estimate of memory a new workload can get without swapping
+    (Documentation/filesystems/proc.rst)."""
+    try:
+        text = (proc_root / "meminfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name == "MemAvailable" and rest.split():
+            return int(rest.split()[0]) // 1024  # kB
+    return None

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvmple.errors import CommandError
+from kvmple.qemuopts import qemu_option_fields
 from kvmple.run import run, which
-from kvmple.vm.spec import DOMAIN_PREFIX
 
-KVMPLE_PREFIX = DOMAIN_PREFIX  # the VM layer names every domain it starts "kvmple-..."
+# Every domain kvmple starts is named "kvmple-..." (kvmple.vm.spec.DOMAIN_PREFIX, which a
+# unit test holds equal to this: the host layer must not import the VM layer above it).
+KVMPLE_PREFIX = "kvmple-"
 KNOWN_URIS: tuple[str, ...] = ("qemu:///system",)
 
 
@@ -50,22 +52,22 @@ class RunningVm:
 
 
 def qemu_guest_name(argv: Sequence[str]) -> str | None:
-    """The guest name from a QEMU command line (``-name guest=NAME,...`` or ``-name NAME``)."""
+    """The guest name from a QEMU command line (``-name guest=NAME,...`` or ``-name NAME``),
+    with QEMU's ``,,`` escape undone (libvirt doubles the commas of a domain name)."""
     for i, arg in enumerate(argv[:-1]):
         if arg in ("-name", "--name"):
-            value = argv[i + 1]
-            for part in value.split(","):
-                if part.startswith("guest="):
-                    return part.removeprefix("guest=")
-            return value.split(",")[0] or None
+            _, fields = qemu_option_fields(argv[i + 1], implied="guest")
+            return fields.get("guest") or None
     return None
 
 
 def _capability_probe(argv: Sequence[str]) -> bool:
     """libvirt's QMP capability probes (``-machine none``) are QEMU processes, not VMs."""
     for i, arg in enumerate(argv[:-1]):
-        if arg in ("-machine", "-M") and argv[i + 1].split(",")[0] == "none":
-            return True
+        if arg in ("-machine", "-M"):
+            _, fields = qemu_option_fields(argv[i + 1], implied="type")
+            if fields.get("type") == "none":
+                return True
     return False
 
 

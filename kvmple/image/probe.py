@@ -1,4 +1,5 @@
-"""Boot an image once with plain QEMU and check it answers: SSH with the pinned host key, and
+"""Boot an image once with plain QEMU and check it answers: SSH with the pinned host key
+(kvmple.remote.SSHExecutor, the one SSH client; the one readiness wait, vm/ready.py), and
 (if installed) RabbitMQ accepting AMQP connections. Used by ``kvmple image check``, the real
 tests and bench/image.py; the campaign's VMs go through the libvirt-based VM layer instead.
 
@@ -8,18 +9,20 @@ user-mode networking whose SSH port is forwarded to 127.0.0.1 only.
 
 from __future__ import annotations
 
-import shlex
-import socket
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmple.errors import CommandTimeout, GuestError
+from kvmple.console import ConsoleLog
+from kvmple.errors import CommandError, GuestError
 from kvmple.image.artifact import Image
 from kvmple.keys import installation_key
+from kvmple.qemu import DirectBoot, Drive, QemuConfig, command_line, die_with_owner, find_qemu
+from kvmple.remote import HostKeyMismatch, SSHExecutor, free_port
 from kvmple.run import Result, background, run
+from kvmple.vm import ready
 
 # Polls inside the guest (one SSH round trip) until the broker completes an AMQP handshake.
 AMQP_WAIT = """\
@@ -36,27 +39,6 @@ while True:
 """
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class DirectBoot:
-    """What QEMU boots directly: by default the image's own kernel, initrd and command line;
-    the kernel boot test (``kvmple kernel boot-test --image``) puts a built kernel here,
-    possibly without an initrd."""
-
-    kernel: Path
-    initrd: Path | None
-    cmdline: str
-
-    @classmethod
-    def of(cls, image: Image) -> DirectBoot:
-        return cls(image.kernel, image.initrd, image.cmdline)
-
-
 def qemu_argv(
     image: Image,
     overlay: Path,
@@ -68,73 +50,30 @@ def qemu_argv(
     accel: str,
     boot: DirectBoot | None = None,
 ) -> list[str]:
-    """The QEMU command line for a direct-kernel-boot probe (pure)."""
-    boot = boot or DirectBoot.of(image)
-    initrd = ["-initrd", str(boot.initrd)] if boot.initrd is not None else []
-    return [
-        "qemu-system-x86_64",
-        "-accel",
-        accel,
-        "-smp",
-        str(cpus),
-        "-m",
-        str(memory_mib),
-        "-nodefaults",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-serial",
-        f"file:{console}",
-        "-kernel",
-        str(boot.kernel),
-        *initrd,
-        "-append",
-        boot.cmdline,
-        "-drive",
-        f"file={overlay},if=virtio,format=qcow2,cache=unsafe",
-        "-netdev",
-        f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22",
-        "-device",
-        "virtio-net-pci,netdev=net0",
-    ]
+    """The QEMU command line for a direct-kernel-boot probe (pure): ``boot`` or the image's
+    own kernel, the overlay as the only disk, SSH forwarded from 127.0.0.1:``port``."""
+    config = QemuConfig(
+        accel=accel,
+        memory_mib=memory_mib,
+        cpus=cpus,
+        serial=console,
+        boot=boot or DirectBoot(image.kernel, image.initrd, image.cmdline),
+        drives=(Drive(overlay),),
+        ssh_port=port,
+    )
+    return command_line(config)
 
 
 @dataclass
 class Guest:
-    """A running probe guest: run commands in it over SSH with the pinned host key."""
+    """A running probe guest: ``executor`` runs commands in it over SSH (installation key,
+    the image's pinned host keys: kvmple.remote.SSHExecutor)."""
 
     image: Image
     port: int
-    known_hosts: Path
     console: Path
     started: float
-
-    def ssh_argv(self, command: Sequence[str], connect_timeout: int = 5) -> list[str]:
-        key = installation_key()
-        return [
-            "ssh",
-            "-F",
-            "/dev/null",
-            "-i",
-            str(key.private),
-            "-p",
-            str(self.port),
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            f"UserKnownHostsFile={self.known_hosts}",
-            "-o",
-            f"ConnectTimeout={connect_timeout}",
-            "-o",
-            "LogLevel=ERROR",
-            f"{self.image.ssh_user}@127.0.0.1",
-            "--",
-            shlex.join(command),
-        ]
+    executor: SSHExecutor
 
     def ssh(
         self,
@@ -144,20 +83,14 @@ class Guest:
         check: bool = True,
         input: str | None = None,
     ) -> Result:
-        return run(
-            self.ssh_argv(command),
-            timeout=timeout,
-            check=check,
-            input=input,
-            what=f"ssh {self.image.name}",
+        """Run ``command`` (argv) in the guest; CommandError/GuestError as SSHExecutor.run."""
+        return self.executor.run(
+            command, timeout=timeout, check=check, input=input, what=f"ssh {self.image.name}"
         )
 
     def console_tail(self, lines: int = 8) -> str:
-        try:
-            text = self.console.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
+        """The last console lines on one line, for an error message."""
+        return ConsoleLog(self.console).tail(lines, sep=" | ")
 
 
 @contextmanager
@@ -171,7 +104,8 @@ def booted(
     boot: DirectBoot | None = None,
 ) -> Iterator[tuple[Guest, Iterator[None]]]:
     """Boot ``image`` (or ``boot``'s kernel with the image as root) from an overlay in
-    ``workdir``; stopped and removed on exit."""
+    ``workdir``; stopped and removed on exit. HostError when QEMU is not installed."""
+    find_qemu()
     workdir.mkdir(parents=True, exist_ok=True)
     overlay = workdir / "overlay.qcow2"
     run(
@@ -180,16 +114,23 @@ def booted(
         what="creating the probe overlay",
     )
     port = free_port()
-    known_hosts = workdir / "known_hosts"
-    known_hosts.write_text(image.known_hosts("127.0.0.1", port), encoding="utf-8")
     console = workdir / "console.log"
     argv = qemu_argv(
         image, overlay, console, port, cpus=cpus, memory_mib=memory_mib, accel=accel, boot=boot
     )
+    argv = die_with_owner(argv)  # SIGKILL of kvmple: no emulator left running
+    executor = SSHExecutor(
+        "127.0.0.1",
+        port,
+        image.ssh_user,
+        installation_key().private,
+        image.host_keys,
+        name=f"image {image.name}",
+    )
     started = time.monotonic()
     try:
-        with background(argv, log=workdir / "qemu.log") as process:
-            guest = Guest(image, port, known_hosts, console, started)
+        with executor, background(argv, log=workdir / "qemu.log") as process:
+            guest = Guest(image, port, console, started, executor)
 
             def alive() -> Iterator[None]:
                 while True:
@@ -207,43 +148,33 @@ def booted(
 
 
 def wait_ssh(guest: Guest, alive: Iterator[None], timeout: float) -> float:
-    """Seconds from QEMU start until SSH login (pinned host key) works."""
-    deadline = guest.started + timeout
-    last = ""
-    while time.monotonic() < deadline:
+    """Seconds from QEMU start until SSH login (pinned host key) works (vm/ready.py)."""
+
+    def check() -> None:
         next(alive)
-        try:
-            result = run(
-                guest.ssh_argv(["true"], connect_timeout=10),
-                timeout=60,
-                check=False,
-                what="ssh probe",
-            )
-        except CommandTimeout:  # the port answered, the guest is still too busy to log in
-            last = "login did not finish within 60s"
-            continue
-        if result.ok:
-            return time.monotonic() - guest.started
-        if "Kernel panic" in guest.console_tail(40):
+        if ConsoleLog(guest.console).panicked():
             raise GuestError(
                 f"{guest.image.name}: the guest kernel panicked: {guest.console_tail(3)}",
                 hint=f"full console log: {guest.console}",
             )
-        output = (result.stderr or result.stdout).strip().splitlines()
-        last = output[-1] if output else last
-        if "REMOTE HOST IDENTIFICATION HAS CHANGED" in result.stderr or (
-            "Host key verification failed" in result.stderr
-        ):
-            raise GuestError(
-                f"{guest.image.name}: the guest presented a host key that is not the pinned one",
-                hint="the image's host_keys do not match the guest; rebuild the image",
-            )
-        time.sleep(1)
-    raise GuestError(
-        f"{guest.image.name}: no SSH login within {timeout:g}s (last: {last or 'no answer'}); "
-        f"console: {guest.console_tail()}",
-        hint=f"full console log: {guest.console}",
-    )
+
+    def timed_out(last: str) -> GuestError:
+        return GuestError(
+            f"{guest.image.name}: no SSH login within {timeout:g}s (last: {last}); "
+            f"console: {guest.console_tail()}",
+            hint=f"full console log: {guest.console}",
+        )
+
+    try:
+        ready.wait_ssh(
+            guest.executor, deadline=guest.started + timeout, alive=check, timed_out=timed_out
+        )
+    except HostKeyMismatch as exc:
+        raise GuestError(
+            f"{guest.image.name}: the guest presented a host key that is not the pinned one",
+            hint="the image's host_keys do not match the guest; rebuild the image",
+        ) from exc
+    return time.monotonic() - guest.started
 
 
 def wait_amqp(guest: Guest, timeout: float) -> float:
@@ -251,11 +182,10 @@ def wait_amqp(guest: Guest, timeout: float) -> float:
     remaining = guest.started + timeout - time.monotonic()
     if remaining <= 0:
         raise GuestError(f"{guest.image.name}: no time left to wait for RabbitMQ")
-    result = run(
-        guest.ssh_argv(["timeout", str(int(remaining)), "python3", "-c", AMQP_WAIT]),
+    result = guest.ssh(
+        ["timeout", str(int(remaining)), "python3", "-c", AMQP_WAIT],
         timeout=remaining + 10,
         check=False,
-        what="waiting for RabbitMQ in the guest",
     )
     if not result.ok:
         raise GuestError(
@@ -287,5 +217,8 @@ def probe(
     with booted(image, workdir, accel=accel) as (guest, alive):
         ssh_seconds = wait_ssh(guest, alive, ssh_timeout)
         amqp_seconds = wait_amqp(guest, amqp_timeout) if amqp else None
-        guest.ssh(["systemctl", "poweroff", "--no-block"], timeout=30, check=False)
+        try:
+            guest.ssh(["systemctl", "poweroff", "--no-block"], timeout=30, check=False)
+        except (CommandError, GuestError):
+            pass  # the connection may drop as the guest goes down; QEMU is stopped anyway
     return BootTimes(ssh_seconds, amqp_seconds)

@@ -72,6 +72,8 @@ class ApplyReport:
     target: Path | None = None
     branch: str | None = None
     results: list[PatchResult] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # inputs left out, and why
+    revision: int | None = None  # mail sources: the revision applied
 
     def count(self, status: Status) -> int:
         return sum(1 for r in self.results if r.status is status)
@@ -111,6 +113,7 @@ def apply_series(
     source: Path | None = None,
     git_range: str | None = None,
     check_only: bool = False,
+    revision: int | None = None,
 ) -> ApplyReport:
     """Apply ``series`` to a copy of ``tree_path``; per-patch status in the report.
 
@@ -135,13 +138,17 @@ def apply_series(
             for i, e in enumerate(series.patches)
         ]
         return report
-    patches = materialise(
+    found = materialise(
         series,
         folder,
         override=source,
         git_tree=tree.path if tree.is_git else None,
         git_range=git_range,
+        revision=revision,
     )
+    patches = found.patches
+    report.dropped = found.dropped
+    report.revision = found.revision
     pending = [p for p in patches if not _is_upstream(p, series, upstream)]
     target = work_target(series, into)
     try:

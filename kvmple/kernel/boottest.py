@@ -10,25 +10,22 @@ timeout and the error shows the console's last lines.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from kvmple.console import ConsoleLog
 from kvmple.errors import CommandError, CommandTimeout, GuestError
+from kvmple.host.kvmprobe import usable_accelerator
 from kvmple.kernel.initramfs import MARKER, boot_initramfs
 from kvmple.paths import cache_dir
-from kvmple.run import run_logged, which
+from kvmple.qemu import DirectBoot, QemuConfig, command_line, die_with_owner, find_qemu
+from kvmple.run import run_logged
 
-if TYPE_CHECKING:
-    from kvmple.kernel.imageboot import ImageBootResult
-
-RECORD = "kvmple-boottest.json"
+NO_LOG = "(no console log)"
 
 
 @dataclass(frozen=True)
@@ -43,60 +40,27 @@ class BootResult:
     found_lines: tuple[str, ...] = ()
 
 
-def kvm_usable() -> bool:
-    """Ask the doctor's boot probe (cached per host): /dev/kvm alone proves nothing, this
-    project's CI host has a paravirtual kvm_pvm that cannot run ordinary guests."""
-    if not Path("/dev/kvm").exists():
-        return False
-    from kvmple.host.kvmmodule import find_kvm_module
-    from kvmple.host.kvmprobe import boot_probe
-    from kvmple.host.virt import qemu_info
-
-    qemu = qemu_info()
-    if qemu.binary is None or qemu.version is None:
-        return False
-    module = find_kvm_module(Path("/sys"))
-    probe = boot_probe(qemu.binary, qemu.version, module.name if module else None)
-    return probe.kvm_boots
-
-
 def qemu_argv(
     image: Path,
     initrd: Path,
     *,
     accel: str,
     token: str,
-    memory_mb: int,
+    memory_mib: int,
     cpus: int,
     append: str = "",
 ) -> list[str]:
-    """The QEMU command line of a boot test (pure)."""
+    """The QEMU command line of a boot test (pure): console on stdout, nothing else."""
     cmdline = f"console=ttyS0 panic=-1 rdinit=/init kvmple_token={token} {append}".strip()
-    accel_arg = "kvm" if accel == "kvm" else ("tcg,thread=multi" if cpus > 1 else "tcg")
-    return [
-        "qemu-system-x86_64",
-        "-accel",
-        accel_arg,
-        "-m",
-        str(memory_mb),
-        "-smp",
-        str(cpus),
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-monitor",
-        "none",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-        "-kernel",
-        str(image),
-        "-initrd",
-        str(initrd),
-        "-append",
-        cmdline,
-    ]
+    config = QemuConfig(
+        accel=accel,
+        memory_mib=memory_mib,
+        cpus=cpus,
+        serial="stdio",
+        boot=DirectBoot(image, initrd, cmdline),
+        isolated=True,
+    )
+    return command_line(config)
 
 
 _LINE = re.compile(re.escape(MARKER) + r" release=(\S*) token=(\S*)")
@@ -110,15 +74,6 @@ def find_marker(console: str, token: str) -> str | None:
     return None
 
 
-def _tail(log: Path, lines: int = 15) -> str:
-    try:
-        text = log.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return "(no console log)"
-    kept = [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
-    return "\n    ".join(kept)
-
-
 def boot_test(
     image: Path,
     expected_release: str,
@@ -127,22 +82,22 @@ def boot_test(
     log: Path | None = None,
     timeout: float = 120.0,
     accel: str = "auto",
-    memory_mb: int = 256,
+    memory_mib: int = 256,
     cpus: int = 1,
     expect_lines: Sequence[str] = (),
 ) -> BootResult:
     """Boot ``image``; GuestError unless user space prints ``expected_release``."""
     if not image.is_file():
         raise GuestError(f"{image}: no kernel image", hint="run 'kvmple kernel build' first")
-    if which("qemu-system-x86_64") is None:
-        raise GuestError("qemu-system-x86_64 not found", hint="apt-get install qemu-system-x86")
-    chosen = ("kvm" if kvm_usable() else "tcg") if accel == "auto" else accel
+    find_qemu()
+    chosen = usable_accelerator() if accel == "auto" else accel
     initrd = initrd or boot_initramfs(cache_dir())
     log = log or image.parent / "boot-test.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.unlink(missing_ok=True)
     token = secrets.token_hex(8)
-    argv = qemu_argv(image, initrd, accel=chosen, token=token, memory_mb=memory_mb, cpus=cpus)
+    argv = qemu_argv(image, initrd, accel=chosen, token=token, memory_mib=memory_mib, cpus=cpus)
+    console_log = ConsoleLog(log)
     start = time.monotonic()
     reached: list[float] = []
 
@@ -151,25 +106,28 @@ def boot_test(
             reached.append(time.monotonic() - start)
 
     try:
-        run_logged(argv, log=log, timeout=timeout, on_line=on_line, what="QEMU boot test")
+        run_logged(
+            die_with_owner(argv), log=log, timeout=timeout, on_line=on_line, what="QEMU boot test"
+        )
     except CommandTimeout as exc:
         raise GuestError(
             f"boot test: no user space after {timeout:g}s ({chosen}); console tail:\n    "
-            + _tail(log),
+            + console_log.indented(empty=NO_LOG),
             hint=f"full console log: {log}",
         ) from exc
     except CommandError as exc:
         raise GuestError(
-            f"boot test: QEMU failed ({exc.message}); console tail:\n    " + _tail(log),
+            f"boot test: QEMU failed ({exc.message}); console tail:\n    "
+            + console_log.indented(empty=NO_LOG),
             hint=f"full console log: {log}",
         ) from exc
     total = time.monotonic() - start
-    console = log.read_text(encoding="utf-8", errors="replace")
+    console = console_log.text()
     release = find_marker(console, token)
     if release is None:
         raise GuestError(
             f"boot test: the guest stopped before user space ({chosen}); console tail:\n    "
-            + _tail(log),
+            + console_log.indented(empty=NO_LOG),
             hint=f"full console log: {log} (a panic shows above; check the config fragment)",
         )
     if release != expected_release:
@@ -193,29 +151,3 @@ def boot_test(
         str(log),
         tuple(expect_lines),
     )
-
-
-def record_pass(
-    out: Path, result: BootResult | ImageBootResult, image_sha256: str, *, kind: str = "initramfs"
-) -> Path:
-    """Write the pass record the install step insists on (tied to the image's hash); ``kind``
-    says which boot test passed: the initramfs gate or a full guest image."""
-    data = {
-        **asdict(result),
-        "kind": kind,
-        "image_sha256": image_sha256,
-        "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    path = out / RECORD
-    temp = out / f"{RECORD}.tmp"
-    temp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(temp, path)
-    return path
-
-
-def load_pass(out: Path) -> dict[str, object] | None:
-    try:
-        data = json.loads((out / RECORD).read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("passed") is True else None

@@ -119,7 +119,10 @@ def _step(
 
 
 def build_kernel(request: BuildRequest) -> dict[str, object]:
-    """Configure and build; returns (and writes to OUT/kvmple-build.json) the manifest."""
+    """Configure and build; returns (and writes to OUT/kvmple-build.json) the manifest.
+
+    BuildError when the tree was built in place, a step fails or the image is missing;
+    ConfigError for a base config that is neither a file nor a make target."""
     tree = inspect_tree(request.tree)
     src = tree.path
     if (src / ".config").exists() or (src / "include" / "config").exists():
@@ -143,63 +146,18 @@ def build_kernel(request: BuildRequest) -> dict[str, object]:
         "CCACHE_NOHASHDIR": "1",
         **request.env,
     }
-    make = ["make", f"O={out}"]
+    kbuild = _Kbuild(src, out, log, env)
     start = time.monotonic()
-
-    # 1. base config
-    base = request.base
-    if base == "running":
-        (out / ".config").write_bytes(_running_config())
-    elif Path(base).is_file():
-        shutil.copyfile(base, out / ".config")
-    elif base.endswith("config") and "/" not in base:
-        _step([*make, base], what=f"make {base}", log=log, cwd=src, env=env, timeout=600)
-    else:
-        raise ConfigError(
-            f"base config {base!r} is neither a file nor a make *config target",
-            hint="use tinyconfig, defconfig, running, or a path to a .config",
-        )
-    # 2. fragments, merged by the kernel's own script, then olddefconfig
-    fragment_paths = [resolve_fragment(name, src, out) for name in request.fragments]
-    if fragment_paths:
-        _step(
-            [
-                src / "scripts/kconfig/merge_config.sh",
-                "-m",
-                "-O",
-                out,
-                out / ".config",
-                *fragment_paths,
-            ],
-            what="merge_config.sh",
-            log=log,
-            cwd=src,
-            env=env,
-            timeout=600,
-        )
-    _step([*make, "olddefconfig"], what="make olddefconfig", log=log, cwd=src, env=env, timeout=600)
+    fragment_paths = _configure(kbuild, request.base, request.fragments)
     # 3. did every fragment option survive?
     check = _check(fragment_paths, out, src, request.allow_vanish)
-    # 4. build
-    config = parse_config((out / ".config").read_text(encoding="utf-8"))
-    targets = ["bzImage"] + (["modules"] if config.get("MODULES") == "y" else [])
-    cc = ["CC=ccache gcc"] if use_ccache else []
-    build_env = {**env, **({} if use_ccache else {"CCACHE_DISABLE": "1"})}
-    _make_with_progress([*make, f"-j{jobs}", *cc, *targets], log, src, build_env, request.timeout)
-    modules_dir: Path | None = None
-    if "modules" in targets:
-        modules_dir = out / "modules-install"
-        shutil.rmtree(modules_dir, ignore_errors=True)
-        _step(
-            [*make, f"INSTALL_MOD_PATH={modules_dir}", "INSTALL_MOD_STRIP=1", "modules_install"],
-            what="make modules_install",
-            log=log,
-            cwd=src,
-            env=build_env,
-            timeout=1800,
-        )
+    modules_dir = _compile(kbuild, jobs, use_ccache, request.timeout)
     release = run(
-        [*make, "-s", "kernelrelease"], timeout=120, cwd=src, env=env, what="make kernelrelease"
+        [*kbuild.make, "-s", "kernelrelease"],
+        timeout=120,
+        cwd=src,
+        env=env,
+        what="make kernelrelease",
     ).stdout.strip()
     image = out / "arch" / _arch() / "boot" / "bzImage"
     if not image.is_file():
@@ -210,12 +168,13 @@ def build_kernel(request: BuildRequest) -> dict[str, object]:
         "image_sha256": _sha256(image),
         "config": str(out / ".config"),
         "config_sha256": _sha256(out / ".config"),
-        "base": base,
+        "base": request.base,
         "fragments": [str(p) for p in fragment_paths],
         "fragment_check": {
             "checked": check.checked,
             "other_arch": [m.describe() for m in check.other_arch],
             "allowed_to_vanish": [m.describe() for m in check.allowed],
+            "built_in_without_modules": [m.describe() for m in check.built_in],
         },
         "modules": str(modules_dir) if modules_dir else None,
         "tree": str(src),
@@ -232,6 +191,70 @@ def build_kernel(request: BuildRequest) -> dict[str, object]:
     temp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     os.replace(temp, out / MANIFEST)
     return manifest
+
+
+@dataclass(frozen=True)
+class _Kbuild:
+    """One out-of-tree kbuild: source, output directory, log and environment."""
+
+    src: Path
+    out: Path
+    log: Path
+    env: dict[str, str]
+
+    @property
+    def make(self) -> list[str]:
+        return ["make", f"O={self.out}"]
+
+    def step(self, argv: Sequence[str | Path], what: str) -> None:
+        _step(argv, what=what, log=self.log, cwd=self.src, env=self.env, timeout=600)
+
+
+def _configure(kbuild: _Kbuild, base: str, fragments: Sequence[str]) -> list[Path]:
+    """Steps 1-2: the base config, then the fragments merged by the kernel's own script and
+    olddefconfig; returns the fragment files used."""
+    out = kbuild.out
+    if base == "running":
+        (out / ".config").write_bytes(_running_config())
+    elif Path(base).is_file():
+        shutil.copyfile(base, out / ".config")
+    elif base.endswith("config") and "/" not in base:
+        kbuild.step([*kbuild.make, base], what=f"make {base}")
+    else:
+        raise ConfigError(
+            f"base config {base!r} is neither a file nor a make *config target",
+            hint="use tinyconfig, defconfig, running, or a path to a .config",
+        )
+    fragment_paths = [resolve_fragment(name, kbuild.src, out) for name in fragments]
+    if fragment_paths:
+        merge = kbuild.src / "scripts/kconfig/merge_config.sh"
+        kbuild.step([merge, "-m", "-O", out, out / ".config", *fragment_paths], "merge_config.sh")
+    kbuild.step([*kbuild.make, "olddefconfig"], what="make olddefconfig")
+    return fragment_paths
+
+
+def _compile(kbuild: _Kbuild, jobs: int, use_ccache: bool, timeout: float) -> Path | None:
+    """Step 4: bzImage (and modules, installed stripped into OUT/modules-install, when the
+    config has MODULES=y); returns the modules directory or None."""
+    config = parse_config((kbuild.out / ".config").read_text(encoding="utf-8"))
+    targets = ["bzImage"] + (["modules"] if config.get("MODULES") == "y" else [])
+    cc = ["CC=ccache gcc"] if use_ccache else []
+    build_env = {**kbuild.env, **({} if use_ccache else {"CCACHE_DISABLE": "1"})}
+    argv: list[str | os.PathLike[str]] = [*kbuild.make, f"-j{jobs}", *cc, *targets]
+    _make_with_progress(argv, kbuild.log, kbuild.src, build_env, timeout)
+    if "modules" not in targets:
+        return None
+    modules_dir = kbuild.out / "modules-install"
+    shutil.rmtree(modules_dir, ignore_errors=True)
+    _step(
+        [*kbuild.make, f"INSTALL_MOD_PATH={modules_dir}", "INSTALL_MOD_STRIP=1", "modules_install"],
+        what="make modules_install",
+        log=kbuild.log,
+        cwd=kbuild.src,
+        env=build_env,
+        timeout=1800,
+    )
+    return modules_dir
 
 
 def _check(fragments: list[Path], out: Path, src: Path, allowed: frozenset[str]) -> FragmentCheck:

@@ -111,6 +111,37 @@ def kconfig_symbols(tree: Path) -> dict[str, set[str]]:
     return symbols
 
 
+def kconfig_value(text: str, written: str | None = None) -> tuple[str, object]:
+    """A config value as Kconfig compares it: ``(kind, value)``.
+
+    Rules (scripts/kconfig/confdata.c and symbol.c): ``# CONFIG_X is not set``, ``=n``, an
+    empty value and absence are all "n" for bool/tristate; a string is compared after its
+    quotes and backslash escapes are undone; numbers compare by value, and a value is hex
+    when either side is written ``0x...`` (Kconfig writes a hex symbol with ``0x`` even when
+    the fragment left it out), so ``written`` is the other side of the comparison.
+    """
+    value = text.strip()
+    if value in ("", "n"):
+        return ("tristate", "n")
+    if value in ("y", "m"):
+        return ("tristate", value)
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return ("string", re.sub(r"\\(.)", r"\1", value[1:-1]))
+    hex_side = value.lower().startswith(("0x", "-0x")) or (
+        written is not None and written.strip().lower().startswith(("0x", "-0x"))
+    )
+    try:
+        return ("number", int(value, 16) if hex_side else int(value, 10))
+    except ValueError:
+        return ("raw", value)
+
+
+def same_config_value(wanted: str, got: str) -> bool:
+    """Whether a fragment's ``wanted`` value and the final config's ``got`` are the same to
+    Kconfig (see kconfig_value)."""
+    return kconfig_value(wanted, got) == kconfig_value(got, wanted)
+
+
 @dataclass(frozen=True)
 class Mismatch:
     symbol: str
@@ -123,11 +154,24 @@ class Mismatch:
         return f"CONFIG_{self.symbol}={self.wanted} (from {self.fragment}) is {got}"
 
 
+@dataclass(frozen=True)
+class BuiltIn(Mismatch):
+    """A tristate asked ``=m`` that Kconfig built in because CONFIG_MODULES is not set (Kconfig
+    treats every tristate as bool then: scripts/kconfig/symbol.c, ``modules_sym``)."""
+
+    def describe(self) -> str:
+        return (
+            f"CONFIG_{self.symbol} asked =m (from {self.fragment}), built in (=y) because "
+            "CONFIG_MODULES is not set"
+        )
+
+
 @dataclass
 class FragmentCheck:
     vanished: list[Mismatch] = field(default_factory=list)
     other_arch: list[Mismatch] = field(default_factory=list)
     allowed: list[Mismatch] = field(default_factory=list)
+    built_in: list[Mismatch] = field(default_factory=list)
     checked: int = 0
 
 
@@ -138,17 +182,25 @@ def check_fragments(
     arch: str,
     allowed: frozenset[str] | set[str] = frozenset(),
 ) -> FragmentCheck:
-    """Compare every fragment option with the final config (pure). Fragments are merged in
-    order, so an option a later fragment sets again is checked against that later value."""
+    """Compare every fragment option with the final config by Kconfig's rules (pure).
+
+    Fragments are merged in order, so an option a later fragment sets again is checked
+    against that later value. ``=m`` built in as ``=y`` without CONFIG_MODULES is accepted
+    and listed in ``built_in``; values compare as Kconfig does (same_config_value).
+    """
     effective: dict[str, tuple[str, str]] = {}
     for name, options in fragments.items():
         for symbol, wanted in options.items():
             effective[symbol] = (wanted, name)
+    modules = kconfig_value(final.get("MODULES", "n")) != ("tristate", "n")
     result = FragmentCheck()
     for symbol, (wanted, name) in effective.items():
         result.checked += 1
         got = final.get(symbol, "n")
-        if got == wanted:
+        if same_config_value(wanted, got):
+            continue
+        if not modules and wanted.strip() == "m" and got.strip() == "y":
+            result.built_in.append(BuiltIn(symbol, wanted, got, name))
             continue
         mismatch = Mismatch(symbol, wanted, got, name)
         where = symbols.get(symbol, set())

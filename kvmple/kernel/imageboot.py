@@ -17,7 +17,6 @@ needs its root and network drivers built in (or an ``--initrd`` made for it): se
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -25,10 +24,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvmple.console import NO_OUTPUT, ConsoleLog, diagnose
 from kvmple.errors import CommandError, ConfigError, GuestError, HostError, UsageError
+from kvmple.host.kvmprobe import usable_accelerator
 from kvmple.image.artifact import Image
-from kvmple.image.probe import DirectBoot, Guest, booted, wait_ssh
-from kvmple.kernel.boottest import kvm_usable
+from kvmple.image.probe import Guest, booted, wait_ssh
+from kvmple.qemu import DirectBoot
 from kvmple.run import which
 
 # Said in every failure's hint and in docs/kernel.md: what a kernel booted this way needs.
@@ -81,55 +82,11 @@ def boot_cmdline(image_cmdline: str, append: str = "") -> str:
     return " ".join([*words, "panic=-1", *append.split()])
 
 
-def qemu_accel(accel: str, cpus: int) -> str:
-    """QEMU's -accel value for 'kvm' or 'tcg' (pure)."""
-    if accel == "kvm":
-        return "kvm"
-    return "tcg,thread=multi" if cpus > 1 else "tcg"
-
-
-_PANIC = re.compile(r"Kernel panic - not syncing: (.*)")
-
-
-def diagnose(console: str, root: str) -> str | None:
-    """Why a boot stopped, from its console text, in one line; None when it does not say
-    (pure)."""
-    if "VFS: Unable to mount root fs" in console or "VFS: Cannot open root device" in console:
-        return (
-            f"the kernel cannot mount the image's root ({root}): it needs virtio-blk and ext4 "
-            "built in, or an --initrd that loads them"
-        )
-    if "No working init found" in console or re.search(r"Requested init \S+ failed", console):
-        return "the kernel mounted the root but could not run the image's init (systemd)"
-    if panic := _PANIC.search(console):
-        return f"the kernel panicked: {panic.group(1).strip()}"
-    if "Freezing execution" in console:
-        failed = [line.strip() for line in console.splitlines() if "[!!!!!!]" in line]
-        detail = f": {failed[-1]}" if failed else ""
-        return f"systemd stopped at start-up{detail}"
-    if "Welcome to" in console:
-        return "systemd started, but no SSH login followed"
-    return None
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
-def console_tail(text: str, lines: int = 15) -> str:
-    """The last non-empty console lines, indented for an error message (pure)."""
-    kept = [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
-    return "\n    ".join(kept) if kept else "(the console stayed empty)"
-
-
 def failure_reason(message: str, console: str, qemu_output: str, root: str) -> str:
     """One line saying why a boot did not reach SSH (pure): what the console shows, else what
     QEMU said when it exited, else the SSH wait's own reason (without its console excerpt)."""
     reason = diagnose(console, root)
-    if reason is not None:
+    if reason is not None and reason != NO_OUTPUT:  # an empty console: what QEMU said
         return reason
     if "QEMU exited" in message:
         said = [line.strip() for line in qemu_output.splitlines() if line.strip()]
@@ -142,11 +99,12 @@ def _failure(
     exc: GuestError, guest: Guest, workdir: Path, *, root: str, accel: str, log: Path
 ) -> GuestError:
     """One clear error for a boot that did not reach SSH (or whose uname failed)."""
-    console = _read(guest.console)
-    reason = failure_reason(exc.message, console, _read(workdir / "qemu.log"), root)
+    console = ConsoleLog(guest.console)
+    qemu_said = ConsoleLog(workdir / "qemu.log").text()
+    reason = failure_reason(exc.message, console.text(), qemu_said, root)
     return GuestError(
         f"image boot test ({guest.image.name}, {accel}): {reason}; console tail:\n    "
-        + console_tail(console),
+        + console.indented(),
         hint=f"full console log: {log}; {IMAGE_KERNEL_NEEDS}",
     )
 
@@ -154,13 +112,43 @@ def _failure(
 def _uname(guest: Guest, log: Path) -> str:
     try:
         result = guest.ssh(["uname", "-r"], timeout=60)
-    except CommandError as exc:  # CommandTimeout included
+    except (CommandError, GuestError) as exc:  # CommandTimeout, a dropped connection
         raise GuestError(
             f"image boot test ({guest.image.name}): SSH login worked but 'uname -r' failed: "
             f"{exc.message}",
             hint=f"full console log: {log}",
         ) from exc
     return result.stdout.strip()
+
+
+def _check_inputs(kernel: Path, initrd: Path | None) -> None:
+    if not kernel.is_file():
+        raise GuestError(f"{kernel}: no kernel image", hint="run 'kvmple kernel build' first")
+    if initrd is not None and not initrd.is_file():
+        raise UsageError(f"--initrd {initrd}: no such file")
+    missing = [p for p in ("qemu-system-x86_64", "qemu-img") if which(p) is None]
+    if missing:
+        raise HostError(
+            f"programs the image boot test needs are missing: {', '.join(missing)}",
+            hint="run scripts/setup-host.sh (qemu-system-x86, qemu-utils)",
+        )
+
+
+def _judge(image: str, release: str, expected: str, log: Path, expect_lines: Sequence[str]) -> None:
+    """GuestError unless ``release`` is ``expected`` and the console has every expected line."""
+    if release != expected:
+        raise GuestError(
+            f"image boot test ({image}): user space runs release {release!r}, "
+            f"expected {expected!r}",
+            hint="the booted kernel is not the one built from this tree",
+        )
+    console = ConsoleLog(log).text()
+    absent = [line for line in expect_lines if line not in console]
+    if absent:
+        raise GuestError(
+            f"image boot test ({image}): console lacks the expected line(s): " + "; ".join(absent),
+            hint=f"full console log: {log}",
+        )
 
 
 def image_boot_test(
@@ -179,19 +167,11 @@ def image_boot_test(
 ) -> ImageBootResult:
     """Boot ``kernel`` with ``image`` as root; GuestError unless SSH (pinned key) works and
     ``uname -r`` there is ``expected_release``. The console log is kept at ``log``; the
-    overlay and everything else of the boot is removed on every exit, Ctrl-C included."""
-    if not kernel.is_file():
-        raise GuestError(f"{kernel}: no kernel image", hint="run 'kvmple kernel build' first")
-    if initrd is not None and not initrd.is_file():
-        raise UsageError(f"--initrd {initrd}: no such file")
-    missing = [p for p in ("qemu-system-x86_64", "qemu-img", "ssh") if which(p) is None]
-    if missing:
-        raise HostError(
-            f"programs the image boot test needs are missing: {', '.join(missing)}",
-            hint="run scripts/setup-host.sh (qemu-system-x86, qemu-utils, openssh-client)",
-        )
+    overlay and everything else of the boot is removed on every exit, Ctrl-C included.
+    UsageError for a missing --initrd, HostError when QEMU or qemu-img is missing."""
+    _check_inputs(kernel, initrd)
     if accel == "auto":
-        accel = "kvm" if kvm_usable() else "tcg"
+        accel = usable_accelerator()
     cmdline = boot_cmdline(image.cmdline, append)
     root = root_parameter(cmdline)
     log = log.absolute()
@@ -205,7 +185,7 @@ def image_boot_test(
             workdir,
             cpus=cpus,
             memory_mib=memory_mib,
-            accel=qemu_accel(accel, cpus),
+            accel=accel,
             boot=DirectBoot(kernel, initrd, cmdline),
         ) as (guest, alive):
             try:
@@ -219,20 +199,7 @@ def image_boot_test(
             os.replace(workdir / "console.log", log)
         shutil.rmtree(workdir, ignore_errors=True)
     total = time.monotonic() - start
-    if release != expected_release:
-        raise GuestError(
-            f"image boot test ({image.name}): user space runs release {release!r}, "
-            f"expected {expected_release!r}",
-            hint="the booted kernel is not the one built from this tree",
-        )
-    console = _read(log)
-    absent = [line for line in expect_lines if line not in console]
-    if absent:
-        raise GuestError(
-            f"image boot test ({image.name}): console lacks the expected line(s): "
-            + "; ".join(absent),
-            hint=f"full console log: {log}",
-        )
+    _judge(image.name, release, expected_release, log, expect_lines)
     return ImageBootResult(
         passed=True,
         release=release,

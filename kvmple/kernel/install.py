@@ -102,8 +102,8 @@ def plan_install(
     campaign: str | None = None,
     kvmple: Sequence[str] = ("kvmple",),
 ) -> InstallPlan:
-    """The install steps for a build (pure). Refuses without root or a passed boot test of
-    exactly this image."""
+    """The install steps for a build (pure). HostError without root, without a passed boot
+    test of exactly this image, or when the install method cannot work here."""
     if facts.euid != 0:
         raise HostError(
             "kvmple kernel install must run as root", hint="run it with sudo on the host under test"
@@ -114,6 +114,20 @@ def plan_install(
             f"no passed boot test for this image ({release})",
             hint="run 'kvmple kernel boot-test' on this build first: it is the safety gate",
         )
+    method = _choose_method(method, facts)
+    plan = InstallPlan(release, method, notes=[NOT_VERIFIED])
+    _add_files(plan, manifest, facts)
+    _add_boot_entry(plan, facts)
+    if campaign:
+        _add_resume(plan, campaign, facts, kvmple)
+    if reboot:
+        verb = "kexec" if method == "kexec" else "reboot"
+        plan.steps.append(Step(f"{verb} now", ("systemctl", verb)))
+    return plan
+
+
+def _choose_method(method: str, facts: HostFacts) -> str:
+    """grub-reboot or kexec ("auto": grub-reboot where it exists); HostError if unusable."""
     if method == "auto":
         method = "grub-reboot" if facts.has_grub_reboot else "kexec"
     if method == "grub-reboot" and not facts.has_grub_reboot:
@@ -127,10 +141,13 @@ def plan_install(
         raise HostError("kexec not found", hint="apt-get install kexec-tools")
     if method not in ("grub-reboot", "kexec"):
         raise HostError(f"unknown install method {method!r}", hint="grub-reboot or kexec")
+    return method
 
-    plan = InstallPlan(release, method, notes=[NOT_VERIFIED])
-    add = plan.steps.append
-    vmlinuz, initrd = f"/boot/vmlinuz-{release}", f"/boot/initrd.img-{release}"
+
+def _add_files(plan: InstallPlan, manifest: dict[str, object], facts: HostFacts) -> None:
+    """Kernel, config, modules (indexed) and the initramfs, under /boot and /lib/modules."""
+    release, add = plan.release, plan.steps.append
+    vmlinuz = f"/boot/vmlinuz-{release}"
     add(Step("install the kernel", ("install", "-m", "0644", str(manifest["image"]), vmlinuz)))
     add(
         Step(
@@ -150,43 +167,52 @@ def plan_install(
     if facts.initramfs_tool == "update-initramfs":
         add(Step("build the initramfs", ("update-initramfs", "-c", "-k", release)))
     elif facts.initramfs_tool == "dracut":
-        add(Step("build the initramfs", ("dracut", "--force", initrd, release)))
+        add(
+            Step(
+                "build the initramfs", ("dracut", "--force", f"/boot/initrd.img-{release}", release)
+            )
+        )
     else:
         plan.notes.append("no initramfs tool: the kernel must have its root drivers built in")
-    if method == "grub-reboot":
+
+
+def _add_boot_entry(plan: InstallPlan, facts: HostFacts) -> None:
+    """Boot the new kernel once: a one-shot GRUB entry, or a loaded kexec image."""
+    release, add = plan.release, plan.steps.append
+    if plan.method == "grub-reboot":
         add(Step("add the boot entry", ("update-grub",)))
         entry = (
             f"Advanced options for {facts.distributor}>{facts.distributor}, with Linux {release}"
         )
         add(Step("boot it once (the default entry stays)", ("grub-reboot", entry)))
     else:
-        load = ["kexec", "-l", vmlinuz, "--reuse-cmdline"]
+        load = ["kexec", "-l", f"/boot/vmlinuz-{release}", "--reuse-cmdline"]
         if facts.initramfs_tool:
-            load.append(f"--initrd={initrd}")
+            load.append(f"--initrd=/boot/initrd.img-{release}")
         add(Step("load it for a one-shot kexec", tuple(load)))
-    if campaign:
-        if facts.has_systemd:
-            add(
-                Step(
-                    "resume the campaign after the reboot",
-                    write_path="/etc/systemd/system/kvmple-resume.service",
-                    content=resume_unit(campaign, release, kvmple),
-                )
+
+
+def _add_resume(plan: InstallPlan, campaign: str, facts: HostFacts, kvmple: Sequence[str]) -> None:
+    """Resume ``campaign`` after the reboot: a systemd unit, or an @reboot cron line."""
+    add = plan.steps.append
+    if facts.has_systemd:
+        add(
+            Step(
+                "resume the campaign after the reboot",
+                write_path="/etc/systemd/system/kvmple-resume.service",
+                content=resume_unit(campaign, plan.release, kvmple),
             )
-            add(Step("enable the resume unit", ("systemctl", "enable", "kvmple-resume.service")))
-        else:
-            line = shlex.join([*kvmple, "run", "--resume", campaign])
-            add(
-                Step(
-                    "resume the campaign after the reboot",
-                    write_path="/etc/cron.d/kvmple-resume",
-                    content=f"@reboot root rm -f /etc/cron.d/kvmple-resume; {line}\n",
-                )
+        )
+        add(Step("enable the resume unit", ("systemctl", "enable", "kvmple-resume.service")))
+    else:
+        line = shlex.join([*kvmple, "run", "--resume", campaign])
+        add(
+            Step(
+                "resume the campaign after the reboot",
+                write_path="/etc/cron.d/kvmple-resume",
+                content=f"@reboot root rm -f /etc/cron.d/kvmple-resume; {line}\n",
             )
-    if reboot:
-        verb = "kexec" if method == "kexec" else "reboot"
-        add(Step(f"{verb} now", ("systemctl", verb)))
-    return plan
+        )
 
 
 def execute(plan: InstallPlan, executor: Executor, timeout: float = 900.0) -> None:

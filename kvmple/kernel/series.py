@@ -72,6 +72,7 @@ class PatchEntry(BaseModel):
 class SourceKind(StrEnum):
     quilt = "quilt"
     mbox = "mbox"
+    diff = "diff"
     format_patch = "format-patch"
     git = "git"
     lore = "lore"
@@ -81,7 +82,7 @@ class Source(BaseModel):
     """Where the patch text comes from."""
 
     model_config = _FROZEN
-    kind: SourceKind = Field(description="quilt | mbox | format-patch | git | lore")
+    kind: SourceKind = Field(description="quilt | mbox | diff | format-patch | git | lore")
     path: str | None = Field(
         default=None,
         description="quilt dir / mbox file / format-patch dir, relative to the manifest",
@@ -90,6 +91,91 @@ class Source(BaseModel):
         default=None, description="git: revision range to search subjects in (e.g. v2.6.38..)"
     )
     message_id: str | None = Field(default=None, description="lore: the cover letter msg id")
+
+
+class KnobKind(StrEnum):
+    module_param = "module-param"
+    debugfs = "debugfs"
+    sysfs = "sysfs"
+    guest_cpu_feature = "guest-cpu-feature"
+
+
+_MODULE_PARAM = re.compile(r"^([a-z0-9_]+)\.([a-z0-9_]+)$")
+_PATH_PREFIX = {KnobKind.debugfs: "/sys/kernel/debug/", KnobKind.sysfs: "/sys/"}
+
+
+class SeriesKnob(BaseModel):
+    """A tunable the series adds (or needs), named as a playbook factor would name it.
+
+    ``module-param``: ``<module>.<param>`` (path ``/sys/module/<module>/parameters/<param>``);
+    ``debugfs``/``sysfs``: an absolute path under ``/sys/kernel/debug/`` or ``/sys/``;
+    ``guest-cpu-feature``: a QEMU/libvirt CPU feature name (e.g. ``kvm-pv-sched-yield``).
+    Whether a host has the knob is decided at run time by the host knob operations, not here.
+    """
+
+    model_config = _FROZEN
+    name: str = Field(description="factor name: kvm.halt_poll_ns, a /sys path, a CPU feature")
+    kind: KnobKind = Field(description="module-param | debugfs | sysfs | guest-cpu-feature")
+    path: str | None = Field(
+        default=None, description="host path (module-param: derived when omitted)"
+    )
+    values: list[str] = Field(default_factory=list, description="settings worth comparing")
+    default: str | None = Field(default=None, description="the value without any change")
+    added_by: int | None = Field(
+        default=None, ge=1, description="1-based number of the patch that adds the knob"
+    )
+    note: str = Field(default="", description="what the knob does, where the fact comes from")
+
+    @model_validator(mode="after")
+    def _name_and_path_agree(self) -> SeriesKnob:
+        if self.kind is KnobKind.module_param:
+            match = _MODULE_PARAM.match(self.name)
+            if match is None:
+                raise ValueError(f"module-param knob {self.name!r} is not <module>.<param>")
+            derived = f"/sys/module/{match[1]}/parameters/{match[2]}"
+            if self.path is not None and self.path != derived:
+                raise ValueError(f"knob {self.name!r}: path must be {derived}, not {self.path}")
+        elif self.kind is KnobKind.guest_cpu_feature:
+            if self.path is not None:
+                raise ValueError(f"guest-cpu-feature knob {self.name!r} has no host path")
+        else:
+            prefix = _PATH_PREFIX[self.kind]
+            path = self.path or self.name
+            if not path.startswith(prefix) or "/../" in path + "/" or path.endswith("/"):
+                raise ValueError(
+                    f"{self.kind.value} knob {self.name!r}: path {path!r} "
+                    f"is not a file under {prefix}"
+                )
+        if self.default is not None and self.values and self.default not in self.values:
+            raise ValueError(f"knob {self.name!r}: default {self.default!r} not in values")
+        return self
+
+    @property
+    def host_path(self) -> str | None:
+        """The file the knob lives in on the host; None for guest CPU features."""
+        if self.kind is KnobKind.module_param:
+            module, param = self.name.split(".", 1)
+            return f"/sys/module/{module}/parameters/{param}"
+        if self.kind is KnobKind.guest_cpu_feature:
+            return None
+        return self.path or self.name
+
+
+class SeriesBenchmark(BaseModel):
+    """A benchmark the series' authors report, with what they reported (quoted, not ours)."""
+
+    model_config = _FROZEN
+    name: str = Field(description="benchmark as the posting names it (e.g. PARSEC dedup)")
+    workload: str | None = Field(
+        default=None, description="kvmple's workload of that name, when kvmple has one"
+    )
+    setup: str = Field(default="", description="host, guests, overcommit as reported")
+    metric: str = Field(default="", description="what was measured (e.g. throughput)")
+    better: Literal["higher", "lower"] | None = Field(
+        default=None, description="direction of improvement of the metric"
+    )
+    reported: list[str] = Field(default_factory=list, description="results as reported")
+    source: str = Field(default="", description="where it was reported (cover letter, patch)")
 
 
 class Series(BaseModel):
@@ -113,11 +199,31 @@ class Series(BaseModel):
     )
     patches: list[PatchEntry] = Field(description="the patches, in order", min_length=1)
     notes: str = Field(default="", description="free text")
+    knobs: list[SeriesKnob] = Field(
+        default_factory=list, description="tunables the series adds, as playbook factors"
+    )
+    benchmarks: list[SeriesBenchmark] = Field(
+        default_factory=list, description="benchmarks the authors report"
+    )
 
     @model_validator(mode="after")
     def _landed_is_a_version(self) -> Series:
         if self.landed_in is not None and parse_version(self.landed_in) is None:
             raise ValueError(f"landed_in {self.landed_in!r} is not a kernel version like v2.6.39")
+        return self
+
+    @model_validator(mode="after")
+    def _knobs_are_consistent(self) -> Series:
+        names = [knob.name for knob in self.knobs]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"knob named more than once: {', '.join(twice)}")
+        for knob in self.knobs:
+            if knob.added_by is not None and knob.added_by > len(self.patches):
+                raise ValueError(
+                    f"knob {knob.name!r}: added_by {knob.added_by} but the series has "
+                    f"{len(self.patches)} patches"
+                )
         return self
 
 

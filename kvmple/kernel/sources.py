@@ -11,13 +11,15 @@ from __future__ import annotations
 import email
 import email.header
 import email.policy
-import mailbox
 import re
+import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvmple.errors import ConfigError, HostError, PatchError
+from kvmple.kernel import mailseries
+from kvmple.kernel.inputs import InputKind, detect_input
 from kvmple.kernel.series import (
     SUBJECT_PREFIX,
     PatchEntry,
@@ -40,6 +42,18 @@ class Patch:
     text: str
     origin: str
     strip: int = 1
+    trailers: tuple[str, ...] = ()  # collected from replies (mail sources)
+
+
+@dataclass
+class Materialised:
+    """A source's patches plus what was left out of it and why (mail sources)."""
+
+    patches: list[Patch]
+    dropped: list[str] = field(default_factory=list)
+    revision: int | None = None  # mail sources: the revision taken
+    revisions: tuple[int, ...] = ()  # mail sources: every revision found
+    cover: str | None = None  # mail sources: the cover letter's subject, prefix stripped
 
 
 # ---------------------------------------------------------------- parsing patch files
@@ -126,41 +140,56 @@ def from_quilt(folder: Path) -> list[Patch]:
     return patches
 
 
-def _message_patch(index: int, message: email.message.Message, origin: str) -> Patch | None:
-    payload = message.as_string()
-    if not has_diff(payload):
-        return None  # a cover letter or a reply
-    subject = display_subject(_decode(message.get("Subject")))
-    slug = re.sub(r"[^a-z0-9]+", "-", normalise_subject(subject)).strip("-")[:52]
-    return Patch(
-        index, f"{index:04d}-{slug}.patch", subject, _decode(message.get("From")), payload, origin
-    )
+def _from_mails(mails: list[mailseries.Mail], revision: int | None) -> Materialised:
+    chosen = mailseries.select_series(mails, revision)
+    patches: list[Patch] = []
+    for index, mail in enumerate(chosen.patches, 1):
+        slug = re.sub(r"[^a-z0-9]+", "-", normalise_subject(mail.subject)).strip("-")[:52]
+        patches.append(
+            Patch(
+                index,
+                f"{index:04d}-{slug}.patch",
+                display_subject(mail.subject),
+                mail.author,
+                mail.text,
+                mail.origin,
+                trailers=mail.trailers,
+            )
+        )
+    dropped = [d.describe() for d in chosen.dropped]
+    cover = display_subject(chosen.cover) if chosen.cover else None
+    return Materialised(patches, dropped, chosen.revision, chosen.revisions, cover)
 
 
-def from_mbox(path: Path) -> list[Patch]:
+def load_mbox(path: Path, revision: int | None = None) -> Materialised:
+    """An mbox (lore thread, ``git format-patch --stdout``, b4 output), decoded; one
+    revision of the series it carries (see kvmple.kernel.mailseries)."""
     if not path.is_file():
         raise PatchError(f"{path}: no such mbox file")
-    box = mailbox.mbox(path, create=False)
-    patches: list[Patch] = []
-    for number, message in enumerate(box, 1):
-        patch = _message_patch(len(patches) + 1, message, f"mbox {path} message {number}")
-        if patch is not None:
-            patches.append(patch)
-    if not patches:
-        raise PatchError(f"{path}: no patches found in this mbox")
-    return patches
+    try:
+        return _from_mails(mailseries.read_mbox(path), revision)
+    except PatchError as exc:
+        raise PatchError(f"{path}: {exc.message}", hint=exc.hint) from None
 
 
-def from_format_patch(folder: Path) -> list[Patch]:
+def from_mbox(path: Path, revision: int | None = None) -> list[Patch]:
+    return load_mbox(path, revision).patches
+
+
+def load_format_patch(folder: Path, revision: int | None = None) -> Materialised:
+    """A folder of ``git format-patch`` files: the same rules as an mbox (cover letter
+    0000-cover-letter.patch and diff-less files dropped, ordered by m, one revision)."""
     files = sorted(p for p in folder.glob("*.patch") if p.is_file())
     if not files:
         raise PatchError(f"{folder}: no *.patch files")
-    patches: list[Patch] = []
-    for path in files:
-        text = path.read_text(encoding="utf-8", errors="surrogateescape")
-        subject, author = patch_header(text)
-        patches.append(Patch(len(patches) + 1, path.name, subject, author, text, f"file {path}"))
-    return patches
+    try:
+        return _from_mails(mailseries.read_files(files), revision)
+    except PatchError as exc:
+        raise PatchError(f"{folder}: {exc.message}", hint=exc.hint) from None
+
+
+def from_format_patch(folder: Path, revision: int | None = None) -> list[Patch]:
+    return load_format_patch(folder, revision).patches
 
 
 def git_subjects(tree: Path, revision_range: str | None) -> list[tuple[str, str]]:
@@ -243,36 +272,59 @@ def from_git(series: Series, tree: Path, revision_range: str | None) -> list[Pat
     return patches
 
 
-def from_lore(message_id: str) -> list[Patch]:
-    if which("b4") is None:
+def _b4_command() -> str | None:
+    """b4's command: on PATH, or next to this Python (b4 is a dependency of kvmple)."""
+    beside = Path(sys.executable).parent / "b4"
+    return which("b4") or (str(beside) if beside.is_file() else None)
+
+
+def from_lore(message_id: str, revision: int | None = None) -> Materialised:
+    b4_command = _b4_command()
+    if b4_command is None:
         raise HostError(
             "b4 is not installed: cannot fetch the series from lore",
-            hint="apt-get install b4, or pass --from with an mbox/quilt dir/git tree",
+            hint="pip install b4 (a kvmple dependency), or pass --from an mbox/quilt dir",
         )
+    wanted = ["-v", str(revision)] if revision is not None else []
     with tempfile.TemporaryDirectory(prefix="kvmple-b4-") as tmp:
         run(
-            ["b4", "am", "-o", tmp, "-n", "series", message_id],
+            [b4_command, "am", "-o", tmp, "-n", "series", *wanted, message_id],
             timeout=300,
             what="b4 am (lore)",
             hint="lore.kernel.org must be reachable; otherwise pass --from an mbox",
         )
-        return from_mbox(Path(tmp) / "series.mbx")
+        return load_mbox(Path(tmp) / "series.mbx", revision)
 
 
 # ---------------------------------------------------------------- choosing a source
 
 
+_SOURCE_OF = {
+    InputKind.mbox: SourceKind.mbox,
+    InputKind.diff: SourceKind.diff,
+    InputKind.quilt: SourceKind.quilt,
+    InputKind.format_patch: SourceKind.format_patch,
+    InputKind.git: SourceKind.git,
+}
+
+
 def detect(path: Path) -> SourceKind:
-    """What kind of patch source a user-given path is."""
-    if path.is_dir():
-        if (path / "series").is_file():
-            return SourceKind.quilt
-        if (path / ".git").exists() and (path / "Makefile").is_file():
-            return SourceKind.git
-        return SourceKind.format_patch
-    if path.is_file():
-        return SourceKind.mbox
-    raise PatchError(f"{path}: no such patch source")
+    """What kind of patch source a user-given path is (kvmple.kernel.inputs decides)."""
+    found = detect_input(path)
+    kind = _SOURCE_OF.get(found.kind)
+    if kind is None:
+        raise PatchError(
+            f"{found.path}: a series manifest, not patches",
+            hint="pass the manifest with --series and the patches with --from",
+        )
+    return kind
+
+
+def from_diff(path: Path) -> list[Patch]:
+    """One plain patch file (a diff, maybe with a DEP-3 or mail-like header)."""
+    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    subject, author = patch_header(text)
+    return [Patch(1, path.name, subject or path.stem, author, text, f"file {path}")]
 
 
 def materialise(
@@ -282,17 +334,23 @@ def materialise(
     override: Path | None = None,
     git_tree: Path | None = None,
     git_range: str | None = None,
-) -> list[Patch]:
-    """The series' patches, from ``override`` if given, else the manifest's first usable
-    source (a git source uses ``git_tree``, the tree the user is applying to)."""
+    revision: int | None = None,
+) -> Materialised:
+    """The series' patches, from ``override`` if given (relative: to the current
+    directory), else the manifest's first usable source (a git source uses ``git_tree``,
+    the tree the user is applying to); ``revision`` picks a mail source's revision."""
     if override is not None:
+        override = override.resolve()
         kind = detect(override)
         source = Source(kind=kind, path=str(override), range=git_range)
-        return _load(series, source, folder, git_tree=override if kind is SourceKind.git else None)
+        git = override if kind is SourceKind.git else None
+        return _load(series, source, folder, git_tree=git, revision=revision)
     problems: list[str] = []
     for source in series.sources:
         try:
-            return _load(series, source, folder, git_tree=git_tree, git_range=git_range)
+            return _load(
+                series, source, folder, git_tree=git_tree, git_range=git_range, revision=revision
+            )
         except (PatchError, HostError) as exc:
             problems.append(f"{source.kind.value}: {exc.message}")
     raise PatchError(
@@ -309,21 +367,24 @@ def _load(
     *,
     git_tree: Path | None,
     git_range: str | None = None,
-) -> list[Patch]:
+    revision: int | None = None,
+) -> Materialised:
     path = (folder / source.path) if source.path else folder
     if source.kind is SourceKind.quilt:
-        return from_quilt(path)
+        return Materialised(from_quilt(path))
     if source.kind is SourceKind.mbox:
-        return from_mbox(path)
+        return load_mbox(path, revision)
+    if source.kind is SourceKind.diff:
+        return Materialised(from_diff(path))
     if source.kind is SourceKind.format_patch:
-        return from_format_patch(path)
+        return load_format_patch(path, revision)
     if source.kind is SourceKind.git:
         if git_tree is None:
             raise PatchError("a git source needs a kernel git tree (--from TREE)")
-        return from_git(series, git_tree, git_range or source.range)
+        return Materialised(from_git(series, git_tree, git_range or source.range))
     if not source.message_id:
         raise PatchError("a lore source needs message_id")
-    return from_lore(source.message_id)
+    return from_lore(source.message_id, revision)
 
 
 def series_from_quilt_dir(folder: Path) -> Series:

@@ -133,7 +133,12 @@ class NightlyConfig(BaseModel):
     )
     tree: TreeSpec = Field(description="the moving kernel tree")
     series: str | None = Field(
-        default=None, description="patch series name or folder to apply (none: the tree as is)"
+        default=None,
+        description="patch series to apply: a name under patches/, or a path relative to this "
+        "file (series.yaml, mbox, .patch, quilt or format-patch folder); none: the tree as is",
+    )
+    series_revision: int | None = Field(
+        default=None, ge=1, description="mail inputs: the revision to apply (default: newest)"
     )
     series_from: Path | None = Field(
         default=None, description="take the series' patches from here (see kernel apply --from)"
@@ -190,8 +195,8 @@ def load_config(path: Path) -> LoadedConfig:
     if tree.path is not None:
         tree = tree.model_copy(update={"path": _absolute(base, tree.path)})
     series = config.series
-    if series and ("/" in series or series.startswith(".") or (base / series).is_dir()):
-        series = str(_absolute(base, Path(series)))  # a folder, not a name from patches/
+    if series and ("/" in series or series.startswith(".") or (base / series).exists()):
+        series = str(_absolute(base, Path(series)))  # a path (any input kind), not a name
     email = config.notify.email
     if email is not None:
         email = email.model_copy(update={"sendmail": _absolute(base, email.sendmail)})

@@ -6,6 +6,7 @@ running when the host went down is simply run again."""
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import shlex
 import shutil
@@ -17,10 +18,30 @@ from pathlib import Path
 from typing import Any
 
 from kvmple import paths
+from kvmple.campaign.playbook import load_playbook
+from kvmple.campaign.runner import CampaignOptions, run_campaign
 from kvmple.errors import CampaignError, ConfigError, HostError, KvmpleError, PatchError
+from kvmple.executor import LocalExecutor
+from kvmple.host import doctor
+from kvmple.kernel import install as kernel_install
+from kvmple.kernel.apply import Status, apply_series
+from kvmple.kernel.bootpass import load_pass, record_pass
+from kvmple.kernel.boottest import boot_test
+from kvmple.kernel.build import BUILTIN_FRAGMENT, BuildRequest, build_kernel, load_manifest
+from kvmple.kernel.configs import BOOT_TEST_ALLOWED_TO_VANISH
+from kvmple.kernel.install import kvmple_command
+from kvmple.kernel.seriesinput import open_series
+from kvmple.nightly.baseline import last_good_night
 from kvmple.nightly.config import LoadedConfig, NightlyConfig
-from kvmple.nightly.state import NightState
-from kvmple.run import Result, run
+from kvmple.nightly.notify import write_atomic
+from kvmple.nightly.resume import resume_steps, with_resume
+from kvmple.nightly.state import NightState, previous_nights
+from kvmple.results import open_store
+from kvmple.results.compare import compare_campaigns
+from kvmple.results.junit import comparison_junit, report_junit
+from kvmple.results.report import load_analysis
+from kvmple.results.tables import render_comparison_markdown, render_markdown
+from kvmple.run import Result, failure, run
 
 NOT_VERIFIED = "not verified on hardware"
 
@@ -72,8 +93,6 @@ class StepContext:
                 self.log(f"[{label}]\n{text}")
         self.log(f"[exit {result.returncode} after {result.duration:.1f}s]")
         if check and not result.ok:
-            from kvmple.run import failure
-
             raise failure(result, what, hint=f"step log: {self.log_path}")
         return result
 
@@ -83,8 +102,6 @@ StepFunction = Callable[[StepContext], tuple[str, dict[str, Any]]]
 
 def host_name() -> str:
     """The host's name as nights and campaigns record it (KVMPLE_HOSTNAME overrides)."""
-    import os
-
     return os.environ.get("KVMPLE_HOSTNAME") or socket.gethostname()
 
 
@@ -256,10 +273,6 @@ def remove_worktree(ctx: StepContext, source: Path, target: Path, branch: str | 
 
 
 def apply(ctx: StepContext) -> tuple[str, dict[str, Any]]:
-    from kvmple.kernel.apply import Status, apply_series
-    from kvmple.kernel.series import load_series
-    from kvmple.kernel.sources import series_from_quilt_dir
-
     source = Path(str(ctx.state.output("fetch", "source")))
     commit = str(ctx.state.output("fetch", "commit"))
     _same_commit(ctx, source, commit)
@@ -271,18 +284,21 @@ def apply(ctx: StepContext) -> tuple[str, dict[str, Any]]:
     if into.exists() or _branch_exists(ctx, source, f"kvmple/{into.name}"):
         ctx.log(f"removing an earlier night's (or attempt's) worktree {into}")
         remove_worktree(ctx, source, into, f"kvmple/{into.name}")
-    name = ctx.config.series
-    folder = Path(name)
-    if folder.is_dir() and (folder / "series").is_file() and not (folder / "series.yaml").exists():
-        series = series_from_quilt_dir(folder)
-    else:
-        series, folder = load_series(name)
+    opened = open_series(ctx.config.series, revision=ctx.config.series_revision)
+    series, folder = opened.series, opened.folder
     ctx.log(
         f"applying {series.name} ({len(series.patches)} patches) to {source} at "
         f"{commit[:12]} into {into}"
     )
     try:
-        report = apply_series(series, folder, source, into=into, source=ctx.config.series_from)
+        report = apply_series(
+            series,
+            folder,
+            source,
+            into=into,
+            source=ctx.config.series_from or opened.source,
+            revision=ctx.config.series_revision,
+        )
     except KvmpleError as exc:
         ctx.log(f"FAILED: {exc.message}\nhint: {exc.hint}")
         raise
@@ -309,9 +325,6 @@ def apply(ctx: StepContext) -> tuple[str, dict[str, Any]]:
 
 
 def build(ctx: StepContext) -> tuple[str, dict[str, Any]]:
-    from kvmple.kernel.build import BUILTIN_FRAGMENT, BuildRequest, build_kernel
-    from kvmple.kernel.configs import BOOT_TEST_ALLOWED_TO_VANISH
-
     spec = ctx.config.kernel
     if spec.fragments is None and spec.config == "tinyconfig":
         fragments: tuple[str, ...] = ("kvm_guest.config", BUILTIN_FRAGMENT)
@@ -360,8 +373,6 @@ def build(ctx: StepContext) -> tuple[str, dict[str, Any]]:
 
 
 def boot(ctx: StepContext) -> tuple[str, dict[str, Any]]:
-    from kvmple.kernel.boottest import boot_test, record_pass
-
     built = ctx.state.step("build").outputs
     spec = ctx.config.kernel
     out = Path(str(built["out"]))
@@ -399,12 +410,6 @@ def boot(ctx: StepContext) -> tuple[str, dict[str, Any]]:
 def install(ctx: StepContext) -> tuple[str, dict[str, Any]]:
     """Plan always (the kernel pipeline's planning decides what would be done); execute
     only on a hardware host with ``install.enabled`` (NOT VERIFIED ON HARDWARE)."""
-    from kvmple.host.doctor import diagnose
-    from kvmple.kernel.boottest import load_pass
-    from kvmple.kernel.build import load_manifest
-    from kvmple.kernel.install import execute, gather_host_facts, plan_install
-    from kvmple.nightly.resume import resume_steps, with_resume
-
     out = Path(str(ctx.state.output("build", "out")))
     release = str(ctx.state.output("build", "release"))
     outputs: dict[str, Any] = {"release": release}
@@ -416,9 +421,9 @@ def install(ctx: StepContext) -> tuple[str, dict[str, Any]]:
             "the reboot (the one-shot boot entry fell back: the new kernel may not boot here)",
             hint="see the host's boot log; the night stops here",
         )
-    facts = gather_host_facts()
+    facts = kernel_install.gather_host_facts()
     try:
-        plan = plan_install(
+        plan = kernel_install.plan_install(
             load_manifest(out),
             load_pass(out),
             facts,
@@ -435,7 +440,7 @@ def install(ctx: StepContext) -> tuple[str, dict[str, Any]]:
         plan = None
         outputs["plan_refused"] = exc.message
         ctx.log(f"install planning refused: {exc.message}")
-    report = diagnose(probe_kvm=False)
+    report = doctor.diagnose(probe_kvm=False)
     if report.accelerator != "kvm":
         raise Skip(
             f"{NOT_VERIFIED} / no VT-x host ({report.reason}); the campaign "
@@ -451,18 +456,15 @@ def install(ctx: StepContext) -> tuple[str, dict[str, Any]]:
     if plan is None:
         raise HostError(f"cannot install {release}: {outputs['plan_refused']}")
     # NOT VERIFIED ON HARDWARE: install, then the reboot step ends this process.
-    from kvmple.executor import LocalExecutor
 
     outputs["installed"] = release
     ctx.state.step("install").outputs = outputs  # recorded before the reboot happens
-    execute(plan, LocalExecutor())
+    kernel_install.execute(plan, LocalExecutor())
     raise RebootPending(f"installed {release}; rebooting, the night continues after the reboot")
 
 
 def resume_command(ctx: StepContext) -> list[str]:
     """How a boot hook continues this night (the install plan's resume unit runs it)."""
-    from kvmple.kernel.install import kvmple_command
-
     return [*kvmple_command(), "nightly", str(ctx.loaded.path), "--night", ctx.state.night]
 
 
@@ -481,10 +483,6 @@ def _find_started_campaign(store: Any, name: str, host: str, since: float) -> An
 
 
 def campaign(ctx: StepContext) -> tuple[str, dict[str, Any]]:
-    from kvmple.campaign.playbook import load_playbook
-    from kvmple.campaign.runner import CampaignOptions, run_campaign
-    from kvmple.results import open_store
-
     loaded = load_playbook(ctx.config.playbook)
     step = ctx.state.step("campaign")
     options = CampaignOptions(
@@ -542,15 +540,6 @@ def campaign(ctx: StepContext) -> tuple[str, dict[str, Any]]:
 def compare(ctx: StepContext) -> tuple[str, dict[str, Any]]:
     """Compare the night's campaign with the baseline (or record it as the first one).
     Writes compare.md and compare.xml (or report.md / report.xml on a first night)."""
-    from kvmple.nightly.baseline import last_good_night
-    from kvmple.nightly.notify import write_atomic
-    from kvmple.nightly.state import previous_nights
-    from kvmple.results import open_store
-    from kvmple.results.compare import compare_campaigns
-    from kvmple.results.junit import comparison_junit, report_junit
-    from kvmple.results.report import load_analysis
-    from kvmple.results.tables import render_comparison_markdown, render_markdown
-
     measured = ctx.state.step("campaign").outputs
     candidate_id = str(measured["campaign_id"])
     policy = ctx.config.baseline

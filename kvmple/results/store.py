@@ -26,6 +26,7 @@ from kvmple import paths
 from kvmple.errors import StoreError
 from kvmple.results.records import CAMPAIGN_STATUSES, CampaignMeta, RunRecord
 from kvmple.results.schema import LATEST, MIGRATIONS
+from kvmple.results.sqlitewal import switch_to_wal
 
 LIST_HINT = "see the campaigns in the store with 'kvmple results list'"
 
@@ -78,13 +79,17 @@ class _Sqlite:
                 f"results store {self.url}: directory {path.parent} does not exist",
                 hint="create it, or pass another --db URL",
             )
+        self.busy_timeout = busy_timeout
         try:
             # autocommit mode: transactions are explicit (BEGIN IMMEDIATE) below
             self.conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
-            self.conn.execute("PRAGMA journal_mode=WAL")
+            switch_to_wal(self.conn, path, busy_timeout)
             # FULL: a committed run survives a host crash or power loss, not only a kill
             self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.execute("PRAGMA foreign_keys=ON")
+        except StoreError:
+            self.conn.close()
+            raise
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"results store {self.url} cannot be opened: {exc}",

@@ -24,6 +24,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from kvmple.qemu import netdev_args
 from kvmple.vm.spec import VMSpec, format_cpulist
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
@@ -38,18 +39,6 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) ->
     if text is not None:
         element.text = text
     return element
-
-
-def netdev_args(ssh_port: int) -> list[str]:
-    """The QEMU arguments of the user-mode NIC with the SSH forward on 127.0.0.1 only."""
-    if not 1 <= ssh_port <= 65535:
-        raise ValueError(f"ssh_port {ssh_port} out of range")
-    return [
-        "-netdev",
-        f"user,id=kvmplenet0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
-        "-device",
-        "virtio-net-pci,netdev=kvmplenet0,bus=pci.0,addr=0x1e",
-    ]
 
 
 def domain_xml(spec: VMSpec, *, overlay: Path, console_log: Path, ssh_port: int) -> str:
@@ -118,7 +107,9 @@ def domain_xml(spec: VMSpec, *, overlay: Path, console_log: Path, ssh_port: int)
     _sub(seclabel, "label", "+0:+0")
 
     commandline = ET.SubElement(domain, f"{{{QEMU_NS}}}commandline")
-    for arg in netdev_args(ssh_port):
+    # the same user-mode NIC plain-QEMU guests get (kvmple.qemu), at a fixed PCI slot
+    nic = netdev_args(ssh_port, netdev_id="kvmplenet0", device_extra="bus=pci.0,addr=0x1e")
+    for arg in (*nic, *spec.qemu_args):
         ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", {"value": arg})
 
     ET.indent(domain)

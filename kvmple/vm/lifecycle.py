@@ -4,13 +4,13 @@
 is created, started and waited for in parallel "waves" (see boot_waves), and its vCPU
 affinity read back and compared with the spec. Whatever happens afterwards (normal exit,
 exception, Ctrl-C, SIGTERM, which kvmple.cli turns into KeyboardInterrupt) every guest is
-destroyed, its overlay and run directory deleted and its record forgotten. Only SIGKILL can
-skip that; ``kvmple gc`` then finds the records of the dead owner and reaps them.
+destroyed, its overlay and run directory deleted and its record forgotten. When this process
+dies without cleaning up (SIGKILL, the OOM killer), its reaper process does it (vm/reaper.py);
+if that was killed too, ``kvmple gc`` finds the records of the dead owner and reaps them.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import sys
@@ -22,21 +22,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from kvmple.console import ConsoleLog
 from kvmple.errors import (
-    CommandError,
     ConfigError,
     GuestError,
-    HostError,
     KvmpleError,
     UsageError,
 )
+from kvmple.host.kvmprobe import usable_accelerator
 from kvmple.keys import installation_key
-from kvmple.remote import HostKeyMismatch, LoginRefused, SSHExecutor, free_port
+from kvmple.remote import SSHExecutor, free_port
 from kvmple.ui import warn
-from kvmple.vm import registry, snapshot
+from kvmple.vm import reaper, registry, snapshot
 from kvmple.vm.domxml import domain_xml
 from kvmple.vm.libvirt_backend import Libvirt, connect
 from kvmple.vm.pinning import check_pinning, compare_affinity, read_host_cpus, summarize
+from kvmple.vm.ready import wait_ssh
 from kvmple.vm.spec import Accelerator, VMSpec
 from kvmple.vm.threads import qemu_pid, thread_affinity, vcpu_threads
 
@@ -45,17 +46,9 @@ _PORT_ATTEMPTS = 4
 
 
 def default_accelerator() -> Accelerator:
-    """What the host doctor says works here ("kvm" or "tcg"); asked only when needed."""
-    # Imported lazily: the doctor's KVM probe boots a tiny guest the first time it runs.
-    try:
-        doctor = importlib.import_module("kvmple.host.doctor")
-    except ModuleNotFoundError as exc:
-        raise HostError(
-            "cannot tell whether KVM works here (the host doctor is missing)",
-            hint="choose the accelerator explicitly (--accel tcg or --accel kvm)",
-        ) from exc
-    verdict = str(doctor.diagnose().accelerator)
-    return "kvm" if verdict == "kvm" else "tcg"
+    """What works here ("kvm" or "tcg"): the one decision, kvmprobe.usable_accelerator (the
+    KVM boot probe, cached per host); asked only when needed."""
+    return usable_accelerator()
 
 
 @dataclass
@@ -87,7 +80,8 @@ class Guest:
         return self._lv.is_running(self.name)
 
     def console_tail(self, n: int = 30) -> str:
-        return console_tail(self.console_log, n)
+        """The last ``n`` non-empty console lines ('' if there are none)."""
+        return ConsoleLog(self.console_log).tail(n)
 
     def affinity(self) -> dict[int, tuple[int, ...]]:
         """Per vCPU, the host CPUs its QEMU thread may run on, read from the kernel.
@@ -116,16 +110,6 @@ class Guest:
             }
         )
         return from_kernel
-
-
-def console_tail(path: Path, n: int = 30) -> str:
-    """The last ``n`` non-empty lines of a console log ('' if there is none)."""
-    try:
-        data = path.read_bytes()[-64 * 1024 :]
-    except OSError:
-        return ""
-    lines = [ln for ln in data.decode("utf-8", errors="replace").splitlines() if ln.strip()]
-    return "\n".join(lines[-n:])
 
 
 def _check_specs(specs: Sequence[VMSpec], *, keep_smt_siblings: bool) -> None:
@@ -213,8 +197,7 @@ class _Boot:
         backing: Path | None = None,
         launch: Callable[[str, Path], None] | None = None,
     ) -> Guest:
-        """Claim, create the overlay (on ``backing``, default the image) and start the domain
-        (``launch(xml, run_dir)``, default a fresh boot: libvirt createXML)."""
+        """Claim; overlay on ``backing`` (default: the image); ``launch`` or createXML it."""
         run_dir = registry.guests_dir() / spec.domain_name
         record = registry.GuestRecord(
             domain=spec.domain_name,
@@ -232,6 +215,7 @@ class _Boot:
             detached=False,
             created=time.time(),
         )
+        reaper.ensure()  # from here on, this process dying by any signal reaps the guest
         registry.claim(record)  # raises if the name is taken: then it is not ours to clean
         with self.lock:
             self.records.append(record)
@@ -252,6 +236,7 @@ class _Boot:
                     "no record of starting it: leaving it alone",
                     hint="pick another campaign id or role, or remove that domain yourself",
                 )
+            reaper.own(spec.domain_name, self.lv.uri)
             try:
                 (launch or (lambda x, _: self.lv.create(x, spec.domain_name)))(xml, run_dir)
                 with self.lock:
@@ -287,39 +272,29 @@ class _Boot:
         return guest
 
     def wait_ready(self, guest: Guest) -> None:
-        """Wait until SSH answers and a command runs; GuestError with the console tail."""
-        deadline = time.monotonic() + self.ready_timeout
-        last = "no attempt yet"
-        while not self.stop.is_set():
+        """Wait until SSH answers and a command runs (vm/ready.py); GuestError with the
+        console tail."""
+
+        def alive() -> None:
             if not guest.alive():
                 raise GuestError(
                     f"guest {guest.name} died while booting" + _tail_suffix(guest.console_tail(15)),
                     hint=f"libvirt's log: /var/log/libvirt/qemu/{guest.name}.log",
                 )
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise GuestError(
-                    f"guest {guest.name} did not answer SSH on 127.0.0.1:{guest.ssh_port} "
-                    f"within {self.ready_timeout:g}s ({last})"
-                    + _tail_suffix(guest.console_tail(15)),
-                    hint="is sshd enabled in the image and the NIC configured by DHCP? "
-                    "raise ready_timeout for slow (TCG) hosts",
-                )
-            try:
-                # generous per-attempt timeouts: TCG guests on a loaded host answer slowly
-                guest.executor.connect(timeout=min(30.0, max(remaining, 1.0)))
-                guest.executor.run(["true"], timeout=min(30.0, max(remaining, 5.0)))
-                guest.timings["ssh_ready_s"] = time.monotonic() - self.t0
-                return
-            except (HostKeyMismatch, LoginRefused):
-                raise  # retrying cannot help
-            except (GuestError, CommandError) as exc:
-                # Not up yet (refused, no banner), or sshd up but the guest too busy to run a
-                # command in time (TCG on a loaded host): close and try again until the deadline.
-                last = exc.message
-                guest.executor.close()
-            self.stop.wait(1.0)
-        raise KeyboardInterrupt
+
+        def timed_out(last: str) -> GuestError:
+            return GuestError(
+                f"guest {guest.name} did not answer SSH on 127.0.0.1:{guest.ssh_port} "
+                f"within {self.ready_timeout:g}s ({last})" + _tail_suffix(guest.console_tail(15)),
+                hint="is sshd enabled in the image and the NIC configured by DHCP? "
+                "raise ready_timeout for slow (TCG) hosts",
+            )
+
+        deadline = time.monotonic() + self.ready_timeout
+        wait_ssh(
+            guest.executor, deadline=deadline, alive=alive, timed_out=timed_out, stop=self.stop
+        )
+        guest.timings["ssh_ready_s"] = time.monotonic() - self.t0
 
     def teardown(self) -> list[str]:
         """Destroy every guest this boot created and forget its records, in parallel; return
@@ -347,6 +322,7 @@ class _Boot:
                 if record.domain in self.created:
                     self.lv.destroy(record.domain)
                 registry.forget(record)
+                reaper.disown(record.domain)
             except KvmpleError as exc:
                 problems.append(f"{record.domain}: {exc.message}")
 
@@ -381,6 +357,7 @@ def detach(guests: Sequence[Guest]) -> None:
     for guest in guests:
         record = replace(guest.record, detached=True, owner_pid=0, owner_start=None)
         registry.update(record)
+        reaper.disown(guest.name)
         guest.record = record
         guest.detached = True
 

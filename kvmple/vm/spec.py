@@ -59,6 +59,8 @@ class VMSpec:
     accelerator: Accelerator
     extra_kernel_args: tuple[str, ...] = ()
     campaign_id: str = "manual"
+    # per-VM knob settings as QEMU arguments (kvmple.host.vmknobs: -overcommit cpu-pm=on)
+    qemu_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_name_part("role", self.role)

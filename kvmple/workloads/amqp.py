@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kvmple.errors import CommandError, CommandTimeout, WorkloadError
+from kvmple.errors import CommandError, CommandTimeout, InputError, WorkloadError
 from kvmple.executor import Executor
 from kvmple.run import Result
 from kvmple.workloads.base import CpuSplit, Measurement, Metric, parse_params
@@ -217,7 +217,10 @@ def measurement_from_result(
         raise WorkloadError(f"perftest timed out on {where}: {_reason(result)}")
     if not result.ok:
         raise WorkloadError(f"perftest failed on {where}: {_reason(result)}")
-    report = parse_perftest(result.stdout, where=f"perftest output on {where}")
+    try:
+        report = parse_perftest(result.stdout, where=f"perftest output on {where}")
+    except InputError as exc:  # our own run printed no known report: the workload failed
+        raise WorkloadError(exc.message, hint=exc.hint) from None
     record = machine_record(result.stdout) or {}
     cpu: CpuSplit | None = None
     notes: tuple[str, ...]

@@ -35,11 +35,26 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from kvmple.errors import WorkloadError
+from kvmple.errors import InputError, WorkloadError
 from kvmple.workloads.base import CpuSplit
+from kvmple.workloads.rabbitmq_perftest import (
+    SOURCES as RABBITMQ_FORMATS,
+)
+from kvmple.workloads.rabbitmq_perftest import (
+    RabbitPerfTestReport,
+    detect_rabbitmq,
+    parse_rabbitmq,
+)
 
 RESULT_TAG = "KVMPLE-PERFTEST"
-FORMATS = ("auto", "qpid", "qpid-summary", "kvmple")
+QPID_FORMATS = ("qpid", "qpid-summary", "kvmple")
+FORMATS = ("auto", *QPID_FORMATS, *RABBITMQ_FORMATS)
+LOOKED_FOR = (
+    "a KVMPLE-PERFTEST line (kvmple-perftest --machine); qpid-perftest's report ('Total N "
+    "transfers of S bytes in T seconds.' then 'Total transfers/sec:'); qpid-perftest -s lines "
+    "(4 tab-separated numbers); RabbitMQ PerfTest lines ('time ... s, sent: N msg/s, "
+    "received: N msg/s' or 'sending rate avg: N msg/s'), its -mf compact table or its -o CSV"
+)
 
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?inf|nan"
 _TOTAL = re.compile(rf"^Total (\d+) transfers of (\d+) bytes in ({_NUM}) seconds\.\s*$")
@@ -310,19 +325,74 @@ def machine_record(text: str) -> dict[str, Any] | None:
     return found
 
 
+def _is_summary_line(line: str) -> bool:
+    fields = line.rstrip("\r").split("\t")
+    return len(fields) == 4 and all(_VALUE.match(f.strip()) for f in fields[1:])
+
+
+def detect_format(text: str) -> str | None:
+    """The log format (a FORMATS value other than "auto"), decided on the structure each
+    format has as a whole, not on one substring; None when none fits."""
+    if f"\n{RESULT_TAG} " in f"\n{text}":
+        return "kvmple"
+    lines = [line.strip() for line in text.splitlines()]
+    if any(_TOTAL.match(line) for line in lines):
+        return "qpid"  # its report starts so; a cut-off report is then "incomplete"
+    if any(_is_summary_line(line) for line in text.splitlines()):
+        return "qpid-summary"
+    return detect_rabbitmq(text)
+
+
+def unrecognised(text: str, where: str) -> InputError:
+    """The refusal for a log in no known format: what was looked for, what the file is."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    shape = (
+        f"it has {len(lines)} non-empty line(s), the first {lines[0].strip()[:80]!r}"
+        if lines
+        else "it is empty"
+    )
+    return InputError(
+        f"{where}: not a perftest log kvmple recognises; {shape}",
+        hint=f"looked for {LOOKED_FOR}; --format names one to force it",
+    )
+
+
 def parse_perftest(text: str, fmt: str = "auto", where: str = "perftest output") -> PerftestReport:
-    """Parse any perftest log; ``fmt`` is one of FORMATS ("auto" recognises each)."""
-    if fmt == "kvmple" or (fmt == "auto" and f"\n{RESULT_TAG} " in f"\n{text}"):
+    """Parse a qpid-perftest / kvmple-perftest log; ``fmt`` is one of QPID_FORMATS or "auto".
+
+    Raises WorkloadError for a failed or cut-off run, InputError when "auto" finds no
+    qpid/kvmple format (see parse_any for RabbitMQ PerfTest logs).
+    """
+    if fmt == "auto":
+        _check_failures(text, where)
+        detected = detect_format(text)
+        if detected not in QPID_FORMATS:
+            raise unrecognised(text, where)
+        fmt = detected or "auto"
+    if fmt == "kvmple":
         record = machine_record(text)
-        if fmt == "auto" and record is not None and record.get("engine") == "external":
+        if record is not None and record.get("engine") == "external":
             return parse_perftest(_without_tag(text), "auto", where)
         return parse_kvmple(text, where)
-    full = "Total transfers/sec:" in text or re.search(r"^Total \d+ transfers of", text, re.M)
-    if fmt == "qpid" or (fmt == "auto" and full):
+    if fmt == "qpid":
         return parse_qpid_full(text, where)
-    if fmt in ("qpid-summary", "auto"):
+    if fmt == "qpid-summary":
         return parse_qpid_summary(text, where)
     raise WorkloadError(f"unknown perftest output format {fmt!r}", hint=f"one of {FORMATS}")
+
+
+def parse_any(
+    text: str, fmt: str = "auto", where: str = "perftest output"
+) -> PerftestReport | RabbitPerfTestReport:
+    """Any supported AMQP perftest log (qpid, kvmple, RabbitMQ PerfTest in its 3 formats)."""
+    if fmt == "auto":
+        _check_failures(text, where)
+        fmt = detect_format(text) or ""
+        if not fmt:
+            raise unrecognised(text, where)
+    if fmt in RABBITMQ_FORMATS:
+        return parse_rabbitmq(text, fmt, where)
+    return parse_perftest(text, fmt, where)
 
 
 def _without_tag(text: str) -> str:

@@ -76,9 +76,11 @@ def test_verdict_on_this_host(report: DoctorReport) -> None:
         assert not report.ple_available
         assert "neither VT-x (vmx) nor AMD-V (svm)" in report.reason
     if IS_PVM:
-        # kvm_pvm creates the VM but cannot run an ordinary guest: the probe must time out
+        # kvm_pvm creates the VM but cannot run an ordinary guest: the probe must time out.
+        # How far the guest got before the budget ran out (probe.kvm.stages) depends on the
+        # host's load, so the verdict and the kind of reason are judged, not the stage.
         assert probe.kvm.status == "timeout", probe.kvm
-        assert probe.kvm.stages.startswith("P")  # it ran, it just did not finish
+        assert probe.kvm.detail.startswith("no exit within"), probe.kvm.detail
         assert "kvm_pvm" in report.reason
         assert "cannot boot an ordinary guest" in report.reason
         assert "TCG control passed" in report.reason

@@ -17,6 +17,7 @@ import pytest
 from kvmple.errors import BuildError
 from kvmple.image import build, byo, cache
 from kvmple.image.probe import booted, wait_amqp, wait_ssh
+from kvmple.remote import HostKeyMismatch, SSHExecutor
 from kvmple.run import run
 from tests.support import need, need_program, need_root
 
@@ -77,18 +78,19 @@ def test_debian12_amqp_builds_boots_and_serves_amqp(shared_cache: Path, tmp_path
         localhost = guest.ssh(["getent", "ahostsv4", "localhost"], timeout=60).stdout
         assert localhost.startswith("127.0.0.1 ")  # minbase alone has no localhost entry
 
-        # the pin is real: a known_hosts with another key is refused
+        # the pin is real: a client pinning another key is refused
         other = tmp_path / "other_key"
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", other], timeout=30)
-        wrong = tmp_path / "wrong_known_hosts"
-        wrong.write_text(f"[127.0.0.1]:{guest.port} {other.with_suffix('.pub').read_text()}")
-        argv = [
-            f"UserKnownHostsFile={wrong}" if a.startswith("UserKnownHostsFile=") else a
-            for a in guest.ssh_argv(["true"])
-        ]
-        refused = run(argv, timeout=120, check=False)
-        assert refused.returncode == 255
-        assert "Host key verification failed" in refused.stderr
+        wrong = SSHExecutor(
+            "127.0.0.1",
+            guest.port,
+            image.ssh_user,
+            guest.executor.key,
+            [other.with_suffix(".pub").read_text()],
+            name="wrong pin",
+        )
+        with wrong, pytest.raises(HostKeyMismatch):
+            wrong.run(["true"], timeout=120)
 
         sshd = guest.ssh(["sshd", "-T"], timeout=120).stdout
         assert "passwordauthentication no" in sshd

@@ -31,7 +31,8 @@ from kvmple.cli import main
 from kvmple.errors import BuildError, GuestError
 from kvmple.image import resolve
 from kvmple.kernel.apply import Status, apply_series
-from kvmple.kernel.boottest import boot_test, load_pass
+from kvmple.kernel.bootpass import load_pass
+from kvmple.kernel.boottest import boot_test
 from kvmple.kernel.build import BuildRequest, build_kernel, load_manifest
 from kvmple.kernel.fetch import debian_patches, unpack_tree
 from kvmple.kernel.install import HostFacts, plan_install

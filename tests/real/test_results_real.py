@@ -25,8 +25,8 @@ from kvmple.cli import main
 from kvmple.errors import StoreError
 from kvmple.results.records import RunRecord
 from kvmple.results.store import DuplicateRun, open_store, sqlite_path, sqlite_url
-from kvmple.results.synthetic import synthetic_campaign
 from kvmple.run import run
+from tests.fixtures.synthetic import synthetic_campaign
 from tests.support import need, need_program
 
 pytestmark = pytest.mark.real

@@ -1,6 +1,7 @@
 """Real tier: pinned 2-vCPU guests from the debian12-amqp image through qemu:///system (TCG
 here), commands over SSH, placement read back from the kernel, and nothing left behind, also
-when the `kvmple vm up` process is killed midway (SIGTERM, or SIGKILL followed by gc)."""
+when the `kvmple vm up` process is killed midway (SIGTERM; SIGKILL, after which its reaper
+destroys the guests; or SIGKILL of both, followed by gc)."""
 
 from __future__ import annotations
 
@@ -169,8 +170,45 @@ def test_sigterm_while_booting_leaves_nothing(
     assert_nothing_left(names)
 
 
+def _reaper_of(owner: int) -> int:
+    """The pid of the reaper process ``owner`` started (vm/reaper.py)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(fields[1]) == owner and b"kvmple.vm.reaper" in cmdline:
+            return int(stat.parent.name)
+    raise AssertionError(f"process {owner} has no reaper")
+
+
+def _gone_within(names: set[str], seconds: float) -> set[str]:
+    """Poll until no domain of ``names`` exists (a bound on correctness, not a speed test)."""
+    deadline = time.monotonic() + seconds
+    while names & domains() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return names & domains()
+
+
+def test_sigkilled_owner_takes_its_guests_along(
+    image: Image, reaper: list[subprocess.Popen[str]]
+) -> None:
+    """`kvmple vm up` (not detached) killed by SIGKILL, which nothing in it can catch: its
+    reaper destroys the guest, its overlay and record within 10 s."""
+    names = {"kvmple-ownerkill-a"}
+    proc = _vm_up("ownerkill", ("a",))
+    reaper.append(proc)
+    _wait_for(names, proc, timeout=WAIT_FOR_DOMAINS)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert _gone_within(names, 10.0) == set(), "the guest outlived its SIGKILLed owner"
+    assert_nothing_left(names)
+
+
 def test_sigkill_after_ready_then_gc(image: Image, reaper: list[subprocess.Popen[str]]) -> None:
-    """One guest through the CLI (two were booted above; one keeps the tier short)."""
+    """One guest through the CLI (two were booted above; one keeps the tier short). Its owner
+    and the owner's reaper are both killed (the OOM killer could do that): gc cleans up."""
     names = {"kvmple-sigkill-a"}
     proc = _vm_up("sigkill", ("a",))
     reaper.append(proc)
@@ -189,9 +227,11 @@ def test_sigkill_after_ready_then_gc(image: Image, reaper: list[subprocess.Popen
     gc_live = run([sys.executable, "-m", "kvmple.cli", "gc"], timeout=120)
     assert "in use by process" in gc_live.stderr and names <= domains()
 
+    os.kill(_reaper_of(proc.pid), signal.SIGKILL)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    assert names <= domains(), "SIGKILL cannot clean up: the guests must still be there"
+    time.sleep(2)
+    assert names <= domains(), "with the reaper killed too, the guests must still be there"
     assert len(registry.all_records()) == 1
 
     gc = run([sys.executable, "-m", "kvmple.cli", "gc"], timeout=120)

@@ -59,9 +59,8 @@ def _context(tmp_path: Path, store: Any, meta: CampaignMeta, bar: Any, task: Any
         accelerator="tcg",
         verdict="tcg",
         reason="test",
-        ple_available=False,
-        ple_reason="test",
         kvm_module=None,
+        unavailable_knobs={"ple": "test"},
     )
     failures = execute.stored_failures(store.runs(meta.id))
     image = SimpleNamespace(name="debian12-amqp", key="k", manifest={})

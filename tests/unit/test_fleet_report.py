@@ -12,7 +12,7 @@ from kvmple.errors import UsageError
 from kvmple.results import open_store
 from kvmple.results.hosts import pick_campaigns, render_hosts
 from kvmple.results.store import sqlite_url
-from kvmple.results.synthetic import synthetic_campaign
+from tests.fixtures.synthetic import synthetic_campaign
 
 
 def _store(tmp_path: Path) -> str:

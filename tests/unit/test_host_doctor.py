@@ -10,12 +10,12 @@ import pytest
 from kvmple import cli
 from kvmple.host.cpuinfo import parse_cpuinfo
 from kvmple.host.doctor import Verdict, decide
-from kvmple.host.fakes import cpuinfo_text, make_fake_host
 from kvmple.host.kvmmodule import find_kvm_module
 from kvmple.host.kvmprobe import BootProbe, ProbeOutcome
 from kvmple.host.ple import availability
 from kvmple.host.virt import LibvirtInfo, QemuInfo
 from kvmple.host.vms import RunningVm
+from tests.fixtures.fake_host import cpuinfo_text, make_fake_host
 
 QEMU = QemuInfo("/usr/bin/qemu-system-x86_64", "7.2.22", None)
 LIBVIRT = LibvirtInfo("qemu:///system", True, ("qemu", "kvm"), None)

@@ -8,9 +8,9 @@ import pytest
 
 from kvmple.errors import HostError
 from kvmple.host.cpuinfo import parse_cpuinfo, read_cpuinfo
-from kvmple.host.fakes import cpuinfo_text, make_fake_host
 from kvmple.host.kvmmodule import find_kvm_module
 from kvmple.host.topology import isolcpus_from_cmdline, parse_cpulist, read_topology
+from tests.fixtures.fake_host import cpuinfo_text, make_fake_host
 
 
 @pytest.mark.parametrize(

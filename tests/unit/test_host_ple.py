@@ -15,9 +15,9 @@ import pytest
 from kvmple import cli
 from kvmple.errors import HostError, UsageError
 from kvmple.host import ple, ple_state
-from kvmple.host.fakes import FakeHost, make_fake_host
 from kvmple.host.kvmmodule import KVM_AMD, KVM_INTEL
 from kvmple.host.vms import RunningVm
+from tests.fixtures.fake_host import FakeHost, make_fake_host
 
 
 @pytest.fixture
@@ -367,6 +367,7 @@ def test_cli_status_on_pvm_host(
         "available": False,
         "module": "kvm_pvm",
         "reason": doc["reason"],
+        "basis": "sysfs: /sys/module/kvm_pvm",
     }
     assert "kvm_pvm" in doc["reason"]
     assert cli.main(["ple", "off"]) == 4

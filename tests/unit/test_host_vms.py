@@ -66,3 +66,77 @@ def test_merge_attaches_processes_to_domains(tmp_path: Path) -> None:
     ]
     assert merged[0].describe() == "web (pid 30, holds /dev/kvm)"
     assert merged[1].describe() == "paused-one (libvirt qemu:///system)"
+
+
+CASES = Path(__file__).resolve().parents[1] / "data" / "cases"
+
+
+def test_libvirt_escaped_comma_name_is_one_vm() -> None:
+    """Case qemu-name-escaped-comma: libvirt started QEMU with ``-name guest=foo=1,,bar=2``."""
+    procs = scan_processes(CASES / "qemu-name-escaped-comma" / "proc")
+    assert [(p.pid, p.name) for p in procs] == [(4242, "foo=1,bar=2")]
+    listing = LibvirtListing("qemu:///system", True, ("foo=1,bar=2",), None)
+    vms = merge([listing], procs)
+    assert [(v.name, v.pid) for v in vms] == [("foo=1,bar=2", 4242)]
+
+
+@pytest.mark.parametrize(
+    ("argv", "name"),
+    [
+        (["qemu-system-x86_64", "-name", "guest=a,,b,,,,c,debug-threads=on"], "a,b,,c"),
+        (["qemu-system-x86_64", "-name", "plain,,name,process=x"], "plain,name"),
+        (["qemu-system-x86_64", "-name", "process=p,guest=late,,one"], "late,one"),
+        (["qemu-system-x86_64", "-name", "guest=trailing,,"], "trailing,"),
+    ],
+)
+def test_qemu_guest_name_honours_double_comma(argv: list[str], name: str) -> None:
+    assert qemu_guest_name(argv) == name
+
+
+def test_capability_probe_machine_with_escape(tmp_path: Path) -> None:
+    """``-machine none,...`` is libvirt's probe; a machine type is compared after unescaping."""
+    _proc(tmp_path, 40, ["qemu-system-x86_64", "-machine", "type=none,accel=kvm"])
+    _proc(tmp_path, 41, ["qemu-system-x86_64", "-machine", "none,,x,accel=tcg"])
+    assert [v.pid for v in scan_processes(tmp_path, skip_pids=frozenset())] == [41]
+
+
+@pytest.mark.parametrize(
+    ("text", "parts"),
+    [
+        ("a,b", ["a", "b"]),
+        ("a,,b", ["a,b"]),
+        ("a,,,b", ["a,", "b"]),
+        ("", [""]),
+        (",,", [","]),
+    ],
+)
+def test_split_qemu_option(text: str, parts: list[str]) -> None:
+    from kvmple.qemuopts import escape_qemu_value, split_qemu_option
+
+    assert split_qemu_option(text) == parts
+    assert split_qemu_option(",".join(escape_qemu_value(p) for p in parts)) == parts
+
+
+def test_probe_overlay_path_with_a_comma_is_escaped(tmp_path: Path) -> None:
+    """A QEMU option kvmple builds keeps a comma in a path as ',,' (read back as one path)."""
+    from kvmple.image.artifact import Image
+    from kvmple.image.probe import qemu_argv
+    from kvmple.qemuopts import qemu_option_fields
+
+    folder = tmp_path / "a,b"
+    image = Image(
+        name="img",
+        key="k" * 64,
+        qcow2=folder / "disk.qcow2",
+        kernel=folder / "vmlinuz",
+        initrd=None,
+        cmdline="root=/dev/vda",
+        ssh_user="root",
+        host_keys=(),
+        manifest={},
+    )
+    argv = qemu_argv(
+        image, folder / "o.qcow2", folder / "c.log", 2222, cpus=1, memory_mib=256, accel="tcg"
+    )
+    drive = argv[argv.index("-drive") + 1]
+    assert qemu_option_fields(drive)[1]["file"] == str(folder / "o.qcow2")

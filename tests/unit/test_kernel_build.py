@@ -173,12 +173,12 @@ def test_boot_initramfs_is_cached_by_content(tmp_path: Path) -> None:
 
 
 def test_qemu_argv_boots_directly_without_devices() -> None:
-    argv = qemu_argv(Path("/k"), Path("/i"), accel="tcg", token="abc", memory_mb=256, cpus=1)
+    argv = qemu_argv(Path("/k"), Path("/i"), accel="tcg", token="abc", memory_mib=256, cpus=1)
     assert argv[:3] == ["qemu-system-x86_64", "-accel", "tcg"]
     assert "-no-reboot" in argv and "-nodefaults" in argv
     append = argv[argv.index("-append") + 1]
     assert "console=ttyS0" in append and "kvmple_token=abc" in append
-    smp = qemu_argv(Path("/k"), Path("/i"), accel="tcg", token="t", memory_mb=256, cpus=2)
+    smp = qemu_argv(Path("/k"), Path("/i"), accel="tcg", token="t", memory_mib=256, cpus=2)
     assert "tcg,thread=multi" in smp
 
 

@@ -11,23 +11,23 @@ from pathlib import Path
 import pytest
 
 from kvmple.cli import main
+from kvmple.console import NO_OUTPUT, ConsoleLog, diagnose
 from kvmple.errors import ConfigError, GuestError, UsageError
 from kvmple.image.artifact import Image
-from kvmple.image.probe import DirectBoot, qemu_argv
+from kvmple.image.probe import qemu_argv
 from kvmple.kernel import imageboot
-from kvmple.kernel.boottest import RECORD, load_pass, record_pass
+from kvmple.kernel.bootpass import RECORD, load_pass, record_pass
 from kvmple.kernel.build import IMAGE_FRAGMENT, resolve_fragment
 from kvmple.kernel.configs import IMAGE_BOOT_FRAGMENT, parse_config
 from kvmple.kernel.imageboot import (
     IMAGE_KERNEL_NEEDS,
     ImageBootResult,
     boot_cmdline,
-    diagnose,
     failure_reason,
     image_boot_test,
-    qemu_accel,
     root_parameter,
 )
+from kvmple.qemu import DirectBoot, accel_arg
 from kvmple.run import run
 from tests.support import need_program
 
@@ -71,9 +71,10 @@ def test_root_parameter_is_the_last_root_and_is_required() -> None:
 
 
 def test_qemu_accel() -> None:
-    assert qemu_accel("kvm", 2) == "kvm"
-    assert qemu_accel("tcg", 1) == "tcg"
-    assert qemu_accel("tcg", 2) == "tcg,thread=multi"
+    assert accel_arg("kvm", 2) == "kvm"
+    assert accel_arg("tcg", 1) == "tcg"
+    assert accel_arg("tcg", 2) == "tcg,thread=multi"
+    assert accel_arg("tcg,thread=single", 2) == "tcg,thread=single"  # raw values pass
 
 
 def _argv(image: Image, tmp_path: Path, boot: DirectBoot | None = None) -> list[str]:
@@ -140,6 +141,21 @@ def test_diagnose_names_the_reason_in_one_line() -> None:
     welcome = "Welcome to Debian GNU/Linux 12 (bookworm)!\n[  OK  ] Reached target basic.target"
     assert diagnose(welcome, "root=/dev/vda") == "systemd started, but no SSH login followed"
     assert diagnose("Booting the kernel.\n", "root=/dev/vda") is None
+    assert diagnose(" \n", "root=/dev/vda") == NO_OUTPUT
+    stall = "[ 40.1] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n"
+    assert "starved" in str(diagnose(stall + "Welcome to Debian\n"))
+    lockup = "watchdog: BUG: soft lockup - CPU#1 stuck for 31s! [swapper/1:0]\n"
+    assert "soft lockup - CPU#1 stuck for 31s" in str(diagnose(lockup))
+
+
+def test_console_log_tail(tmp_path: Path) -> None:
+    log = ConsoleLog(tmp_path / "console.log")
+    assert log.text() == "" and log.tail() == "" and log.indented() == "(the console stayed empty)"
+    log.path.write_text("one\n\n  two  \nthree\n")
+    assert log.tail(2) == "  two\nthree"
+    assert log.tail(5, sep=" | ") == "one |   two | three"
+    assert log.indented(2) == "  two\n    three"
+    assert not log.panicked() and log.diagnose() is None
 
 
 def test_failure_reason_falls_back_to_qemu_then_to_the_ssh_wait() -> None:

@@ -172,13 +172,12 @@ def test_plain_quilt_dir_gets_a_manifest(tmp_path: Path) -> None:
     assert series.patches[0].subject == "fix a" and series.patches[0].file == "a.patch"
 
 
-def test_lore_without_b4_says_what_to_do() -> None:
+def test_lore_without_b4_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
     from kvmple.errors import HostError
+    from kvmple.kernel import sources
     from kvmple.kernel.sources import from_lore
-    from kvmple.run import which
 
-    if which("b4") is not None:
-        pytest.skip("b4 is installed here; this checks the message when it is not")
+    monkeypatch.setattr(sources, "_b4_command", lambda: None)
     with pytest.raises(HostError, match="b4 is not installed") as caught:
         from_lore("20110126234930.23404.44418.stgit@example.org")
     assert "--from" in (caught.value.hint or "")

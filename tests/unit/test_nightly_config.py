@@ -50,6 +50,13 @@ def test_example_config_is_valid() -> None:
     assert config.notify.email is not None
 
 
+def test_modern_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "nightly" / "modern.yaml"
+    config = load_config(example).config
+    assert config.name == "modern-directed-yield" and config.series is None
+    assert str(config.playbook).endswith("modern-overcommit.yaml")
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

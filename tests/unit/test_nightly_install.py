@@ -14,7 +14,8 @@ import pytest
 
 from kvmple.errors import HostError
 from kvmple.kernel import install as install_mod
-from kvmple.kernel.boottest import BootResult, record_pass
+from kvmple.kernel.bootpass import record_pass
+from kvmple.kernel.boottest import BootResult
 from kvmple.kernel.install import HostFacts, Step
 from kvmple.nightly import steps
 from kvmple.nightly.config import LoadedConfig, NightlyConfig

@@ -21,7 +21,7 @@ from kvmple.nightly.night import _exclusive, run_night
 from kvmple.nightly.state import jobs_dir, load, night_dir, save
 from kvmple.nightly.steps import StepContext
 from kvmple.results import open_store
-from kvmple.results.synthetic import synthetic_campaign
+from tests.fixtures.synthetic import synthetic_campaign
 from tests.unit.kernel_fake_tree import git, make_git_tree, make_series
 
 _ids = itertools.count(1)

@@ -252,3 +252,42 @@ def test_output_is_never_lost_on_quick_commands(sshd: Sshd) -> None:
     with sshd.executor() as ex:
         for i in range(15):
             assert ex.run(["echo", f"line-{i}"], timeout=30).stdout == f"line-{i}\n"
+
+
+# ------------------------------------------------------------- the one readiness wait
+
+
+def test_readiness_wait_against_a_real_sshd(sshd: Sshd, tmp_path: Path) -> None:
+    """vm/ready.wait_ssh: ready at once against a live sshd; a wrong pin fails at once; a
+    port nobody listens on runs into the deadline with the last reason; a dead guest and a
+    stop request end the wait."""
+    import threading
+
+    from kvmple.vm.ready import wait_ssh
+
+    def alive() -> None:
+        return None
+
+    def timed_out(last: str) -> GuestError:
+        return GuestError(f"timed out ({last})")
+
+    with sshd.executor() as ex:
+        wait_ssh(ex, deadline=time.monotonic() + 30, alive=alive, timed_out=timed_out)
+    other = _keygen(tmp_path / "other")
+    with sshd.executor([other]) as ex, pytest.raises(HostKeyMismatch):
+        wait_ssh(ex, deadline=time.monotonic() + 30, alive=alive, timed_out=timed_out)
+    nobody = SSHExecutor("127.0.0.1", free_port(), "root", sshd.key, [sshd.host_key_line], "x")
+    with pytest.raises(GuestError, match=r"timed out \(.*not answering"):
+        wait_ssh(nobody, deadline=time.monotonic() + 2, alive=alive, timed_out=timed_out)
+
+    def dead() -> None:
+        raise GuestError("died")
+
+    with pytest.raises(GuestError, match="died"):
+        wait_ssh(nobody, deadline=time.monotonic() + 30, alive=dead, timed_out=timed_out)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(KeyboardInterrupt):
+        wait_ssh(
+            nobody, deadline=time.monotonic() + 30, alive=alive, timed_out=timed_out, stop=stop
+        )

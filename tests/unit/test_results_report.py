@@ -24,8 +24,8 @@ from kvmple.results.report import render
 from kvmple.results.rfc import rfc_figures
 from kvmple.results.stats import runs_needed
 from kvmple.results.store import open_store, sqlite_url
-from kvmple.results.synthetic import synthetic_campaign
 from kvmple.results.tables import render_markdown, render_text
+from tests.fixtures.synthetic import synthetic_campaign
 
 FAST = 2000  # bootstrap resamples in unit tests (the default 10,000 is benched)
 

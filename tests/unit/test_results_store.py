@@ -13,8 +13,8 @@ from kvmple.errors import StoreError, UsageError
 from kvmple.results.records import RunRecord
 from kvmple.results.schema import LATEST, MIGRATIONS
 from kvmple.results.store import DuplicateRun, Store, open_store, sqlite_path, sqlite_url
-from kvmple.results.synthetic import synthetic_campaign
 from kvmple.results.transfer import export_csv, export_json, import_file
+from tests.fixtures.synthetic import synthetic_campaign
 
 
 @pytest.fixture

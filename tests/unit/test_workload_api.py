@@ -196,7 +196,7 @@ def test_failed_runs_raise_with_the_reason(code: int, stderr: str, message: str)
 
 
 def test_a_zero_exit_without_figures_is_still_a_failure() -> None:
-    with pytest.raises(WorkloadError, match="no qpid-perftest -s summary"):
+    with pytest.raises(WorkloadError, match="not a perftest log kvmple recognises; it is empty"):
         measurement_from_result("amqp-perftest", PerftestParams(), _result(0, "\n"), "g")
 
 
