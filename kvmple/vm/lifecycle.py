@@ -189,6 +189,7 @@ class _Boot:
             self.records = [r for r in self.records if r.domain != guest.name]
             self.executors = [e for e in self.executors if e is not guest.executor]
         registry.forget(guest.record)
+        reaper.disown(guest.name)
 
     def start(
         self,

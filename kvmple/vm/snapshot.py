@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from kvmple.errors import GuestError, KvmpleError
 from kvmple.run import run
 from kvmple.ui import warn
-from kvmple.vm import registry, saveimage, snapcache, snapkey
+from kvmple.vm import reaper, registry, saveimage, snapcache, snapkey
 from kvmple.vm.domxml import QEMU_NS
 
 if TYPE_CHECKING:
@@ -422,3 +422,4 @@ def _drop_named(boot: _Boot, name: str) -> None:
         boot.records = [r for r in boot.records if r.domain != name]
     for record in records:
         registry.forget(record)
+    reaper.disown(name)
