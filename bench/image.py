@@ -101,7 +101,7 @@ def main() -> int:
         if not args.warm_only:
             figures["cold"] = seconds
             print(f"cold build   {verdict(seconds, TARGETS['cold'])}", flush=True)
-            steps = image.manifest.get("step_seconds", {})
+            steps = image.manifest.step_seconds
             print("  steps: " + ", ".join(f"{k} {v:.0f} s" for k, v in steps.items()))
         _, figures["warm"] = timed_build(recipe)
         print(f"warm build   {verdict(figures['warm'], TARGETS['warm'])}  (API call)")

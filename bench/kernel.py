@@ -40,7 +40,7 @@ def image_boots(count: int) -> None:
     from kvmple.kernel.imageboot import image_boot_test
 
     image = resolve("debian12-amqp")
-    release = str(image.manifest["kernel_release"])
+    release = str(image.manifest.kernel_release)
     results = []
     with tempfile.TemporaryDirectory(prefix="kvmple-bench-imageboot-") as scratch:
         for number in range(count):

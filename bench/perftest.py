@@ -23,6 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pydantic import JsonValue
+
 from kvmple.executor import Executor, LocalExecutor
 from kvmple.workloads import AmqpPerftest, Measurement
 from kvmple.workloads.programs import GUEST_BIN, guest_dir
@@ -94,7 +96,7 @@ def main() -> int:
         print(f"broker accepting AMQP after {time.monotonic() - start:.0f} s", flush=True)
         print(f"\nkvmple-perftest bench on {where}: --count {count} --size {args.size}\n")
 
-        def run(params: dict[str, object]) -> Measurement:
+        def run(params: dict[str, JsonValue]) -> Measurement:
             m = workload.measure(
                 executor, {"count": count, "size": args.size, **params}, timeout=900
             )

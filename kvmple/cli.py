@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fleet",
     "image",
     "kernel",
+    "lab",
     "nightly",
     "ple",
     "report",
@@ -35,7 +36,9 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentParser:
+    """The parser of ``commands`` (default all; the Bochs lab host registers only the few
+    it runs, because importing every command module costs minutes under an interpreter)."""
     parser = argparse.ArgumentParser(
         prog="kvmple",
         description="Validate kernel patches by driving real QEMU/KVM guests.",
@@ -47,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
-        module = importlib.import_module(f"kvmple.commands.{name}")
-        module.register(sub)
+        if name in commands:
+            module = importlib.import_module(f"kvmple.commands.{name}")
+            module.register(sub)
     return parser
 
 
@@ -62,17 +66,19 @@ def unwind_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, commands: Sequence[str] = COMMAND_MODULES) -> int:
+    parser = build_parser(commands)
     args = parser.parse_args(argv)
     unwind_on_sigterm()
     try:
         code = args.handler(args)
         return int(code or 0)
     except KeyboardInterrupt:
+        # only a campaign can be resumed: after 'lab up' or 'image build' the hint misleads
+        resumable = args.command == "run"
         error: KvmpleError = Interrupted(
             "interrupted; everything kvmple started was cleaned up",
-            hint="a campaign can continue with 'kvmple run --resume ID'",
+            hint="a campaign can continue with 'kvmple run --resume ID'" if resumable else None,
         )
         return _report(error, args.debug)
     except KvmpleError as exc:

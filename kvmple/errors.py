@@ -98,6 +98,12 @@ class CampaignError(KvmpleError):
     exit_code = 12
 
 
+class BootFallback(KvmpleError):
+    """An installed kernel did not come up: the host booted its previous kernel again."""
+
+    exit_code = 13
+
+
 class Interrupted(KvmpleError):
     """Ctrl-C or SIGTERM: everything was cleaned up, the state saved for --resume."""
 

@@ -15,6 +15,7 @@ process group ends the command and its children.
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import socket
 import threading
@@ -390,3 +391,28 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def exec_interactive_ssh(
+    *, port: int, user: str, key: str, host_keys: Sequence[str], known_hosts: Path
+) -> None:
+    """Replace this process with an interactive OpenSSH session to 127.0.0.1:``port``.
+
+    paramiko has no terminal handling, so an interactive login hands the terminal to
+    ``ssh`` (ssh(1)), held to the same policy as :class:`SSHExecutor`: the installation key
+    only, the guest's pinned host keys written to ``known_hosts``, strict checking. Returns
+    only if exec fails (OSError).
+    """
+    label = f"[127.0.0.1]:{port}"
+    known_hosts.write_text("".join(f"{label} {host_key}\n" for host_key in host_keys))
+    argv = [
+        "ssh",
+        "-o", "IdentitiesOnly=yes",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={known_hosts}",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-i", key,
+        "-p", str(port),
+        f"{user}@127.0.0.1",
+    ]  # fmt: skip
+    os.execvp("ssh", argv)

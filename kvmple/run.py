@@ -365,18 +365,7 @@ def background(
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
         sink = log.open("ab")
-    try:
-        proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            env=full_env,
-            start_new_session=True,
-        )
-    except FileNotFoundError as exc:
-        raise CommandError(f"program not found: {shlex.join(args)}") from exc
+    proc = _start_in_session(args, sink, cwd, full_env)
     try:
         yield proc
     finally:
@@ -405,3 +394,33 @@ def which(program: str) -> str | None:
     path = os.environ.get("PATH", "")
     extra = ":/usr/local/sbin:/usr/sbin:/sbin"
     return shutil.which(program, path=path + extra)
+
+
+def start_detached(argv: Argv, *, log: Path, cwd: str | os.PathLike[str] | None = None) -> int:
+    """Start a process that outlives this call (its own session, output appended to ``log``)
+    and return its pid; the caller records the pid and ends it (kvmple.lab.bochs_run)."""
+    args = _argv(argv)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as sink:
+        return _start_in_session(args, sink, cwd, None).pid
+
+
+def _start_in_session(
+    args: tuple[str, ...],
+    sink: IO[bytes] | int,
+    cwd: str | os.PathLike[str] | None,
+    env: Mapping[str, str] | None,
+) -> subprocess.Popen[bytes]:
+    """A process in its own session (so its group can be ended), stdout+stderr to ``sink``."""
+    try:
+        return subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
+    except FileNotFoundError as exc:
+        raise CommandError(f"program not found: {shlex.join(args)}") from exc

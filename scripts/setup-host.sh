@@ -43,6 +43,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
 else
     say "Debian packages: all ${#wanted[@]} present"
 fi
+# kexec-tools' debconf default LOAD_KEXEC=true makes every reboot a kexec of /vmlinuz, and
+# 'kernel install --method kexec' (the nightly's planned one-shot boot) refuses it: false here.
+if [ "$mode" = "--test" ] && [ -f /etc/default/kexec ]; then
+    sed -i 's/^LOAD_KEXEC=.*/LOAD_KEXEC=false/' /etc/default/kexec
+fi
 
 # --- the virtualenv -------------------------------------------------------------------------
 venv="$here/.venv"

@@ -20,6 +20,8 @@ def _kvmple_dirs(
     base = tmp_path_factory.mktemp("kvmple-home")
     for name in ("CACHE", "STATE", "DATA"):
         monkeypatch.setenv(f"KVMPLE_{name}_DIR", str(base / name.lower()))
+    # the library draws nothing (it emits kvmple.events); this keeps the CLI's progress
+    # displays out of the output that real/lab tests run through the CLI and parse
     monkeypatch.setenv("KVMPLE_NO_PROGRESS", "1")
     yield
 

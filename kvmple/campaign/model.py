@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -52,6 +51,8 @@ class HostFacts:
     kvm_module: str | None
     # host knobs (kvmple.host.knobs.REGISTRY) this host cannot provide, each with why
     unavailable_knobs: dict[str, str] = field(default_factory=dict)
-    facts: dict[str, Any] = field(default_factory=dict)
+    # hostname, cpu_model, cpu_vendor, kernel_release, cmdline, doctor_verdict, accelerator,
+    # kvm_module, ple_basis, machine (campaign/runner.py reads them; stored as the meta's host)
+    facts: dict[str, str | None] = field(default_factory=dict)
     online_cpus: tuple[int, ...] = ()  # empty: unknown (then CPU pins are not checked)
     mem_available_mib: int | None = None  # None: unknown

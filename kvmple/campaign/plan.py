@@ -14,7 +14,8 @@ import random
 from dataclasses import dataclass
 from fractions import Fraction
 
-from kvmple.campaign.playbook import Playbook, Scalar
+from kvmple.campaign.playbook import Playbook
+from kvmple.campaign.specs import Scalar
 
 UNAVAILABLE = "unavailable"
 

@@ -13,181 +13,27 @@ import hashlib
 from pathlib import Path
 from typing import Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from kvmple.campaign.specs import (
+    FROZEN,
+    Axis,
+    Factor,
+    GuestSpec,
+    WorkloadSpec,
+    WorkloadVariant,
+    check_axis,
+)
 from kvmple.config import load_model, parse_model
-from kvmple.errors import KvmpleError
-from kvmple.host import knobs
-
-Scalar = int | float | str | bool
-
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 PLAYBOOK_HINT = "see playbooks/smoke.yaml for a complete, commented example"
-
-
-def _parse_cpus(value: object) -> tuple[int, ...]:
-    """Accept 3, "0-3", "0,2", [0, 1] for a CPU list."""
-    if isinstance(value, bool):
-        raise ValueError("expected a CPU number or list")
-    if isinstance(value, int):
-        return (value,)
-    if isinstance(value, list | tuple):
-        out: list[int] = []
-        for item in value:
-            out.extend(_parse_cpus(item))
-        return tuple(out)
-    if isinstance(value, str):
-        out = []
-        for raw in value.split(","):
-            part = raw.strip()
-            if not part:
-                continue
-            if "-" in part:
-                lo, hi = part.split("-", 1)
-                if not (lo.strip().isdigit() and hi.strip().isdigit()) or int(lo) > int(hi):
-                    raise ValueError(f"bad CPU range {part!r}")
-                out.extend(range(int(lo), int(hi) + 1))
-            elif part.isdigit():
-                out.append(int(part))
-            else:
-                raise ValueError(f"bad CPU list {value!r} (use e.g. 0-3 or 0,2)")
-        return tuple(out)
-    raise ValueError("expected a CPU number, a list like [0, 1], or a string like '0-3'")
-
-
-class GuestSpec(BaseModel):
-    """One guest of the experiment."""
-
-    model_config = _FROZEN
-
-    image: str = Field(description="image recipe name in guest-images/ or a recipe path")
-    vcpus: int = Field(gt=0, le=512, description="number of vCPUs")
-    memory_mib: int = Field(default=1024, ge=128, description="guest memory in MiB")
-    pin: tuple[tuple[int, ...], ...] = Field(
-        description="host CPUs per vCPU: a list with one entry per vCPU (a CPU or CPU list); "
-        "a single list like '0-3' with as many CPUs as vCPUs pins vCPU i to CPU i"
-    )
-    emulator_pin: tuple[int, ...] | None = Field(
-        default=None,
-        description="host CPUs for QEMU's emulator threads (default: the union of pin)",
-    )
-    keep_smt_siblings: bool = Field(
-        default=False,
-        description="require every pinned set to contain whole SMT sibling groups",
-    )
-    kernel_args: str = Field(default="", description="extra guest kernel command line")
-
-    @field_validator("pin", mode="before")
-    @classmethod
-    def _pin(cls, value: object) -> tuple[tuple[int, ...], ...]:
-        if isinstance(value, str | int):
-            return tuple((cpu,) for cpu in _parse_cpus(value))
-        if isinstance(value, list | tuple):
-            if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-                return tuple((int(v),) for v in value)
-            return tuple(_parse_cpus(v) for v in value)
-        raise ValueError("expected a list of host CPUs, one per vCPU, or a range like '0-3'")
-
-    @field_validator("emulator_pin", mode="before")
-    @classmethod
-    def _emulator(cls, value: object) -> tuple[int, ...] | None:
-        return None if value is None else _parse_cpus(value)
-
-    @model_validator(mode="after")
-    def _pins_cover_vcpus(self) -> GuestSpec:
-        if len(self.pin) != self.vcpus:
-            raise ValueError(
-                f"pin lists {len(self.pin)} entries for {self.vcpus} vCPUs: pin every vCPU"
-            )
-        return self
-
-    @property
-    def host_cpus(self) -> frozenset[int]:
-        return frozenset(cpu for cpus in self.pin for cpu in cpus)
-
-
-class WorkloadSpec(BaseModel):
-    """What one guest runs during every measurement."""
-
-    model_config = _FROZEN
-
-    name: str = Field(description="workload name (amqp-perftest, spin, hackbench)")
-    role: Literal["measure", "load"] = Field(
-        description="measure: its figures are the result; load: runs beside the measurement"
-    )
-    params: dict[str, Scalar] = Field(
-        default_factory=dict, description="fixed parameters passed to the workload"
-    )
-    busy_vcpus: int | str | None = Field(
-        default=None,
-        description="vCPUs this workload keeps busy, for the overcommit figure: a number, "
-        "'all', or the name of a parameter/axis holding the count (default: 'all' for a "
-        "measured workload, its 'count' parameter for spin)",
-    )
-
-
-class Axis(BaseModel):
-    """A matrix axis varied between runs inside a group."""
-
-    model_config = _FROZEN
-
-    values: tuple[Scalar, ...] = Field(min_length=1, description="the values to run")
-    guest: str = Field(description="guest whose workload receives the value")
-    param: str = Field(description="workload parameter the value is passed as")
-
-    @field_validator("values")
-    @classmethod
-    def _distinct(cls, values: tuple[Scalar, ...]) -> tuple[Scalar, ...]:
-        if len(set(map(repr, values))) != len(values):
-            raise ValueError("values must be distinct")
-        return values
-
-
-class Factor(BaseModel):
-    """A host knob factor: its settings define run groups (one knob change per group)."""
-
-    model_config = _FROZEN
-
-    knob: str = Field(
-        description="host knob: 'ple' (Pause-Loop Exiting), a KVM module parameter "
-        "('kvm.halt_poll_ns', 'kvm_intel.ple_window', ...) or a /sys or /sys/kernel/debug path"
-    )
-    values: tuple[str, ...] = Field(
-        min_length=1, description="settings, e.g. 'on', 'off' for ple, numbers for parameters"
-    )
-
-    @field_validator("values", mode="before")
-    @classmethod
-    def _numbers_as_text(cls, values: object) -> object:
-        # YAML reads halt_poll_ns: [0, 200000] as ints; sysfs and the plan key them as text
-        if isinstance(values, list | tuple):
-            return tuple(
-                str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in values
-            )
-        return values
-
-    @field_validator("knob")
-    @classmethod
-    def _known_knob(cls, name: str) -> str:
-        try:
-            knobs.get(name)
-        except KvmpleError as exc:
-            raise ValueError(f"{exc.message} ({exc.hint})" if exc.hint else exc.message) from None
-        return name
-
-    @model_validator(mode="after")
-    def _settings(self) -> Factor:
-        knob = knobs.get(self.knob)
-        for value in self.values:
-            knob.check_setting(value)
-        return self
 
 
 class Adaptive(BaseModel):
     """Stop a cell early once its mean is known well enough."""
 
-    model_config = _FROZEN
+    model_config = FROZEN
 
     ci_halfwidth_pct: float = Field(
         gt=0, description="stop when the 95% CI half-width <= this % of the mean"
@@ -196,7 +42,7 @@ class Adaptive(BaseModel):
 
 
 class Timeouts(BaseModel):
-    model_config = _FROZEN
+    model_config = FROZEN
 
     boot: float = Field(default=300, gt=0, description="seconds for guests to answer SSH")
     prepare: float = Field(default=300, gt=0, description="seconds for workload preparation")
@@ -204,7 +50,7 @@ class Timeouts(BaseModel):
 
 
 class Ordering(BaseModel):
-    model_config = _FROZEN
+    model_config = FROZEN
 
     seed: int = Field(default=1, description="seed of the run-order randomisation (recorded)")
     randomize: bool = Field(default=True, description="shuffle runs inside each group")
@@ -217,7 +63,7 @@ class Ordering(BaseModel):
 
 
 class Quiet(BaseModel):
-    model_config = _FROZEN
+    model_config = FROZEN
 
     max_foreign_load: float = Field(
         default=0.25, ge=0, description="CPUs' worth of load from other processes tolerated"
@@ -229,7 +75,7 @@ class Quiet(BaseModel):
 class Estimate(BaseModel):
     """Rough durations for --dry-run's time estimate."""
 
-    model_config = _FROZEN
+    model_config = FROZEN
 
     boot_s: float = Field(default=90, ge=0, description="seconds to boot the guests once")
     run_s: float = Field(default=30, ge=0, description="seconds per run (setup + measurement)")
@@ -239,7 +85,7 @@ class Estimate(BaseModel):
 class Playbook(BaseModel):
     """An experiment."""
 
-    model_config = _FROZEN
+    model_config = FROZEN
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,40}$", description="short name, used in ids")
     description: str = Field(default="", description="what the experiment reproduces or tests")
@@ -250,6 +96,11 @@ class Playbook(BaseModel):
     workloads: dict[str, WorkloadSpec] = Field(description="workload per guest role")
     factors: tuple[Factor, ...] = Field(default=(), description="host knob factors")
     axes: dict[str, Axis] = Field(default_factory=dict, description="matrix axes")
+    workload_axis: tuple[WorkloadVariant, ...] = Field(
+        default=(),
+        description="the measured guest's workload as an axis: one campaign per workload "
+        "(their figures differ in unit and direction), each with the whole matrix",
+    )
     repetitions: int = Field(gt=0, le=10000, description="runs per cell (maximum if adaptive)")
     adaptive: Adaptive | None = Field(default=None, description="stop cells early when precise")
     timeouts: Timeouts = Field(default_factory=Timeouts, description="timeouts in seconds")
@@ -278,13 +129,63 @@ class Playbook(BaseModel):
         for name, axis in self.axes.items():
             if axis.guest not in self.workloads:
                 raise ValueError(f"axes.{name}.guest: {axis.guest!r} runs no workload")
+            workload = self.workloads[axis.guest]
+            check_axis(f"axes.{name}", axis, workload.name, workload.params)
         knobs = [f.knob for f in self.factors]
         if len(set(knobs)) != len(knobs):
             raise ValueError("factors: each knob may appear once")
         overlap = set(self.axes) & set(knobs)
         if overlap:
             raise ValueError(f"{sorted(overlap)} is both a factor and an axis")
+        self._check_workload_axis()
         return self
+
+    def _check_workload_axis(self) -> None:
+        names = [v.name for v in self.workload_axis]
+        if not names:
+            return
+        if len(set(names)) != len(names):
+            raise ValueError("workload_axis: each workload may appear once")
+        measured = self.workloads[self.measured_role].name
+        if measured not in names:
+            raise ValueError(
+                f"workload_axis: the measured workload {measured!r} must be one of {names}"
+            )
+        for name in names:
+            if len(f"{self.name}-{name}") > 41:
+                raise ValueError(f"workload_axis: name {self.name}-{name} is over 41 characters")
+        base = self.workloads[self.measured_role]
+        for index, variant in enumerate(self.workload_axis):
+            params = variant.params
+            if params is None:
+                params = base.params if variant.name == base.name else {}
+            for axis_name, axis in self.axes.items():
+                if axis.guest == self.measured_role:  # the axis goes to each variant
+                    where = f"workload_axis.{index} ({variant.name}): axes.{axis_name}"
+                    check_axis(where, axis, variant.name, params)
+
+    def variants(self) -> tuple[Playbook, ...]:
+        """One playbook per value of ``workload_axis`` (named NAME-WORKLOAD, the measured
+        workload replaced), or this playbook alone without the axis.
+        Each becomes its own campaign: one primary metric, unit and direction per campaign."""
+        if not self.workload_axis:
+            return (self,)
+        role = self.measured_role
+        base = self.workloads[role]
+        out = []
+        for variant in self.workload_axis:
+            params = variant.params
+            if params is None:
+                params = base.params if variant.name == base.name else {}
+            spec = base.model_copy(update={"name": variant.name, "params": params})
+            data = self.model_dump(mode="json")
+            data.update(
+                name=f"{self.name}-{variant.name}",
+                workloads={**data["workloads"], role: spec.model_dump(mode="json")},
+                workload_axis=[],
+            )
+            out.append(Playbook.model_validate(data))
+        return tuple(out)
 
     @property
     def measured_role(self) -> str:
@@ -303,6 +204,21 @@ class LoadedPlaybook(BaseModel):
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.text.encode()).hexdigest()
+
+
+def variants(loaded: LoadedPlaybook) -> tuple[LoadedPlaybook, ...]:
+    """``loaded`` split along its workload axis (:meth:`Playbook.variants`), each variant with
+    its own YAML text (stored with its campaign, so ``--resume`` re-derives the same plan)."""
+    if not loaded.playbook.workload_axis:
+        return (loaded,)
+    out = []
+    for playbook in loaded.playbook.variants():
+        data = playbook.model_dump(mode="json", exclude_defaults=True)
+        text = f"# {playbook.name}: one workload of {loaded.source}\n" + yaml.safe_dump(
+            data, sort_keys=False
+        )
+        out.append(LoadedPlaybook(playbook=playbook, text=text, source=loaded.source))
+    return tuple(out)
 
 
 def load_playbook(path: Path) -> LoadedPlaybook:

@@ -14,12 +14,12 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from kvmple.image.guestfiles import shipped
 from kvmple.vm.snapshot import Readiness
 from kvmple.workloads import PROGRAMS, ensure_programs, get_workload
-from kvmple.workloads.programs import digest
 
 if TYPE_CHECKING:
-    from kvmple.campaign.playbook import WorkloadSpec
+    from kvmple.campaign.specs import WorkloadSpec
     from kvmple.remote import SSHExecutor
 
 
@@ -32,7 +32,10 @@ def readiness_for(
     workloads: Mapping[str, WorkloadSpec], *, prepare_timeout: float
 ) -> dict[str, Readiness]:
     """Per role, the readiness its workload asks (roles without one: SSH only)."""
-    programs = {name: digest(name) for name in PROGRAMS}
+    # the content of every file ensure_programs ships (the kvmple_guest package included)
+    programs = {
+        f.relative: hashlib.sha256(f.source.read_bytes()).hexdigest() for f in shipped(PROGRAMS)
+    }
     result: dict[str, Readiness] = {}
     for role, spec in workloads.items():
         workload = get_workload(spec.name)

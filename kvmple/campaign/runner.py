@@ -20,13 +20,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from kvmple import __version__, paths, ui
+from kvmple import __version__, events, paths
 from kvmple.campaign.execute import execute
 from kvmple.campaign.hostfit import host_fit
 from kvmple.campaign.model import CampaignOptions, CampaignOutcome, HostFacts
 from kvmple.campaign.plan import UNAVAILABLE, build_plan
 from kvmple.campaign.playbook import LoadedPlaybook, Playbook, parse_playbook
 from kvmple.errors import CampaignError, HostError, Interrupted, KvmpleError
+from kvmple.events import Sink, Warn
 from kvmple.host import knobs
 from kvmple.host.doctor import diagnose
 from kvmple.host.seam import real_seam
@@ -35,7 +36,7 @@ from kvmple.results import CampaignMeta, Store, open_store
 from kvmple.results.report import default_report_path, load_analysis, render, write_report
 from kvmple.workloads import get_workload
 
-__all__ = ["CampaignOptions", "CampaignOutcome", "print_report", "run_campaign"]
+__all__ = ["CampaignOptions", "CampaignOutcome", "campaign_report", "run_campaign"]
 
 log = logging.getLogger("kvmple.campaign")
 
@@ -152,8 +153,15 @@ def run_campaign(
     options: CampaignOptions,
     *,
     resume_id: str | None = None,
+    sink: Sink = events.discard,
 ) -> CampaignOutcome:
-    """Run a new campaign from ``loaded``, or continue ``resume_id``."""
+    """Run a new campaign from ``loaded``, or continue ``resume_id``, reporting progress,
+    notes and warnings to ``sink`` (kvmple.events)."""
+    if loaded is not None and loaded.playbook.workload_axis:
+        raise CampaignError(
+            f"{loaded.source}: workload_axis makes one campaign per workload; this runs one",
+            hint="'kvmple run PLAYBOOK' runs them in turn; or list one workload in the playbook",
+        )
     factors = [f.knob for f in loaded.playbook.factors] if loaded else []
     host = _read_host(factors)
     if resume_id is None and loaded is not None:
@@ -179,11 +187,19 @@ def run_campaign(
                 host.facts,
             )
             for knob, reason in unavailable.items():
-                ui.warn(f"factor {knob}: unavailable on this host ({reason}); recorded as such")
+                sink(Warn(f"factor {knob}: unavailable on this host ({reason}); recorded as such"))
             start = time.monotonic()
             store.set_status(meta.id, "running")
             try:
-                execute(store, meta=meta, playbook=playbook, plan=plan, host=host, outcome=outcome)
+                execute(
+                    store,
+                    meta=meta,
+                    playbook=playbook,
+                    plan=plan,
+                    host=host,
+                    outcome=outcome,
+                    sink=sink,
+                )
             except KeyboardInterrupt:
                 store.set_status(meta.id, "interrupted")
                 log.info("interrupted")
@@ -252,6 +268,11 @@ def _resume(store: Store, campaign_id: str, host: HostFacts) -> tuple[CampaignMe
     if loaded.sha256 != meta.playbook_hash:
         raise CampaignError(f"campaign {campaign_id}: stored playbook does not match its hash")
     recorded = meta.host
+    if recorded.get("kernel_release") != host.facts.get("kernel_release") and not store.runs(
+        campaign_id
+    ):  # registered, then a kernel installed (kernel install --campaign): nothing to mix
+        meta = store.set_host(campaign_id, host.facts)
+        recorded = meta.host
     for key in ("hostname", "kernel_release", "accelerator"):
         if recorded.get(key) != host.facts.get(key):
             raise CampaignError(
@@ -265,10 +286,10 @@ def _resume(store: Store, campaign_id: str, host: HostFacts) -> tuple[CampaignMe
 # --- execution ------------------------------------------------------------------------------
 
 
-def print_report(outcome: CampaignOutcome, db_url: str | None) -> None:
-    """The RFC-style table of the campaign and the path of its HTML report."""
+def campaign_report(outcome: CampaignOutcome, db_url: str | None) -> tuple[str, Path]:
+    """The RFC-style table of the campaign (text) and the path of its HTML report, written
+    now (StoreError when the campaign cannot be read)."""
     with open_store(db_url) as store:
         analysis = load_analysis(store, outcome.campaign_id)
-    ui.out.print(render(analysis, "text"), markup=False, highlight=False)
     path = write_report(render(analysis, "html"), default_report_path(analysis, "html"))
-    ui.out.print(f"HTML report: {path}")
+    return render(analysis, "text"), path

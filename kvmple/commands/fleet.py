@@ -64,7 +64,12 @@ def _run(args: argparse.Namespace) -> int:
     from kvmple.fleet.inventory import load_inventory
 
     inventory = load_inventory(args.inventory)
-    load_playbook(args.playbook)  # a bad playbook fails here, not on every host
+    playbook = load_playbook(args.playbook).playbook  # a bad one fails here, not on every host
+    if playbook.workload_axis:  # the fan-out collects one campaign id per host
+        raise UsageError(
+            f"{args.playbook}: fleet runs take a playbook without workload_axis",
+            hint="run one playbook per workload, or 'kvmple run' it on each host",
+        )
     hosts = _chosen(inventory, args.host)
     url = args.db or inventory.store
     if url is None or url.startswith("sqlite"):

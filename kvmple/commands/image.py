@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    image = build(find_recipe(args.recipe), rebuild=args.rebuild)
+    image = build(find_recipe(args.recipe), rebuild=args.rebuild, sink=ui.Renderer())
     if args.json:
         ui.out.print_json(json.dumps(image.to_json()))
     else:
@@ -80,7 +80,7 @@ def _list(args: argparse.Namespace) -> int:
                 **(e.image.to_json() if e.image else {}),
                 "directory": str(e.directory),
                 "size_bytes": e.size_bytes,
-                "built_at": e.image.manifest.get("built_at") if e.image else None,
+                "built_at": e.image.manifest.built_at if e.image else None,
             }
             for e in found
         ]
@@ -94,14 +94,14 @@ def _list(args: argparse.Namespace) -> int:
     lines: list[tuple[str, ...]] = [("NAME", "KEY", "BUILT", "KERNEL", "PKGS", "SIZE", "DIRECTORY")]
     for entry in found:
         image = entry.image
-        manifest = image.manifest if image else {}
+        manifest = image.manifest if image else None
         lines.append(
             (
                 image.name if image else "?",
                 image.key[:16] if image else "?",
-                str(manifest.get("built_at", "?")),
-                str(manifest.get("kernel_release", "?")),
-                str(manifest.get("package_count", "?")),
+                _or_unknown(manifest.built_at if manifest else None),
+                _or_unknown(manifest.kernel_release if manifest else None),
+                _or_unknown(manifest.package_count if manifest else None),
                 _size(entry.size_bytes),
                 str(entry.directory),
             )
@@ -134,6 +134,10 @@ def _list_snapshots(snapshots: list[Any]) -> None:
         )
 
 
+def _or_unknown(value: str | int | None) -> str:
+    return "?" if value is None else str(value)
+
+
 def _size(size: int) -> str:
     return f"{size / 2**20:.0f} MiB"
 
@@ -153,8 +157,8 @@ def _rm(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    image = build(find_recipe(args.recipe))
-    amqp = args.amqp or "rabbitmq-server" in image.manifest.get("packages", {})
+    image = build(find_recipe(args.recipe), sink=ui.Renderer())
+    amqp = args.amqp or "rabbitmq-server" in image.manifest.packages
     with tempfile.TemporaryDirectory(prefix="kvmple-image-check-") as tmp:
         times = probe(
             image,

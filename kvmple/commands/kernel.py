@@ -6,11 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvmple import ui
 from kvmple.commands.kernel_series import open_input, series_list, series_show
-from kvmple.errors import PatchError, UsageError
+from kvmple.errors import InputError, PatchError, UsageError
+
+if TYPE_CHECKING:
+    from kvmple.kernel.manifest import BuildManifest
 
 EPILOG = """\
 Exit codes: 0 ok; 2 usage; 3 bad manifest/config file; 4 host cannot (not root, no
@@ -92,7 +95,11 @@ def register(sub: Any) -> None:
     )
     apply.add_argument("--json", action="store_true")
     apply.set_defaults(handler=_apply)
+    _register_build_actions(actions)
 
+
+def _register_build_actions(actions: Any) -> None:
+    """build, boot-test and install."""
     build = actions.add_parser("build", help="configure and build a kernel tree")
     build.add_argument("--tree", type=Path, required=True)
     build.add_argument("--out", type=Path, help="build directory (make O=)")
@@ -149,11 +156,32 @@ def register(sub: Any) -> None:
     boot.add_argument("--json", action="store_true")
     boot.set_defaults(handler=_boot_test)
 
-    install = actions.add_parser("install", help="install on this host (not verified on hardware)")
+    _register_install(actions)
+
+
+def _register_install(actions: Any) -> None:
+    """install: the plan, and with --execute its execution on this host."""
+    install = actions.add_parser(
+        "install",
+        help="install on this host (kexec: verified on an emulated AMD-V host (QEMU TCG); "
+        "grub-reboot: not verified on hardware)",
+    )
     _build_dir_args(install)
     install.add_argument("--method", choices=("auto", "grub-reboot", "kexec"), default="auto")
     install.add_argument("--campaign", help="campaign id to resume after the reboot")
     install.add_argument("--reboot", action="store_true", help="reboot into it at the end")
+    install.add_argument(
+        "--append",
+        action="append",
+        default=[],
+        metavar="PARAM",
+        help="(kexec) a kernel parameter added to the reused command line (panic=10 always is)",
+    )
+    install.add_argument(
+        "--no-initramfs",
+        action="store_true",
+        help="no initramfs: the kernel has its root disk and file system drivers built in",
+    )
     install.add_argument(
         "--execute", action="store_true", help="carry the plan out (default: print it only)"
     )
@@ -270,28 +298,26 @@ def _build(args: argparse.Namespace) -> int:
         ccache=False if args.no_ccache else None,
         timeout=args.timeout,
     )
-    manifest = build_kernel(request)
+    manifest = build_kernel(request, sink=ui.Renderer())
     if args.json:
-        _say(json.dumps(manifest, indent=2))
+        _say(manifest.to_json().rstrip("\n"))
         return 0
-    check = manifest["fragment_check"]
-    assert isinstance(check, dict)
+    check = manifest.fragment_check
     _say(
-        f"built {manifest['release']} in {manifest['seconds']} s "
-        f"(ccache {'on' if manifest['ccache'] else 'off'}, -j{manifest['jobs']})"
+        f"built {manifest.release} in {manifest.seconds} s "
+        f"(ccache {'on' if manifest.ccache else 'off'}, -j{manifest.jobs})"
     )
-    _say(f"  image     {manifest['image']}")
+    _say(f"  image     {manifest.image}")
     _say(
-        f"  config    sha256 {str(manifest['config_sha256'])[:16]}; "
-        f"{check['checked']} fragment options checked"
+        f"  config    sha256 {(manifest.config_sha256 or '?')[:16]}; "
+        f"{check.checked} fragment options checked"
     )
     for label in ("other_arch", "allowed_to_vanish", "built_in_without_modules"):
-        for line in check.get(label, []):
+        for line in getattr(check, label):
             _say(f"  note      {line} ({label.replace('_', ' ')})")
-    series = manifest.get("series")
-    if isinstance(series, dict):
-        _say(f"  series    {series.get('series')}")
-    _say(f"  log       {manifest['log']}")
+    if manifest.series is not None:
+        _say(f"  series    {manifest.series_name}")
+    _say(f"  log       {manifest.log}")
     return 0
 
 
@@ -316,16 +342,17 @@ def _boot_test(args: argparse.Namespace) -> int:
     manifest = load_manifest(out)
     if args.image is not None:
         return _boot_test_image(args, out, manifest)
+    _require_built_image(out, manifest.image)
     result = boot_test(
-        Path(str(manifest["image"])),
-        str(manifest["release"]),
+        manifest.image,
+        manifest.release,
         log=out / "boot-test.log",
         timeout=args.timeout or 120.0,
         accel=args.accel,
         cpus=args.cpus or 1,
         expect_lines=args.expect_line,
     )
-    record_pass(out, result, str(manifest["image_sha256"]))
+    record_pass(out, result, manifest.image_sha256)
     if args.json:
         _say(json.dumps(result.__dict__, indent=2))
     else:
@@ -337,15 +364,28 @@ def _boot_test(args: argparse.Namespace) -> int:
     return 0
 
 
-def _boot_test_image(args: argparse.Namespace, out: Path, manifest: dict[str, object]) -> int:
+def _require_built_image(out: Path, image: Path) -> None:
+    """InputError (exit 3) naming the manifest and its key when the image it names is gone
+    (a moved or cleaned build directory, a hand-edited relative path)."""
+    from kvmple.kernel.manifest import MANIFEST
+
+    if not image.is_absolute() or not image.is_file():
+        why = "is not an absolute path" if not image.is_absolute() else "does not exist"
+        raise InputError(
+            f"{out / MANIFEST}: image: {image} {why}",
+            hint=f"run 'kvmple kernel build' again for {out}",
+        )
+
+
+def _boot_test_image(args: argparse.Namespace, out: Path, manifest: BuildManifest) -> int:
     from kvmple.image import resolve
     from kvmple.kernel.bootpass import record_pass
     from kvmple.kernel.imageboot import image_boot_test
 
-    image = resolve(args.image)
+    image = resolve(args.image, sink=ui.Renderer())
     result = image_boot_test(
-        Path(str(manifest["image"])),
-        str(manifest["release"]),
+        manifest.image,
+        manifest.release,
         image,
         log=out / "boot-test-image.log",
         initrd=args.initrd,
@@ -355,7 +395,7 @@ def _boot_test_image(args: argparse.Namespace, out: Path, manifest: dict[str, ob
         append=args.append,
         expect_lines=args.expect_line,
     )
-    record_pass(out, result, str(manifest["image_sha256"]), kind="image")
+    record_pass(out, result, manifest.image_sha256, kind="image")
     if args.json:
         _say(json.dumps(result.__dict__, indent=2))
     else:
@@ -386,6 +426,9 @@ def _install(args: argparse.Namespace) -> int:
         reboot=args.reboot,
         campaign=args.campaign,
         kvmple=kvmple_command(),
+        append=tuple(args.append),
+        initramfs=not args.no_initramfs,
+        workdir=str(Path.cwd()),
     )
     _say(f"install plan for {plan.release} ({plan.method}; {', '.join(plan.notes)}):")
     for number, step in enumerate(plan.steps, 1):

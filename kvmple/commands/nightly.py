@@ -65,7 +65,7 @@ def _nightly(args: argparse.Namespace) -> int:
             step = state.step(name)
             _say(f"  {name:10} {step.status:8} {step.detail}")
         return 0
-    result = run_night(loaded, args.night, retry=args.retry)
+    result = run_night(loaded, args.night, retry=args.retry, sink=ui.Renderer())
     state = result.state
     if args.json:
         _say(json.dumps(state.to_json(), indent=2))

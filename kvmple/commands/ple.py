@@ -17,7 +17,8 @@ restore  put back the values saved before kvmple's first change, and forget them
 
 A change reloads the module, so it is refused (nothing changed) without root, while any VM
 runs, while the module is in use, or where there is no PLE. The originals are saved before
-the first change and survive a crash. The reload path is not verified on hardware.
+the first change and survive a crash. The reload path is verified on an emulated VT-x
+CPU with PLE (Bochs: kvmple lab verify-ple), not on hardware.
 Exit codes: 0 done, 2 bad KEY=VALUE, 4 refused (no PLE, not root, VMs running, in use,
 read-back mismatch), 5 modprobe failed.
 """

@@ -1,9 +1,10 @@
-"""``kvmple run PLAYBOOK [--dry-run] [--resume ID] [--db URL] [--allow-unavailable]``."""
+"""``kvmple run PLAYBOOK [--dry-run] [--resume ID] [--db URL] [--allow-unavailable] [--json]``."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,12 @@ def register(sub: Any) -> None:
         "--no-report", action="store_true", help="do not print the report at the end"
     )
     parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print each campaign's outcome as one JSON line on stdout (docs/run-json.md) "
+        "instead of the report; the summary lines go to stderr",
+    )
+    parser.add_argument(
         "--cold-boot",
         action="store_true",
         help="boot every guest for real instead of restoring booted snapshots (and save none)",
@@ -41,9 +48,9 @@ def register(sub: Any) -> None:
     parser.set_defaults(handler=_run)
 
 
-def _say_what_this_host_provides(playbook: Any) -> None:
+def _say_what_this_host_provides(playbook: Any, campaigns: int = 1) -> None:
     """After a dry run: would this host run the plan as written? (cached doctor, no boot)
-    Lists every requirement the host does not meet."""
+    Lists every requirement the host does not meet; ``campaigns``: one per workload."""
     from kvmple.campaign.hostfit import host_fit
     from kvmple.campaign.plan import build_plan
     from kvmple.campaign.runner import read_host_for_dry_run
@@ -74,7 +81,7 @@ def _say_what_this_host_provides(playbook: Any) -> None:
         plural = "s" if len(factors) > 1 else ""
         ui.out.print(
             f"the {titles} factor{plural}: 'kvmple run' stops; with --allow-unavailable it "
-            f"runs {len(reduced.runs)} runs with {titles} recorded as unavailable",
+            f"runs {len(reduced.runs) * campaigns} runs with {titles} recorded as unavailable",
             markup=False,
         )
     if any(not u.factor for u in unmet):
@@ -82,9 +89,9 @@ def _say_what_this_host_provides(playbook: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from kvmple.campaign.describe import describe_plan
     from kvmple.campaign.plan import build_plan
-    from kvmple.campaign.playbook import load_playbook
+    from kvmple.campaign.playbook import load_playbook, variants
+    from kvmple.commands.plan_view import describe_plan
 
     if args.cold_boot:  # read by kvmple.vm.snapshot.wanted wherever the campaign boots
         os.environ["KVMPLE_COLD_BOOT"] = "1"
@@ -95,21 +102,44 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         if args.resume:
             raise UsageError("--dry-run takes a PLAYBOOK, not --resume")
+        if args.json:
+            raise UsageError("--json reports a campaign that ran, not a --dry-run plan")
         loaded = load_playbook(args.playbook)
-        ui.out.print(describe_plan(loaded.playbook, build_plan(loaded.playbook)))
-        _say_what_this_host_provides(loaded.playbook)
+        each = variants(loaded)
+        for variant in each:
+            ui.out.print(describe_plan(variant.playbook, build_plan(variant.playbook)))
+        if len(each) > 1:
+            total = sum(len(build_plan(v.playbook).runs) for v in each)
+            names = ", ".join(v.playbook.workloads[v.playbook.measured_role].name for v in each)
+            ui.out.print(f"workload axis: {len(each)} campaigns ({names}), {total} runs in all")
+        _say_what_this_host_provides(each[0].playbook, len(each))
         return 0
 
     from kvmple.campaign.runner import CampaignOptions, run_campaign
 
     options = CampaignOptions(db_url=args.db, allow_unavailable=args.allow_unavailable)
+    sink = ui.Renderer()
     if args.resume:
-        outcome = run_campaign(None, options, resume_id=args.resume)
+        outcomes = [run_campaign(None, options, resume_id=args.resume, sink=sink)]
     else:
-        outcome = run_campaign(load_playbook(args.playbook), options)
-    ui.out.print(outcome.summary())
-    if not args.no_report:
-        from kvmple.campaign.runner import print_report
+        # one campaign per workload of the axis, one after the other (a failure stops the rest)
+        playbooks = variants(load_playbook(args.playbook))
+        outcomes = [run_campaign(v, options, sink=sink) for v in playbooks]
+    if args.json:
+        from kvmple.campaign.outcome import RunOutcome
 
-        print_report(outcome, args.db)
+        for outcome in outcomes:  # JSON Lines: one document per campaign, in the order run
+            ui.err.print(outcome.summary(), markup=False)
+            # written as is: rich would treat ':name:' in a path as an emoji code
+            sys.stdout.write(RunOutcome.from_outcome(outcome).to_json_line())
+        sys.stdout.flush()
+        return 0
+    for outcome in outcomes:
+        ui.out.print(outcome.summary())
+        if not args.no_report:
+            from kvmple.campaign.runner import campaign_report
+
+            text, html = campaign_report(outcome, args.db)
+            ui.out.print(text, markup=False, highlight=False)
+            ui.out.print(f"HTML report: {html}")
     return 0

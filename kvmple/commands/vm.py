@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +115,7 @@ def build_spec(
     if image is None:
         from kvmple.image import resolve
 
-        image = resolve(args.image)
+        image = resolve(args.image, sink=ui.Renderer())
     pins = expand_pins(args.vcpu_pins or (tuple(online),), args.vcpus)
     emulator = args.emulator_pins or tuple(sorted({c for p in pins for c in p}))
     return VMSpec(
@@ -161,6 +160,7 @@ def _up(args: argparse.Namespace) -> int:
         ready_timeout=args.ready_timeout,
         keep_smt_siblings=args.keep_smt_siblings,
         snapshots=False if args.cold_boot else None,
+        sink=ui.Renderer(),
     ) as guests:
         table = Table(title=f"ready after {time.monotonic() - start:.1f} s")
         for column in ("guest", "ssh", "vCPU -> host CPUs (read back)", "boot", "console"):
@@ -223,37 +223,19 @@ def find_records(names: list[str]) -> list[registry.GuestRecord]:
 
 
 def _ssh(args: argparse.Namespace) -> int:
-    from kvmple.remote import SSHExecutor
+    from kvmple.vm import guestssh
 
     (record,) = find_records([args.name])
-    remote = [a for a in args.remote if a != "--"] if args.remote else []
-    if remote:
-        with SSHExecutor(
-            "127.0.0.1",
-            record.ssh_port,
-            record.ssh_user,
-            Path(record.ssh_key),
-            record.host_keys,
-            name=record.domain,
-        ) as executor:
-            result = executor.run(remote, timeout=args.timeout, check=False)
-        print(result.stdout, end="")
-        ui.err.out(result.stderr, end="", highlight=False)
-        return result.returncode
-    known_hosts = Path(record.run_dir) / "known_hosts"
-    label = f"[127.0.0.1]:{record.ssh_port}"
-    known_hosts.write_text("".join(f"{label} {key}\n" for key in record.host_keys))
-    argv = [
-        "ssh",
-        "-o", "IdentitiesOnly=yes",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", f"UserKnownHostsFile={known_hosts}",
-        "-o", "GlobalKnownHostsFile=/dev/null",
-        "-i", record.ssh_key,
-        "-p", str(record.ssh_port),
-        f"{record.ssh_user}@127.0.0.1",
-    ]  # fmt: skip
-    os.execvp("ssh", argv)  # an interactive session: hand the terminal over to ssh
+    remote = guestssh.command_argv(args.remote)
+    if not remote:
+        guestssh.login(record)  # an interactive session: the terminal goes to ssh
+        return 255  # not reached: exec replaced this process
+    result = guestssh.run_streaming(
+        record, remote, lambda line: print(line, flush=True), timeout=args.timeout,
+        name=record.domain,
+    )  # fmt: skip
+    ui.err.out(result.stderr, end="", highlight=False)
+    return result.returncode
 
 
 def _down(args: argparse.Namespace) -> int:
@@ -321,7 +303,12 @@ def _print_report(report: gc.GcReport) -> None:
 
 
 def _gc(args: argparse.Namespace) -> int:
+    from kvmple.lab import bochs_run
+
     report = gc.collect(include_detached=args.all, uris=("qemu:///system",))
+    # Bochs lab hosts are processes, not libvirt domains: reaped by their own records
+    for name in bochs_run.reap_orphans(include_detached=args.all):
+        report.removed_records.append(f"lab host {name} (Bochs)")
     if args.json:
         ui.out.print_json(json.dumps(report.__dict__))
     else:

@@ -1,7 +1,8 @@
 """Fan a campaign out to every host of an inventory: copy the playbook over SFTP, run
-``kvmple run`` there with the shared store URL, collect exit codes and campaign ids. One
-thread per host (at most ``parallel``), each with its own SSH connection; a host's output
-goes to a log file per host."""
+``kvmple run --json`` there with the shared store URL, collect exit codes and campaign
+outcomes (the JSON Lines of docs/run-json.md, read as RunOutcome). One thread per host (at
+most ``parallel``), each with its own SSH connection; a host's output goes to a log file per
+host."""
 
 from __future__ import annotations
 
@@ -15,13 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmple.errors import CommandTimeout, GuestError, Interrupted, KvmpleError
+from kvmple.campaign.outcome import RunOutcome
+from kvmple.errors import CommandTimeout, GuestError, InputError, Interrupted, KvmpleError
 from kvmple.executor import Executor
 from kvmple.fleet.inventory import FleetHost, Inventory
 from kvmple.keys import installation_key
 from kvmple.remote import SSHExecutor
 
-_CAMPAIGN = re.compile(r"^campaign (\S+): ", re.M)
+# A campaign that stops prints no --json document (docs/run-json.md); its error's hint names
+# the campaign when runs were stored: the one place the id is then written.
 _RESUME = re.compile(r"kvmple run --resume (\S+)")
 
 
@@ -33,18 +36,30 @@ class HostOutcome:
     seconds: float
     message: str
     log: Path
+    run: RunOutcome | None = None  # what the host's kvmple run reported (None: no document)
 
     @property
     def ok(self) -> bool:
         return self.exit_code == 0
 
 
-def campaign_from_output(stdout: str, stderr: str) -> str | None:
-    """The campaign id from ``kvmple run``'s summary line, else from a resume hint."""
-    found = _CAMPAIGN.findall(stdout)
-    if found:
-        return str(found[-1])
-    hint = _RESUME.findall(stderr + stdout)
+def read_outcomes(stdout: str, source: str) -> list[RunOutcome]:
+    """The documents ``kvmple run --json`` printed on ``stdout`` (one JSON object per line,
+    docs/run-json.md), in order. InputError naming ``source``, the line and the key when a
+    line is not such a document (e.g. a kvmple too old for --json, or of a newer schema)."""
+    return [
+        RunOutcome.from_json(
+            line, f"{source}, stdout line {number}", hint="is kvmple the same version there?"
+        )
+        for number, line in enumerate(stdout.splitlines(), 1)
+        if line.strip()
+    ]
+
+
+def resumable_campaign(stderr: str) -> str | None:
+    """The campaign a failed ``kvmple run`` stored runs of, from its error's
+    ``kvmple run --resume ID`` hint (no --json document is printed then)."""
+    hint = _RESUME.findall(stderr)
     return str(hint[-1]) if hint else None
 
 
@@ -52,7 +67,7 @@ def remote_argv(
     host: FleetHost, playbook: str, db_url: str | None, allow_unavailable: bool
 ) -> list[str]:
     """``kvmple run`` as the host runs it (pure)."""
-    argv = [*host.kvmple, "run", playbook, "--no-report"]
+    argv = [*host.kvmple, "run", playbook, "--no-report", "--json"]
     if db_url:
         argv += ["--db", db_url]
     if allow_unavailable:
@@ -82,8 +97,11 @@ def _one_host(
     start = time.monotonic()
     executor: Executor | None = None
 
-    def done(code: int, campaign: str | None, message: str) -> HostOutcome:
-        return HostOutcome(name, code, campaign, round(time.monotonic() - start, 1), message, log)
+    def done(
+        code: int, campaign: str | None, message: str, run: RunOutcome | None = None
+    ) -> HostOutcome:
+        seconds = round(time.monotonic() - start, 1)
+        return HostOutcome(name, code, campaign, seconds, message, log, run)
 
     with log.open("w", encoding="utf-8") as out:
         try:
@@ -109,10 +127,18 @@ def _one_host(
                 close()
         out.write(result.stdout)
         out.write("\n--- stderr ---\n" + result.stderr)
-    campaign = campaign_from_output(result.stdout, result.stderr)
     lines = [line for line in result.stderr.splitlines() if line.startswith("kvmple: error:")]
     message = lines[-1].removeprefix("kvmple: error: ") if lines else ""
-    return done(result.returncode, campaign, message or ("ok" if result.ok else "failed"))
+    try:
+        runs = read_outcomes(result.stdout, f"{name}: kvmple run --json")
+    except InputError as exc:
+        runs, message = [], message or exc.message
+    # one campaign per host (fleet playbooks have no workload axis): the last document
+    run = runs[-1] if runs else None
+    campaign = run.campaign_id if run else resumable_campaign(result.stderr)
+    if result.ok and run is None and not message:
+        message = "kvmple run --json printed no outcome document"
+    return done(result.returncode, campaign, message or ("ok" if result.ok else "failed"), run)
 
 
 class _Connections:

@@ -6,6 +6,8 @@ a block's knobs are in :mod:`kvmple.host.knobs`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from kvmple.host.seam import HostSeam
@@ -57,9 +59,65 @@ class Knob(ABC):
         """Why a host whose guests run under TCG cannot vary a ``needs_kvm`` knob."""
         return host_reason or f"{self.title} is not available"
 
+    def check_settings(
+        self, settings: Sequence[object], declared_type: str | None = None
+    ) -> tuple[str, ...]:
+        """A playbook factor's settings, each checked as it loads (ValueError naming the bad
+        one); ``declared_type`` is the factor's ``type:``, which only knobs whose values have
+        a kernel type (module parameters) take."""
+        if declared_type is not None:
+            raise ValueError(
+                f"knob {self.name!r} takes no 'type' (only KVM module parameters have one)"
+            )
+        return tuple(self.check_setting(setting) for setting in settings)
+
     def check_setting(self, setting: object) -> str:
         """``setting`` as this knob's canonical string (ValueError naming the allowed ones)."""
         if isinstance(setting, str) and setting in self.settings:
             return setting
         allowed = " or ".join(repr(s) for s in self.settings)
         raise ValueError(f"knob {self.name!r} takes {allowed}, not {setting!r}")
+
+
+@dataclass(frozen=True)
+class VmSetting:
+    """A per-VM knob's setting; ``guests`` maps domain name -> what its QEMU was started
+    with, ``in_guest`` domain name -> what the guest itself reports (both filled once the
+    guests run)."""
+
+    knob: str
+    setting: str | None
+    guests: tuple[tuple[str, str], ...] = ()
+    in_guest: tuple[tuple[str, dict[str, object]], ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        data: dict[str, object] = {"per_vm": True, "value": self.setting}
+        if self.guests:
+            data["guests"] = dict(self.guests)
+        if self.in_guest:
+            data["in_guest"] = dict(self.in_guest)
+        return data
+
+
+class VmKnob(Knob):
+    """A knob each guest gets when it starts (QEMU arguments in its domain), not host state:
+    reading, applying and restoring change nothing on the host; :mod:`kvmple.host.vmknobs`
+    reads the setting back from every running guest's QEMU command line."""
+
+    needs_kvm = True
+
+    def available(self, seam: HostSeam) -> str | None:
+        return None  # QEMU options every supported QEMU (7.2+) has
+
+    def read(self, seam: HostSeam) -> VmSetting:
+        return VmSetting(self.name, None)
+
+    def apply(self, seam: HostSeam, setting: str) -> VmSetting:
+        return VmSetting(self.name, self.check_setting(setting))
+
+    def restore(self, seam: HostSeam, before: object) -> VmSetting:
+        return VmSetting(self.name, None)  # nothing on the host to put back
+
+    @abstractmethod
+    def qemu_args(self, setting: str) -> tuple[str, ...]:
+        """The QEMU arguments a guest gets for ``setting`` (ValueError for a bad one)."""

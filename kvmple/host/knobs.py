@@ -37,7 +37,7 @@ class PleKnob(Knob):
     name = "ple"
     title = "PLE"
     settings = ("on", "off")
-    change_note = "module reload; not verified on hardware"
+    change_note = "module reload; verified on emulated lab hosts, not on hardware"
     provider_hint = "use a host where 'kvmple doctor' says kvm+ple"
 
     def available(self, seam: HostSeam) -> str | None:

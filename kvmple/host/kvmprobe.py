@@ -237,11 +237,15 @@ def scaled_budget(base: float, load1: float, ncpus: int, cap: float = 4.0) -> fl
     return base * min(cap, max(1.0, load1 / max(ncpus, 1)))
 
 
-def _probe_kvm_on_a_loaded_host(qemu: str, timeout: float) -> ProbeOutcome:
+def _probe_kvm_on_a_loaded_host(qemu: str, timeout: float, tcg: ProbeOutcome) -> ProbeOutcome:
     """The KVM probe with a budget that holds on a loaded host: scaled by the measured load,
-    and retried once (with twice the budget) when the guest never ran at all, which on a
-    busy host means QEMU had not started the guest yet, not that KVM cannot run it."""
+    at least twice what the TCG control took (inside a lab host, the machine under it is
+    loaded and the lab host's own load average does not see it: the control does), and
+    retried once (with twice the budget) when the guest never ran at all, which on a busy
+    host means QEMU had not started the guest yet, not that KVM cannot run it."""
     budget = scaled_budget(timeout, os.getloadavg()[0], os.cpu_count() or 1)
+    if tcg.passed:
+        budget = max(budget, 2 * tcg.seconds)
     outcome = run_probe(qemu, "kvm", budget)
     if outcome.status == "timeout" and not outcome.stages:
         first = outcome.detail
@@ -302,7 +306,7 @@ def boot_probe(
     elif not os.access(dev_kvm, os.R_OK | os.W_OK):
         kvm = ProbeOutcome("kvm", "skipped", 0.0, "", f"no read/write access to {dev_kvm}")
     else:
-        kvm = _probe_kvm_on_a_loaded_host(qemu, timeout)
+        kvm = _probe_kvm_on_a_loaded_host(qemu, timeout, tcg)
     probe = BootProbe(kvm, tcg, kernel, qemu_version, kvm_module)
     if tcg.passed:  # a probe whose control failed proves nothing: do not remember it
         _store(probe)

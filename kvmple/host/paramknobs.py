@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from kvmple.errors import HostError
-from kvmple.host import ple
+from kvmple.host import paramtypes, ple
 from kvmple.host.knob import Knob
 from kvmple.host.kvmmodule import read_module
 from kvmple.host.seam import HostSeam
@@ -95,10 +96,44 @@ def _check_read_back(name: str, wanted: str, after: ParamReading) -> ParamReadin
     return after
 
 
-class ModuleParamKnob(Knob):
-    """One parameter of kvm / kvm_intel / kvm_amd, named ``module.param``."""
+class _SysFileKnob(Knob):
+    """A knob that is one file under /sys (``relative`` to the seam's sys root): read, set
+    (written, or :meth:`_change` of a subclass), read back and restored the same way."""
 
     settings: tuple[str, ...] = ()
+    relative: str
+
+    def check_setting(self, setting: object) -> str:
+        return check_value(self.name, setting)
+
+    def read(self, seam: HostSeam) -> ParamReading:
+        reason = self.available(seam)
+        if reason is not None:
+            raise HostError(f"{self.name}: {reason}", hint=self.provider_hint)
+        return _read(seam, self.name, self.relative)
+
+    def apply(self, seam: HostSeam, setting: str) -> ParamReading:
+        value = self.check_setting(setting)
+        before = self.read(seam)
+        if canonical(before.value) == canonical(value):
+            return before
+        return _check_read_back(self.name, value, self._change(seam, before, value))
+
+    def restore(self, seam: HostSeam, before: object) -> ParamReading:
+        if not isinstance(before, ParamReading):
+            raise TypeError(f"not a parameter reading: {before!r}")
+        return self.apply(seam, self._restore_value(before))
+
+    def _change(self, seam: HostSeam, before: ParamReading, value: str) -> ParamReading:
+        return _write(seam, before, value)
+
+    def _restore_value(self, before: ParamReading) -> str:
+        return before.value
+
+
+class ModuleParamKnob(_SysFileKnob):
+    """One parameter of kvm / kvm_intel / kvm_amd, named ``module.param``."""
+
     needs_kvm = True
     provider_hint = "use a host where 'kvmple doctor' says kvm"
 
@@ -116,8 +151,19 @@ class ModuleParamKnob(Knob):
         self.relative = f"module/{self.module}/parameters/{self.param}"
         self.change_note = "written in place or by a module reload, then read back"
 
-    def check_setting(self, setting: object) -> str:
-        return check_value(self.name, setting)
+    def check_settings(
+        self, settings: Sequence[object], declared_type: str | None = None
+    ) -> tuple[str, ...]:
+        """Each setting as a value of the parameter's type (:mod:`kvmple.host.paramtypes`:
+        what kvmple knows, else the factor's ``type:``, which is then required)."""
+        try:
+            kind = paramtypes.param_type(self.name, declared_type)
+        except ValueError as exc:
+            raise ValueError(f"knob {self.name!r}: {exc}") from None
+        return tuple(
+            paramtypes.check_typed(self.name, kind, self.check_setting(setting))
+            for setting in settings
+        )
 
     def available(self, seam: HostSeam) -> str | None:
         if not (seam.sys_root / "module" / self.module).is_dir():
@@ -134,25 +180,12 @@ class ModuleParamKnob(Knob):
             f"parameters have no effect ({host_reason})"
         )
 
-    def read(self, seam: HostSeam) -> ParamReading:
-        reason = self.available(seam)
-        if reason is not None:
-            raise HostError(f"{self.name}: {reason}", hint=self.provider_hint)
-        return _read(seam, self.name, self.relative)
+    def _change(self, seam: HostSeam, before: ParamReading, value: str) -> ParamReading:
+        """Written in place when the file is writable (0644), else a module reload."""
+        return _write(seam, before, value) if before.writable else self._reload(seam, value)
 
-    def apply(self, seam: HostSeam, setting: str) -> ParamReading:
-        value = self.check_setting(setting)
-        before = self.read(seam)
-        if canonical(before.value) == canonical(value):
-            return before
-        if before.writable:
-            return _check_read_back(self.name, value, _write(seam, before, value))
-        return _check_read_back(self.name, value, self._reload(seam, value))
-
-    def restore(self, seam: HostSeam, before: object) -> ParamReading:
-        if not isinstance(before, ParamReading):
-            raise TypeError(f"not a parameter reading: {before!r}")
-        return self.apply(seam, canonical(before.value))
+    def _restore_value(self, before: ParamReading) -> str:
+        return canonical(before.value)  # modprobe takes 1/0, sysfs prints Y/N
 
     def _reload(self, seam: HostSeam, value: str) -> ParamReading:
         """Reload the module with this parameter, keeping its PLE parameters as they are."""
@@ -177,10 +210,9 @@ class ModuleParamKnob(Knob):
         return _read(seam, self.name, self.relative)
 
 
-class SysfsPathKnob(Knob):
+class SysfsPathKnob(_SysFileKnob):
     """A host file under /sys (sysfs) or /sys/kernel/debug (debugfs), named by its path."""
 
-    settings: tuple[str, ...] = ()
     needs_kvm = False  # scheduler knobs shape how the host runs vCPU threads under TCG too
     provider_hint = "mount debugfs (mount -t debugfs none /sys/kernel/debug), or another kernel"
 
@@ -197,9 +229,6 @@ class SysfsPathKnob(Knob):
         self.relative = str(PurePosixPath(*path.parts[2:]))
         self.change_note = "written, then read back"
 
-    def check_setting(self, setting: object) -> str:
-        return check_value(self.name, setting)
-
     def _resolved_inside(self, seam: HostSeam) -> bool:
         real = Path(os.path.realpath(seam.sys_root / self.relative))
         return real.is_relative_to(Path(os.path.realpath(seam.sys_root)))
@@ -207,30 +236,12 @@ class SysfsPathKnob(Knob):
     def available(self, seam: HostSeam) -> str | None:
         target = seam.sys_root / self.relative
         if not target.is_file():
-            return f"{self.name} does not exist on this host"
+            return "does not exist on this host"
         if not self._resolved_inside(seam):
-            return f"{self.name} leads outside /sys through a link"
+            return "leads outside /sys through a link"
         if not target.stat().st_mode & 0o200:
-            return f"{self.name} is read-only"
+            return "is read-only"
         return None
 
     def without_kvm(self, seam: HostSeam, host_reason: str) -> str:
         return host_reason
-
-    def read(self, seam: HostSeam) -> ParamReading:
-        reason = self.available(seam)
-        if reason is not None:
-            raise HostError(f"host knob {reason}", hint=self.provider_hint)
-        return _read(seam, self.name, self.relative)
-
-    def apply(self, seam: HostSeam, setting: str) -> ParamReading:
-        value = self.check_setting(setting)
-        before = self.read(seam)
-        if canonical(before.value) == canonical(value):
-            return before
-        return _check_read_back(self.name, value, _write(seam, before, value))
-
-    def restore(self, seam: HostSeam, before: object) -> ParamReading:
-        if not isinstance(before, ParamReading):
-            raise TypeError(f"not a parameter reading: {before!r}")
-        return self.apply(seam, before.value)

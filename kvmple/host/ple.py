@@ -5,7 +5,8 @@ change goes through :func:`apply`, which checks first and changes nothing when a
 wrong (no PLE, bad names or values, not root, VMs running, module in use), saves the
 original values before the first change, reloads, and reads the values back.
 
-The reload itself is **not verified on hardware** (see :mod:`kvmple.host.seam`).
+The reload with read-back is **verified on an emulated VT-x CPU with PLE (Bochs)**
+(``kvmple lab verify-ple``), not on hardware.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from typing import Literal
 
 from kvmple.errors import HostError, KvmpleError, UsageError
 from kvmple.host import ple_state
+from kvmple.host.confounders import amd_without_pfthreshold
 from kvmple.host.cpuinfo import read_cpuinfo
 from kvmple.host.kvmmodule import KvmModule, PleModuleSpec, find_kvm_module
+from kvmple.host.machine import read_machine
 from kvmple.host.seam import HostSeam
 
 Mode = Literal["on", "off"]
@@ -89,9 +92,22 @@ def decide_ple(seam: HostSeam) -> PleDecision:
     from_cpu = cpu.ple_from_cpuinfo
     line = "'vmx flags'" if spec.module == "kvm_intel" else "'flags'"
     if from_cpu is True:
+        release = _release(seam)
+        if spec.module == "kvm_amd" and amd_without_pfthreshold(cpu, release):
+            reason = (
+                f"the CPU has pausefilter but not pfthreshold: kvm_amd on Linux {release} then "
+                "disables PAUSE interception entirely (svm.c svm_vm_init)"
+            )
+            return PleDecision(module, False, f"/proc/cpuinfo {line} + kernel {release}", reason)
         return PleDecision(module, True, f"/proc/cpuinfo {line} lists {spec.cpu_flag}", None)
     if from_cpu is False:
-        reason = f"the CPU lacks {spec.cpu_flag}: {spec.module} forces PLE off without it"
+        # "(emulated)": a lab host under QEMU TCG, whose SVM has no pause filter at all
+        which = "(emulated) CPU" if read_machine(seam.sys_root, cpu).emulated else "CPU"
+        feature = "pause filter" if spec.vendor == "amd" else "PAUSE-loop exiting"
+        reason = (
+            f"the {which} has no {feature} (it lacks {spec.cpu_flag}): "
+            f"{spec.module} forces PLE off without it"
+        )
         return PleDecision(module, False, f"/proc/cpuinfo {line}", reason)
     return _decide_from_switch(module, spec)
 
@@ -133,6 +149,13 @@ def availability(seam: HostSeam) -> tuple[KvmModule | None, str | None]:
     See decide_ple for how it is decided."""
     decision = decide_ple(seam)
     return decision.module, None if decision.available else decision.reason
+
+
+def _release(seam: HostSeam) -> str:
+    try:
+        return (seam.proc_root / "sys" / "kernel" / "osrelease").read_text().strip()
+    except OSError:
+        return ""
 
 
 def require_ple(seam: HostSeam) -> tuple[KvmModule, PleModuleSpec]:

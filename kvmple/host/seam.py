@@ -1,9 +1,11 @@
 """The one injectable seam between kvmple's host logic and the machine: sysfs and procfs
 roots, the module loader and the running-VM lister.
 
-The real loader (``modprobe -r`` then ``modprobe MODULE k=v...``) is the only hardware path
-that is NOT verified here (no VT-x on the development host); tests drive the same logic with
-tests/fixtures/fake_host.py, whose loader rewrites a fake sysfs tree.
+The real loader (``modprobe -r`` then ``modprobe MODULE k=v...``) is verified on two
+emulated lab hosts, not on hardware: on an emulated AMD-V host (QEMU TCG, ``kvmple lab up
+amd``: kvm_amd reloaded with ``nested=0/1``, read back, refused while a VM runs) and on a real
+kvm_intel with PLE inside the Bochs lab host (``kvmple lab verify-ple``). Unit tests drive the
+same logic with tests/fixtures/fake_host.py, whose loader rewrites a fake sysfs tree.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from kvmple.errors import CommandError, HostError
 from kvmple.host.vms import RunningVm, SystemVmLister
 from kvmple.run import run
 
-RELOAD_NOT_VERIFIED = "reload path not verified on hardware"
+RELOAD_NOT_VERIFIED = (
+    "reload path verified on an emulated VT-x CPU with PLE (Bochs) and on an emulated AMD-V "
+    "host (QEMU TCG), not on hardware"
+)
 
 
 class ModuleLoader(Protocol):
@@ -46,7 +51,7 @@ class HostSeam:
 
 
 class ModprobeLoader:
-    """Reload a module with ``modprobe`` (not verified on hardware: no VT-x here)."""
+    """Reload a module with ``modprobe`` (verified under Bochs: kvmple lab verify-ple)."""
 
     timeout = 120.0
 

@@ -3,7 +3,10 @@
 intercepting PAUSE, HLT and MWAIT for that VM (KVM_CAP_X86_DISABLE_EXITS, kernel
 Documentation/virt/kvm/api.rst), so such a VM has PLE off whatever ple_gap says.
 
-A per-VM knob changes nothing on the host; the campaign passes :meth:`CpuPmKnob.qemu_args`
+The guest's KVM PV features (``pv.sched_yield``, ``pv.unhalt``) are per-VM knobs too
+(:mod:`kvmple.host.pvknobs`, also read back inside each guest).
+
+A per-VM knob changes nothing on the host; the campaign passes :meth:`VmKnob.qemu_args`
 to every guest of the block and, once they run, :func:`check_guests` reads each guest's QEMU
 command line back from /proc: a guest started without the setting fails the block instead of
 being stored under a false label.
@@ -12,43 +15,23 @@ being stored under a false label.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from kvmple.errors import HostError
-from kvmple.host.knob import Knob
+from kvmple.host import pvknobs
+from kvmple.host.knob import VmKnob, VmSetting
 from kvmple.host.seam import HostSeam
-from kvmple.host.vms import qemu_guest_name
+from kvmple.host.vms import process_argv, qemu_guest_name
 
 
-@dataclass(frozen=True)
-class VmSetting:
-    """A per-VM knob's setting; ``guests`` maps domain name -> what its QEMU was started
-    with (filled once the guests run)."""
-
-    knob: str
-    setting: str | None
-    guests: tuple[tuple[str, str], ...] = ()
-
-    def to_json(self) -> dict[str, object]:
-        data: dict[str, object] = {"per_vm": True, "value": self.setting}
-        if self.guests:
-            data["guests"] = dict(self.guests)
-        return data
-
-
-class CpuPmKnob(Knob):
+class CpuPmKnob(VmKnob):
     """QEMU ``-overcommit cpu-pm=on|off`` for every guest of a block."""
 
     name = "cpu-pm"
     title = "cpu-pm"
     settings = ("on", "off")
-    needs_kvm = True
     change_note = "per VM: QEMU -overcommit cpu-pm, read back from each guest's QEMU"
     provider_hint = "use a host where 'kvmple doctor' says kvm"
-
-    def available(self, seam: HostSeam) -> str | None:
-        return None  # QEMU >= 3.1 has -overcommit; kvmple needs 7.2
 
     def without_kvm(self, seam: HostSeam, host_reason: str) -> str:
         return (
@@ -56,20 +39,14 @@ class CpuPmKnob(Knob):
             f"under TCG have no such exits ({host_reason})"
         )
 
-    def read(self, seam: HostSeam) -> VmSetting:
-        return VmSetting(self.name, None)
-
-    def apply(self, seam: HostSeam, setting: str) -> VmSetting:
-        return VmSetting(self.name, self.check_setting(setting))
-
-    def restore(self, seam: HostSeam, before: object) -> VmSetting:
-        return VmSetting(self.name, None)  # nothing on the host to put back
-
     def qemu_args(self, setting: str) -> tuple[str, ...]:
         return ("-overcommit", f"cpu-pm={self.check_setting(setting)}")
 
 
-VM_KNOBS: dict[str, CpuPmKnob] = {CpuPmKnob.name: CpuPmKnob()}
+VM_KNOBS: dict[str, VmKnob] = {
+    knob.name: knob for knob in (CpuPmKnob(), *pvknobs.PV_KNOBS.values())
+}
+"""Every per-VM knob by name (QEMU -overcommit cpu-pm, the guest's KVM PV features)."""
 
 
 def qemu_args(settings: Iterable[tuple[str, str]]) -> tuple[str, ...]:
@@ -86,11 +63,7 @@ def qemu_argv_of(proc_root: Path, guest: str) -> list[str] | None:
     for pid_dir in proc_root.iterdir():
         if not pid_dir.name.isdigit():
             continue
-        try:
-            raw = (pid_dir / "cmdline").read_bytes()
-        except OSError:
-            continue
-        argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+        argv = process_argv(pid_dir)
         if argv and Path(argv[0]).name.startswith("qemu") and qemu_guest_name(argv) == guest:
             return argv
     return None

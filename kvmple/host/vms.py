@@ -86,19 +86,24 @@ def _holds_kvm(pid_dir: Path) -> bool:
     return False
 
 
+def process_argv(pid_dir: Path) -> list[str]:
+    """A process's argv from /proc/PID/cmdline (empty for kernel threads and gone PIDs)."""
+    try:
+        raw = (pid_dir / "cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
 def scan_processes(proc_root: Path, skip_pids: frozenset[int] = frozenset()) -> list[RunningVm]:
     """Processes holding /dev/kvm (or a KVM VM fd) and qemu-system-* processes."""
     found: list[RunningVm] = []
     for pid_dir in proc_root.iterdir():
         if not pid_dir.name.isdigit() or int(pid_dir.name) in skip_pids:
             continue
-        try:
-            raw = (pid_dir / "cmdline").read_bytes()
-        except OSError:
-            continue
-        argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+        argv = process_argv(pid_dir)
         if not argv:
-            continue  # kernel thread
+            continue  # kernel thread, or gone
         program = Path(argv[0]).name
         is_qemu = program.startswith("qemu-system") or program.startswith("qemu-kvm")
         uses_kvm = _holds_kvm(pid_dir)

@@ -13,14 +13,16 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-from kvmple import paths, ui
+from pydantic import JsonValue
+
+from kvmple import events, paths
 from kvmple.errors import BuildError, ConfigError, HostError
-from kvmple.image import byo, cache, manifest
+from kvmple.events import Note, Progress, Sink
+from kvmple.image import byo, cache, manifest, nested
 from kvmple.image.artifact import IMAGE_FILE, Image, cmdline_for, host_key_lines, load_image
 from kvmple.image.configure import CMDLINE, before_packages, configure, kernel_release
 from kvmple.image.debootstrap import debootstrap
@@ -65,9 +67,10 @@ def find_recipe(ref: str) -> Path:
     )
 
 
-def resolve(ref: str) -> Image:
-    """The image for a recipe path or name, built if it is not cached yet."""
-    return build(find_recipe(ref))
+def resolve(ref: str, *, sink: Sink = events.discard) -> Image:
+    """The image for a recipe path or name, built if it is not cached yet (reporting the
+    build to ``sink``)."""
+    return build(find_recipe(ref), sink=sink)
 
 
 def cached(recipe_path: Path) -> Image | None:
@@ -79,10 +82,12 @@ def cached(recipe_path: Path) -> Image | None:
     return cache.lookup(recipe.name, cache.cache_key(inputs))
 
 
-def build(recipe: Path, *, rebuild: bool = False) -> Image:
+def build(recipe: Path, *, rebuild: bool = False, sink: Sink = events.discard) -> Image:
     """Build (or find in the cache) the image a recipe describes.
 
-    A cache hit returns in well under a second. Building needs root (debootstrap, chroot).
+    A cache hit returns in well under a second, silently. Building needs root (debootstrap,
+    chroot) and reports to ``sink``: a note at the start and the end, a transient progress
+    display per step (debootstrap's packages as its status) and a note when each is done.
     """
     parsed = load_recipe(recipe)
     if parsed.is_byo:
@@ -95,12 +100,18 @@ def build(recipe: Path, *, rebuild: bool = False) -> Image:
     with cache.build_lock(parsed.name, key):
         if not rebuild and (hit := cache.lookup(parsed.name, key)) is not None:
             return hit  # built by someone else while we waited for the lock
-        return _build(parsed, recipe, inputs, key)
+        return _build(parsed, recipe, inputs, key, sink)
 
 
-def _key_inputs(recipe: Recipe) -> dict[str, Any]:
+def _key_inputs(recipe: Recipe) -> dict[str, JsonValue]:
     mirror = recipe.mirror or default_mirror(recipe.suite, recipe.distribution)
-    return cache.key_inputs(recipe, mirror, installation_key().public_line)
+    inputs = cache.key_inputs(recipe, mirror, installation_key().public_line)
+    if recipe.nested_images:  # an image inside changes this one
+        inputs["nested_images"] = {
+            name: cache.cache_key(_key_inputs(load_recipe(find_recipe(name))))
+            for name in recipe.nested_images
+        }
+    return inputs
 
 
 def _check_host() -> None:
@@ -118,29 +129,33 @@ def _check_host() -> None:
 
 
 class _Steps:
-    """Times each step and shows it in the progress display."""
+    """Times each step and reports it: a transient progress display while it runs, then a
+    note with its duration."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, sink: Sink) -> None:
         self.seconds: dict[str, float] = {}
         self.name = name
+        self.sink = sink
 
     @contextmanager
     def step(self, label: str) -> Iterator[Callable[[str], None]]:
         start = time.monotonic()
-        with ui.progress(transient=True) as bar:
-            task = bar.add_task(f"{self.name}: {label}", total=None, status="")
-            yield lambda status: bar.update(task, status=status)
+        with events.progress(self.sink, f"{self.name}: {label}", transient=True):
+            yield lambda status: self.sink(Progress(status=status))
         self.seconds[label] = time.monotonic() - start
-        ui.note(f"{self.name}: {label} done in {self.seconds[label]:.0f}s")
+        self.sink(Note(f"{self.name}: {label} done in {self.seconds[label]:.0f}s"))
 
 
-def _build(recipe: Recipe, source: Path, inputs: dict[str, Any], key: str) -> Image:
+def _build(
+    recipe: Recipe, source: Path, inputs: dict[str, JsonValue], key: str, sink: Sink
+) -> Image:
     started = time.monotonic()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     log = cache.failed_log_path(recipe.name, key, stamp)
     mirror = str(inputs["mirror"])
-    steps = _Steps(recipe.name)
-    ui.note(f"building image {recipe.name} ({key[:16]}) from {mirror}; log: {log}")
+    steps = _Steps(recipe.name, sink)
+    sink(Note(f"building image {recipe.name} ({key[:16]}) from {mirror}; log: {log}"))
+    inner_recipes = [find_recipe(n) for n in recipe.nested_images]  # a typo fails now
     with cache.staging(recipe.name, key) as staged:
         tree = staged / "tree"
         with steps.step("debootstrap") as status:
@@ -161,6 +176,12 @@ def _build(recipe: Recipe, source: Path, inputs: dict[str, Any], key: str) -> Im
             )
         with steps.step("configure"):
             configure(recipe, tree, installation_key().public_line, log)
+        if inner_recipes:
+            # built (or found) only now: another process may be building them meanwhile
+            with steps.step("nested images"):
+                inner = [(load_recipe(p), build(p, sink=sink)) for p in inner_recipes]
+                nested.install(tree, inner)
+        with steps.step("manifest"):
             release = kernel_release(tree)
             packages = manifest.installed_packages(tree)
             key_files = manifest.host_key_files(tree)
@@ -182,7 +203,8 @@ def _build(recipe: Recipe, source: Path, inputs: dict[str, Any], key: str) -> Im
             built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             build_seconds=time.monotonic() - started,
             step_seconds=steps.seconds,
-            extra={"recipe_path": str(source.resolve()), "disk_size": recipe.disk_size},
+            recipe_path=str(source.resolve()),
+            disk_size=recipe.disk_size,
         )
         image = Image(
             name=recipe.name,
@@ -195,18 +217,18 @@ def _build(recipe: Recipe, source: Path, inputs: dict[str, Any], key: str) -> Im
             host_keys=host_keys,
             manifest=document,
         )
-        _write_json(staged / "manifest.json", document)
+        _write_json(staged / "manifest.json", document.document())
         shutil.move(log, staged / "build.log")
         _write_json(staged / IMAGE_FILE, image.to_json())  # last: marks the entry complete
         try:
             cache.publish(staged, recipe.name, key)
         except OSError as exc:
             raise BuildError(f"step publish failed: {exc}") from exc
-    ui.note(f"image {recipe.name} ready in {time.monotonic() - started:.0f}s: {final}")
+    sink(Note(f"image {recipe.name} ready in {time.monotonic() - started:.0f}s: {final}"))
     return load_image(final)
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def _write_json(path: Path, data: Mapping[str, JsonValue]) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(temporary, path)

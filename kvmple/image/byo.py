@@ -11,10 +11,9 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 from kvmple.errors import CommandError, ConfigError
-from kvmple.image.artifact import Image, cmdline_for, host_key_lines
+from kvmple.image.artifact import FileIdentity, Image, ImageManifest, cmdline_for, host_key_lines
 from kvmple.image.recipe import BringYourOwn, Recipe
 from kvmple.run import run
 
@@ -75,17 +74,21 @@ def check(recipe: Recipe, source: Path) -> Image:
     files = _file_identity(byo)
     key = hashlib.sha256(
         json.dumps(
-            {"recipe": recipe.model_dump(mode="json"), "files": files}, sort_keys=True
+            {
+                "recipe": recipe.model_dump(mode="json"),
+                "files": {label: f.model_dump() for label, f in files.items()},
+            },
+            sort_keys=True,
         ).encode()
     ).hexdigest()
-    manifest: dict[str, Any] = {
-        "name": recipe.name,
-        "key": key,
-        "bring_your_own": True,
-        "checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "files": files,
-        "host_keys": list(host_keys),
-    }
+    manifest = ImageManifest(
+        name=recipe.name,
+        key=key,
+        bring_your_own=True,
+        checked_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        files=files,
+        host_keys=host_keys,
+    )
     return Image(
         name=recipe.name,
         key=key,
@@ -115,10 +118,10 @@ def _disk_format(path: Path, where: str) -> str:
     return str(info.get("format", "unknown"))
 
 
-def _file_identity(byo: BringYourOwn) -> dict[str, dict[str, Any]]:
+def _file_identity(byo: BringYourOwn) -> dict[str, FileIdentity]:
     identity = {}
     for label in ("qcow2", "kernel", "initrd", "host_keys"):
         path = Path(getattr(byo, label))
         stat = path.stat()
-        identity[label] = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        identity[label] = FileIdentity(path=str(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
     return identity

@@ -19,16 +19,19 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from pydantic import JsonValue
 
 from kvmple import paths
 from kvmple.errors import StoreError, UsageError
+from kvmple.image import selfinstall
 from kvmple.image.artifact import IMAGE_FILE, Image, load_image
-from kvmple.image.recipe import Recipe, guest_programs_dir
+from kvmple.image.guestfiles import shipped
+from kvmple.image.recipe import Recipe
 from kvmple.run import run
 
 # Bump when the build/configure steps change what ends up in an image.
@@ -49,7 +52,7 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def key_inputs(recipe: Recipe, mirror: str, public_key: str) -> dict[str, Any]:
+def key_inputs(recipe: Recipe, mirror: str, public_key: str) -> dict[str, JsonValue]:
     """Everything the cache key covers, as plain JSON data (shown by 'image list -v')."""
     data = recipe.model_dump(mode="json")
     data["files"] = [
@@ -62,19 +65,26 @@ def key_inputs(recipe: Recipe, mirror: str, public_key: str) -> dict[str, Any]:
         }
         for spec in recipe.files
     ]
+    # every file the build copies for them (the package they import included), by path
     data["guest_programs"] = {
-        name: file_digest(guest_programs_dir() / name) for name in recipe.guest_programs
+        spec.relative: file_digest(spec.source) for spec in shipped(recipe.guest_programs)
     }
     data.pop("description", None)  # words for humans do not change the image
+    # keys added after images were cached count only when used: old keys stay valid
+    for name, unset in (("kvmple_venv", None), ("nested_images", [])):
+        if data.get(name) == unset:
+            data.pop(name, None)
+    if recipe.kvmple_venv is not None:  # kvmple's dependencies installed into the image
+        data["kvmple_dependencies"] = selfinstall.dependencies_digest(selfinstall.checkout())
     return {
         "format": BUILDER_FORMAT,
         "recipe": data,
         "mirror": mirror,
-        "authorized_key": public_key.split()[:2],
+        "authorized_key": [*public_key.split()[:2]],
     }
 
 
-def cache_key(inputs: dict[str, Any]) -> str:
+def cache_key(inputs: Mapping[str, JsonValue]) -> str:
     canonical = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -16,14 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kvmple.errors import BuildError, CommandError
-from kvmple.image.recipe import Recipe, guest_programs_dir
+from kvmple.image import selfinstall
+from kvmple.image.guestfiles import GUEST_BIN, shipped
+from kvmple.image.recipe import Recipe
 from kvmple.run import run_logged
 
 # Parameters every built image boots with: the NIC is called eth0 (configure() relies on it),
 # and no_timer_check because the kernel's IO-APIC timer check panics ("IO-APIC + timer
 # doesn't work!") when a TCG guest's host is busy -- seen on this 2-core machine.
 CMDLINE = ("net.ifnames=0", "no_timer_check")
-GUEST_BIN = "/opt/kvmple/bin"
 
 SSHD_CONFIG = """\
 # written by kvmple: key-only root login, no DNS lookups (slow without a resolver)
@@ -79,6 +80,7 @@ def configure(recipe: Recipe, tree: Path, public_key: str, log: Path) -> None:
         ("services", lambda: _services(recipe, tree, log)),
         ("files", lambda: _files(recipe, tree)),
         ("guest programs", lambda: _guest_programs(recipe, tree)),
+        ("kvmple venv", lambda: _kvmple_venv(recipe, tree, log)),
         ("initramfs", lambda: _initramfs(recipe, tree, log)),
         ("clean", lambda: _clean(tree)),
     ]
@@ -156,9 +158,14 @@ def _files(recipe: Recipe, tree: Path) -> None:
 
 
 def _guest_programs(recipe: Recipe, tree: Path) -> None:
-    for name in recipe.guest_programs:
-        source = guest_programs_dir() / name
-        write(tree, f"{GUEST_BIN}/{name}", source.read_bytes(), 0o755)
+    """The programs and the package they import, as kvmple/guest/ lays them out."""
+    for spec in shipped(recipe.guest_programs):
+        write(tree, f"{GUEST_BIN}/{spec.relative}", spec.source.read_bytes(), spec.mode)
+
+
+def _kvmple_venv(recipe: Recipe, tree: Path, log: Path) -> None:
+    if recipe.kvmple_venv is not None:
+        selfinstall.install(tree, recipe.kvmple_venv, log)
 
 
 def kernel_release(tree: Path) -> str:

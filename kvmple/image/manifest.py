@@ -8,9 +8,11 @@ manifest itself is a pure function so it is unit-tested without a build.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+
+from pydantic import JsonValue
 
 from kvmple import __version__
+from kvmple.image.artifact import ImageManifest
 from kvmple.image.configure import guest_path
 from kvmple.run import run
 
@@ -58,7 +60,7 @@ def assemble(
     *,
     name: str,
     key: str,
-    inputs: dict[str, Any],
+    inputs: dict[str, JsonValue],
     recipe_sha256: str,
     packages: dict[str, str],
     kernel_release: str,
@@ -66,24 +68,29 @@ def assemble(
     built_at: str,
     build_seconds: float,
     step_seconds: dict[str, float],
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The manifest document (pure)."""
-    return {
-        "format": MANIFEST_FORMAT,
-        "name": name,
-        "key": key,
-        "kvmple_version": __version__,
-        "built_at": built_at,
-        "build_seconds": round(build_seconds, 1),
-        "step_seconds": {k: round(v, 1) for k, v in step_seconds.items()},
-        "recipe_sha256": recipe_sha256,
-        "mirror": inputs.get("mirror"),
-        "suite": inputs.get("recipe", {}).get("suite"),
-        "kernel_release": kernel_release,
-        "host_key_fingerprints": host_key_fingerprints,
-        "package_count": len(packages),
-        "packages": dict(sorted(packages.items())),
-        "key_inputs": inputs,
-        **(extra or {}),
-    }
+    recipe_path: str,
+    disk_size: str,
+) -> ImageManifest:
+    """The manifest of a built image (pure)."""
+    recipe = inputs.get("recipe")
+    mirror = inputs.get("mirror")
+    suite = recipe.get("suite") if isinstance(recipe, dict) else None
+    return ImageManifest(
+        format=MANIFEST_FORMAT,
+        name=name,
+        key=key,
+        kvmple_version=__version__,
+        built_at=built_at,
+        build_seconds=round(build_seconds, 1),
+        step_seconds={k: round(v, 1) for k, v in step_seconds.items()},
+        recipe_sha256=recipe_sha256,
+        mirror=str(mirror) if mirror is not None else None,
+        suite=str(suite) if suite is not None else None,
+        kernel_release=kernel_release,
+        host_key_fingerprints=tuple(host_key_fingerprints),
+        package_count=len(packages),
+        packages=dict(sorted(packages.items())),
+        key_inputs=inputs,
+        recipe_path=recipe_path,
+        disk_size=disk_size,
+    )

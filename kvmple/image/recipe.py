@@ -18,6 +18,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kvmple.config.loader import load_model
+from kvmple.image.guestfiles import guest_dir, programs
 
 # Directory of the recipe being validated: relative paths are resolved against it.
 _recipe_dir: ContextVar[Path | None] = ContextVar("_recipe_dir", default=None)
@@ -31,11 +32,6 @@ SIZE_RE = re.compile(r"^([1-9][0-9]*)([MG])$")
 MODULE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 DISTRIBUTIONS = ("debian", "ubuntu")
-
-
-def guest_programs_dir() -> Path:
-    """Where the workloads keep the guest-side programs (kvmple/guest/)."""
-    return Path(__file__).resolve().parent.parent / "guest"
 
 
 def _resolve(path: str) -> Path:
@@ -74,9 +70,9 @@ def _module(value: str) -> str:
 def _program(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
         raise ValueError(f"not a program name: {value!r}")
-    if not (guest_programs_dir() / value).is_file():
+    if value not in programs():
         raise ValueError(
-            f"no guest program {value!r} in {guest_programs_dir()} "
+            f"no guest program {value!r} in {guest_dir()} "
             "(guest programs ship with kvmple's workloads)"
         )
     return value
@@ -200,6 +196,17 @@ class Recipe(Model):
     bring_your_own: BringYourOwn | None = Field(
         default=None, description="use an existing qcow2 + kernel + initrd instead of building"
     )
+    nested_images: tuple[str, ...] = Field(
+        default=(),
+        description="image recipes (names from guest-images/) built on the host and baked "
+        "into this image under /opt/kvmple, each with a bring_your_own recipe in "
+        "/opt/kvmple/guest-images/ (a lab host's guests: it has no network to build them)",
+    )
+    kvmple_venv: str | None = Field(
+        default=None,
+        description="guest path of a venv into which kvmple from this checkout and its "
+        "dependencies are installed offline (wheels built on the host); needs python3-venv",
+    )
 
     @field_validator("name")
     @classmethod
@@ -239,6 +246,23 @@ class Recipe(Model):
             raise ValueError(f"must be a size like '4G' or '3000M' (at least 256M), got {value!r}")
         return value
 
+    @field_validator("nested_images")
+    @classmethod
+    def _nested(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            if not NAME_RE.match(value):
+                raise ValueError(f"not an image recipe name: {value!r}")
+        return values
+
+    @field_validator("kvmple_venv")
+    @classmethod
+    def _venv(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"(/[A-Za-z0-9._-]+)+", value):
+            raise ValueError(f"must be an absolute guest path like /opt/kvmple/venv, got {value!r}")
+        if value is not None and ".." in value.split("/"):
+            raise ValueError(f"must not contain '..', got {value!r}")
+        return value
+
     @field_validator("initramfs_modules")
     @classmethod
     def _modules(cls, values: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -257,6 +281,8 @@ class Recipe(Model):
             "services": bool(self.services.enable or self.services.mask),
             "initramfs_modules": self.initramfs_modules is not None,
             "mirror": self.mirror is not None,
+            "kvmple_venv": self.kvmple_venv is not None,
+            "nested_images": bool(self.nested_images),
         }
         given = [key for key, present in build_only.items() if present]
         if given:

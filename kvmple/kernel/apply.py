@@ -27,7 +27,11 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from kvmple.errors import PatchError
+from pydantic import ValidationError
+
+from kvmple.config.jsonfile import first_error
+from kvmple.errors import InputError, PatchError
+from kvmple.kernel.manifest import AppliedRecord
 from kvmple.kernel.patchtool import (
     APPLIED_REASON,
     Failure,
@@ -399,10 +403,22 @@ def _write_record(target: Path, report: ApplyReport) -> None:
     os.replace(temp, target / RECORD)
 
 
-def read_record(tree: Path) -> dict[str, object] | None:
-    """What ``apply`` recorded in a tree it produced (for the build manifest)."""
+def read_record(tree: Path) -> AppliedRecord | None:
+    """What ``apply`` recorded in a tree it produced (for the build manifest); None when
+    there is no record, or it is not a JSON object (as before it was typed). InputError
+    (exit 3) naming the key when a key holds another type than apply writes."""
+    path = tree / RECORD
     try:
-        data = json.loads((tree / RECORD).read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    try:
+        return AppliedRecord.model_validate(data)
+    except ValidationError as exc:
+        key, msg = first_error(exc)
+        raise InputError(
+            f"{path}: {key}: {msg}",
+            hint="a record edited by hand or by another program: apply the series again",
+        ) from exc

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import os
 import platform
 import shutil
@@ -20,26 +19,36 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kvmple import ui
+from kvmple import events
 from kvmple.errors import BuildError, CommandError, ConfigError
+from kvmple.events import Progress, Sink
 from kvmple.kernel.apply import read_record
 from kvmple.kernel.configs import (
     BOOT_TEST_ALLOWED_TO_VANISH,
     BOOT_TEST_FRAGMENT,
     IMAGE_BOOT_FRAGMENT,
+    LAB_AMD_FRAGMENT,
+    LAB_INTEL_FRAGMENT,
     FragmentCheck,
     check_fragments,
     kconfig_symbols,
     parse_config,
 )
+from kvmple.kernel.manifest import MANIFEST, BuildManifest, FragmentCheckRecord, load_manifest
 from kvmple.kernel.tree import inspect_tree
 from kvmple.paths import cache_dir
 from kvmple.run import run, run_logged, which
 
-MANIFEST = "kvmple-build.json"
 BUILTIN_FRAGMENT = "kvmple-boot"  # name of BOOT_TEST_FRAGMENT on the command line
 IMAGE_FRAGMENT = "kvmple-image"  # name of IMAGE_BOOT_FRAGMENT (boot-test --image)
-BUILTIN_FRAGMENTS = {BUILTIN_FRAGMENT: BOOT_TEST_FRAGMENT, IMAGE_FRAGMENT: IMAGE_BOOT_FRAGMENT}
+LAB_INTEL_FRAGMENT_NAME = "kvmple-lab-intel"  # the Bochs VT-x lab host (kvmple lab up intel)
+LAB_AMD_FRAGMENT_NAME = "kvmple-lab-amd"  # an amd lab host's own kernel (lab install-kernel)
+BUILTIN_FRAGMENTS = {
+    BUILTIN_FRAGMENT: BOOT_TEST_FRAGMENT,
+    IMAGE_FRAGMENT: IMAGE_BOOT_FRAGMENT,
+    LAB_INTEL_FRAGMENT_NAME: LAB_INTEL_FRAGMENT,
+    LAB_AMD_FRAGMENT_NAME: LAB_AMD_FRAGMENT,
+}
 
 
 @dataclass(frozen=True)
@@ -118,8 +127,12 @@ def _step(
         ) from exc
 
 
-def build_kernel(request: BuildRequest) -> dict[str, object]:
+__all__ = ["MANIFEST", "BuildManifest", "BuildRequest", "build_kernel", "load_manifest"]
+
+
+def build_kernel(request: BuildRequest, *, sink: Sink = events.discard) -> BuildManifest:
     """Configure and build; returns (and writes to OUT/kvmple-build.json) the manifest.
+    ``sink`` sees one progress display over make (objects compiled, the last one).
 
     BuildError when the tree was built in place, a step fails or the image is missing;
     ConfigError for a base config that is neither a file nor a make target."""
@@ -146,7 +159,7 @@ def build_kernel(request: BuildRequest) -> dict[str, object]:
         "CCACHE_NOHASHDIR": "1",
         **request.env,
     }
-    kbuild = _Kbuild(src, out, log, env)
+    kbuild = _Kbuild(src, out, log, env, sink)
     start = time.monotonic()
     fragment_paths = _configure(kbuild, request.base, request.fragments)
     # 3. did every fragment option survive?
@@ -162,34 +175,32 @@ def build_kernel(request: BuildRequest) -> dict[str, object]:
     image = out / "arch" / _arch() / "boot" / "bzImage"
     if not image.is_file():
         raise BuildError(f"make finished but {image} is missing", hint=f"full log: {log}")
-    manifest: dict[str, object] = {
-        "release": release,
-        "image": str(image),
-        "image_sha256": _sha256(image),
-        "config": str(out / ".config"),
-        "config_sha256": _sha256(out / ".config"),
-        "base": request.base,
-        "fragments": [str(p) for p in fragment_paths],
-        "fragment_check": {
-            "checked": check.checked,
-            "other_arch": [m.describe() for m in check.other_arch],
-            "allowed_to_vanish": [m.describe() for m in check.allowed],
-            "built_in_without_modules": [m.describe() for m in check.built_in],
-        },
-        "modules": str(modules_dir) if modules_dir else None,
-        "tree": str(src),
-        "tree_version": tree.version_text,
-        "series": read_record(src),
-        "out": str(out),
-        "jobs": jobs,
-        "ccache": use_ccache,
-        "seconds": round(time.monotonic() - start, 1),
-        "log": str(log),
-        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    temp = out / f"{MANIFEST}.tmp"
-    temp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(temp, out / MANIFEST)
+    manifest = BuildManifest(
+        release=release,
+        image=image,
+        image_sha256=_sha256(image),
+        config=out / ".config",
+        config_sha256=_sha256(out / ".config"),
+        base=request.base,
+        fragments=tuple(str(p) for p in fragment_paths),
+        fragment_check=FragmentCheckRecord(
+            checked=check.checked,
+            other_arch=tuple(m.describe() for m in check.other_arch),
+            allowed_to_vanish=tuple(m.describe() for m in check.allowed),
+            built_in_without_modules=tuple(m.describe() for m in check.built_in),
+        ),
+        modules=modules_dir,
+        tree=src,
+        tree_version=tree.version_text,
+        series=read_record(src),
+        out=out,
+        jobs=jobs,
+        ccache=use_ccache,
+        seconds=round(time.monotonic() - start, 1),
+        log=log,
+        built_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+    manifest.write(out / MANIFEST)
     return manifest
 
 
@@ -201,6 +212,7 @@ class _Kbuild:
     out: Path
     log: Path
     env: dict[str, str]
+    sink: Sink
 
     @property
     def make(self) -> list[str]:
@@ -241,7 +253,7 @@ def _compile(kbuild: _Kbuild, jobs: int, use_ccache: bool, timeout: float) -> Pa
     cc = ["CC=ccache gcc"] if use_ccache else []
     build_env = {**kbuild.env, **({} if use_ccache else {"CCACHE_DISABLE": "1"})}
     argv: list[str | os.PathLike[str]] = [*kbuild.make, f"-j{jobs}", *cc, *targets]
-    _make_with_progress(argv, kbuild.log, kbuild.src, build_env, timeout)
+    _make_with_progress(argv, kbuild, build_env, timeout)
     if "modules" not in targets:
         return None
     modules_dir = kbuild.out / "modules-install"
@@ -275,19 +287,27 @@ def _check(fragments: list[Path], out: Path, src: Path, allowed: frozenset[str])
 
 
 def _make_with_progress(
-    argv: list[str | os.PathLike[str]], log: Path, src: Path, env: dict[str, str], timeout: float
+    argv: list[str | os.PathLike[str]], kbuild: _Kbuild, env: dict[str, str], timeout: float
 ) -> None:
     built = 0
-    with ui.progress() as bar:
-        task = bar.add_task("make", total=None, status="")
+    sink = kbuild.sink
+    with events.progress(sink, "make"):
 
         def on_line(line: str) -> None:
             nonlocal built
             if line.startswith(("  CC ", "  AS ", "  LD ", "  AR ")):
                 built += 1
-                bar.update(task, completed=built, status=line.strip()[:60])
+                sink(Progress(done=built, status=line.strip()[:60]))
 
-        _step(argv, what="make", log=log, cwd=src, env=env, timeout=timeout, on_line=on_line)
+        _step(
+            argv,
+            what="make",
+            log=kbuild.log,
+            cwd=kbuild.src,
+            env=env,
+            timeout=timeout,
+            on_line=on_line,
+        )
 
 
 def _sha256(path: Path) -> str:
@@ -296,18 +316,3 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def load_manifest(out: Path) -> dict[str, object]:
-    """The manifest of a finished build in ``out``."""
-    path = out / MANIFEST
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise BuildError(
-            f"{out}: no finished kernel build here (no {MANIFEST})",
-            hint="run 'kvmple kernel build' first",
-        ) from exc
-    if not isinstance(data, dict):
-        raise BuildError(f"{path}: not a kvmple build manifest")
-    return data

@@ -1,13 +1,18 @@
 """Host install of a built, boot-tested kernel: a plan of small steps, then its execution.
 
-NOT VERIFIED ON HARDWARE. This project's machines have no VT-x and must not replace their
-own kernel, so the plan is built from gathered host facts (pure function, unit-tested) and
-executed through an ``Executor`` (tested against a recording fake). The steps follow
-Debian's conventions: /boot/vmlinuz-R, /lib/modules/R, update-initramfs, update-grub, a
-one-shot ``grub-reboot`` entry (a hang or a failed boot falls back to the default kernel on
-the next power cycle) or a ``kexec`` load (one-shot by nature), and a resume hook (a systemd
-unit bound to the new release, or an @reboot cron entry) so ``kvmple run --resume ID``
-continues the campaign after the reboot.
+The plan is built from gathered host facts (pure function, unit-tested) and executed through
+an ``Executor``. The steps follow Debian's conventions: /boot/vmlinuz-R, /lib/modules/R,
+update-initramfs, update-grub, a one-shot ``grub-reboot`` entry (a hang or a failed boot
+falls back to the default kernel on the next power cycle) or a ``kexec`` load (one-shot by
+nature; ``panic=N`` is appended so a kernel that panics resets into the machine's own boot
+path), and a resume hook (a systemd unit bound to the new release, or an @reboot cron entry)
+so ``kvmple run --resume ID`` continues the campaign after the reboot.
+
+The kexec path (install, one-shot boot, resume, fallback on a panic) is verified on an
+emulated AMD-V host (QEMU TCG) by hand, through ``kvmple lab install-kernel``
+(kvmple.lab.kernel); its lab test (about 25 min) is not in CI yet. The grub-reboot path is
+NOT VERIFIED ON HARDWARE (this project's machines have no VT-x and must not replace their
+own kernel).
 """
 
 from __future__ import annotations
@@ -17,14 +22,23 @@ import shlex
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kvmple.errors import HostError
 from kvmple.executor import Executor
 from kvmple.run import which
 
+if TYPE_CHECKING:  # the plan is pure: it only reads the two records
+    from kvmple.kernel.bootpass import BootPass
+    from kvmple.kernel.manifest import BuildManifest
+
 NOT_VERIFIED = "not verified on hardware"
+VERIFIED_EMULATED = "verified on an emulated AMD-V host (QEMU TCG)"
+# kexec'd kernels get panic=N: a panic then resets the machine, whose own boot path (QEMU's
+# -kernel, the firmware's default entry) starts the previous kernel: the one-shot fallback
+KEXEC_PANIC_S = 10
 
 
 @dataclass(frozen=True)
@@ -36,6 +50,9 @@ class HostFacts:
     has_systemd: bool
     initramfs_tool: str | None  # "update-initramfs" | "dracut" | None
     distributor: str = "Debian GNU/Linux"
+    # Debian's kexec-tools with LOAD_KEXEC=true (/etc/default/kexec, its debconf default)
+    # loads /vmlinuz at every shutdown: over the kernel kvmple loaded, and every reboot kexecs
+    kexec_load_at_shutdown: bool = False
 
 
 def gather_host_facts() -> HostFacts:
@@ -44,6 +61,8 @@ def gather_host_facts() -> HostFacts:
     text = grub_default.read_text(errors="replace") if grub_default.is_file() else ""
     saved = any(line.strip().replace('"', "") == "GRUB_DEFAULT=saved" for line in text.splitlines())
     tool = next((t for t in ("update-initramfs", "dracut") if which(t)), None)
+    kexec_default = Path("/etc/default/kexec")
+    kexec_text = kexec_default.read_text(errors="replace") if kexec_default.is_file() else ""
     return HostFacts(
         euid=os.geteuid(),
         has_grub_reboot=which("grub-reboot") is not None,
@@ -51,6 +70,9 @@ def gather_host_facts() -> HostFacts:
         has_kexec=which("kexec") is not None,
         has_systemd=Path("/run/systemd/system").is_dir(),
         initramfs_tool=tool,
+        kexec_load_at_shutdown=any(
+            line.strip().replace('"', "") == "LOAD_KEXEC=true" for line in kexec_text.splitlines()
+        ),
     )
 
 
@@ -76,16 +98,20 @@ class InstallPlan:
     notes: list[str] = field(default_factory=list)
 
 
-def resume_unit(campaign: str, release: str, kvmple: Sequence[str]) -> str:
-    """A systemd unit that resumes ``campaign`` once, only when ``release`` is running."""
+def resume_unit(
+    campaign: str, release: str, kvmple: Sequence[str], workdir: str | None = None
+) -> str:
+    """A systemd unit that resumes ``campaign`` once, only when ``release`` is running
+    (systemd.unit(5): ConditionKernelVersion=; a fallback boot leaves it inactive)."""
     command = shlex.join([*kvmple, "run", "--resume", campaign])
+    where = f"WorkingDirectory={workdir}\n" if workdir else ""
     return (
         "[Unit]\n"
         f"Description=kvmple: resume campaign {campaign} on kernel {release}\n"
         "After=network-online.target libvirtd.service\n"
         "Wants=network-online.target\n"
         f"ConditionKernelVersion={release}\n\n"
-        "[Service]\nType=oneshot\n"
+        f"[Service]\nType=oneshot\n{where}"
         "ExecStartPre=/bin/systemctl disable kvmple-resume.service\n"
         f"ExecStart={command}\n\n"
         "[Install]\nWantedBy=multi-user.target\n"
@@ -93,33 +119,46 @@ def resume_unit(campaign: str, release: str, kvmple: Sequence[str]) -> str:
 
 
 def plan_install(
-    manifest: dict[str, object],
-    boot_pass: dict[str, object] | None,
+    manifest: BuildManifest,
+    boot_pass: BootPass | None,
     facts: HostFacts,
     *,
     method: str = "auto",
     reboot: bool = False,
     campaign: str | None = None,
     kvmple: Sequence[str] = ("kvmple",),
+    append: Sequence[str] = (),
+    initramfs: bool = True,
+    workdir: str | None = None,
 ) -> InstallPlan:
     """The install steps for a build (pure). HostError without root, without a passed boot
-    test of exactly this image, or when the install method cannot work here."""
+    test of exactly this image, or when the install method cannot work here.
+
+    ``append``: kernel parameters added to the kexec'd command line; ``initramfs`` False:
+    no initramfs (the kernel has its root drivers built in); ``workdir``: the resume unit's
+    working directory (where the campaign's playbook paths resolve)."""
     if facts.euid != 0:
         raise HostError(
             "kvmple kernel install must run as root", hint="run it with sudo on the host under test"
         )
-    release = str(manifest["release"])
-    if boot_pass is None or boot_pass.get("image_sha256") != manifest.get("image_sha256"):
+    release = manifest.release
+    if boot_pass is None or boot_pass.image_sha256 != manifest.image_sha256:
         raise HostError(
             f"no passed boot test for this image ({release})",
             hint="run 'kvmple kernel boot-test' on this build first: it is the safety gate",
         )
     method = _choose_method(method, facts)
-    plan = InstallPlan(release, method, notes=[NOT_VERIFIED])
+    if append and method != "kexec":
+        raise HostError("extra kernel parameters (--append) need --method kexec")
+    plan = InstallPlan(
+        release, method, notes=[VERIFIED_EMULATED if method == "kexec" else NOT_VERIFIED]
+    )
+    if not initramfs:
+        facts = replace(facts, initramfs_tool=None)
     _add_files(plan, manifest, facts)
-    _add_boot_entry(plan, facts)
+    _add_boot_entry(plan, facts, append)
     if campaign:
-        _add_resume(plan, campaign, facts, kvmple)
+        _add_resume(plan, campaign, facts, kvmple, workdir)
     if reboot:
         verb = "kexec" if method == "kexec" else "reboot"
         plan.steps.append(Step(f"{verb} now", ("systemctl", verb)))
@@ -139,23 +178,29 @@ def _choose_method(method: str, facts: HostFacts) -> str:
         )
     if method == "kexec" and not facts.has_kexec:
         raise HostError("kexec not found", hint="apt-get install kexec-tools")
+    if method == "kexec" and facts.kexec_load_at_shutdown:
+        raise HostError(
+            "LOAD_KEXEC=true in /etc/default/kexec: kexec-tools would load /vmlinuz at shutdown "
+            "over the new kernel, and every reboot would be a kexec (no fallback)",
+            hint="set LOAD_KEXEC=false there (dpkg-reconfigure kexec-tools)",
+        )
     if method not in ("grub-reboot", "kexec"):
         raise HostError(f"unknown install method {method!r}", hint="grub-reboot or kexec")
     return method
 
 
-def _add_files(plan: InstallPlan, manifest: dict[str, object], facts: HostFacts) -> None:
+def _add_files(plan: InstallPlan, manifest: BuildManifest, facts: HostFacts) -> None:
     """Kernel, config, modules (indexed) and the initramfs, under /boot and /lib/modules."""
     release, add = plan.release, plan.steps.append
     vmlinuz = f"/boot/vmlinuz-{release}"
-    add(Step("install the kernel", ("install", "-m", "0644", str(manifest["image"]), vmlinuz)))
+    add(Step("install the kernel", ("install", "-m", "0644", str(manifest.image), vmlinuz)))
     add(
         Step(
             "install its config",
-            ("install", "-m", "0644", str(manifest["config"]), f"/boot/config-{release}"),
+            ("install", "-m", "0644", str(manifest.require_config()), f"/boot/config-{release}"),
         )
     )
-    modules = manifest.get("modules")
+    modules = manifest.modules
     if modules:
         add(
             Step(
@@ -176,7 +221,7 @@ def _add_files(plan: InstallPlan, manifest: dict[str, object], facts: HostFacts)
         plan.notes.append("no initramfs tool: the kernel must have its root drivers built in")
 
 
-def _add_boot_entry(plan: InstallPlan, facts: HostFacts) -> None:
+def _add_boot_entry(plan: InstallPlan, facts: HostFacts, append: Sequence[str] = ()) -> None:
     """Boot the new kernel once: a one-shot GRUB entry, or a loaded kexec image."""
     release, add = plan.release, plan.steps.append
     if plan.method == "grub-reboot":
@@ -186,13 +231,21 @@ def _add_boot_entry(plan: InstallPlan, facts: HostFacts) -> None:
         )
         add(Step("boot it once (the default entry stays)", ("grub-reboot", entry)))
     else:
-        load = ["kexec", "-l", f"/boot/vmlinuz-{release}", "--reuse-cmdline"]
+        # kexec-tools appends --append to the reused command line (kexec/arch/i386)
+        extra = " ".join([f"panic={KEXEC_PANIC_S}", *append])
+        load = ["kexec", "-l", f"/boot/vmlinuz-{release}", "--reuse-cmdline", f"--append={extra}"]
         if facts.initramfs_tool:
             load.append(f"--initrd=/boot/initrd.img-{release}")
         add(Step("load it for a one-shot kexec", tuple(load)))
 
 
-def _add_resume(plan: InstallPlan, campaign: str, facts: HostFacts, kvmple: Sequence[str]) -> None:
+def _add_resume(
+    plan: InstallPlan,
+    campaign: str,
+    facts: HostFacts,
+    kvmple: Sequence[str],
+    workdir: str | None = None,
+) -> None:
     """Resume ``campaign`` after the reboot: a systemd unit, or an @reboot cron line."""
     add = plan.steps.append
     if facts.has_systemd:
@@ -200,7 +253,7 @@ def _add_resume(plan: InstallPlan, campaign: str, facts: HostFacts, kvmple: Sequ
             Step(
                 "resume the campaign after the reboot",
                 write_path="/etc/systemd/system/kvmple-resume.service",
-                content=resume_unit(campaign, plan.release, kvmple),
+                content=resume_unit(campaign, plan.release, kvmple, workdir),
             )
         )
         add(Step("enable the resume unit", ("systemctl", "enable", "kvmple-resume.service")))
@@ -216,7 +269,7 @@ def _add_resume(plan: InstallPlan, campaign: str, facts: HostFacts, kvmple: Sequ
 
 
 def execute(plan: InstallPlan, executor: Executor, timeout: float = 900.0) -> None:
-    """Run the plan's steps in order (NOT VERIFIED ON HARDWARE)."""
+    """Run the plan's steps in order (HostError/CommandError from the failing step)."""
     for step in plan.steps:
         if step.write_path:
             with tempfile.NamedTemporaryFile("w", delete=False, prefix="kvmple-") as handle:

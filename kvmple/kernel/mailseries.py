@@ -85,6 +85,28 @@ def parse_mail(data: bytes, origin: str) -> Mail:
     return Mail(message, origin)
 
 
+_ENCODED = re.compile(
+    rb"^(content-transfer-encoding:[ \t]*(quoted-printable|base64)|content-type:[ \t]*multipart/)",
+    re.I | re.M,
+)
+
+
+def decode_patch_file(raw: bytes) -> str:
+    """A patch file's text for patch(1): a file that is a mail with an encoded body or MIME
+    parts (a saved mail in a quilt series) is decoded; anything else is returned as it is."""
+    head = raw.split(b"\n\n", 1)[0]
+    if not _ENCODED.search(head):
+        return raw.decode("utf-8", errors="surrogateescape")
+    message = parse_mail(raw, "").message
+    body, _ = b4.LoreMessage.get_payload(message)
+    headers = "".join(
+        f"{name}: {b4.LoreMessage.clean_header(str(message[name]))}\n"
+        for name in ("From", "Date", "Subject")
+        if message[name]
+    )
+    return headers + "\n" + body
+
+
 def read_mbox(path: Path) -> list[Mail]:
     """Every message of an mbox file, decoded by the ``email`` package."""
     box = mailbox.mbox(path, create=False)

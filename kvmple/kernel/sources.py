@@ -134,7 +134,7 @@ def from_quilt(folder: Path) -> list[Patch]:
                 f"{series_file}: lists {name} but {path} does not exist",
                 hint="fix the series file or restore the patch",
             )
-        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+        text = mailseries.decode_patch_file(path.read_bytes())
         subject, author = patch_header(text)
         patches.append(Patch(index, name, subject, author, text, f"quilt {path}", strip))
     return patches
@@ -322,7 +322,7 @@ def detect(path: Path) -> SourceKind:
 
 def from_diff(path: Path) -> list[Patch]:
     """One plain patch file (a diff, maybe with a DEP-3 or mail-like header)."""
-    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    text = mailseries.decode_patch_file(path.read_bytes())
     subject, author = patch_header(text)
     return [Patch(1, path.name, subject or path.stem, author, text, f"file {path}")]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from kvmple.errors import StoreError
+from kvmple.nightly.outputs import CampaignOutputs
 from kvmple.nightly.state import NightState
 from kvmple.nightly.verdict import GOOD_VERDICTS
 
@@ -17,8 +19,10 @@ def last_good_night(
     for night in nights:
         if night.verdict not in GOOD_VERDICTS or night.host != host:
             continue
-        if night.output("campaign", "playbook_sha256") != playbook_sha256:
-            continue
-        if night.output("campaign", "campaign_id"):
+        try:
+            measured = night.outputs_of("campaign", CampaignOutputs)
+        except StoreError:
+            continue  # a damaged night is no baseline
+        if measured is not None and measured.playbook_sha256 == playbook_sha256:
             return night
     return None

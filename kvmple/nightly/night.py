@@ -12,11 +12,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmple import ui
+from kvmple import events
 from kvmple.errors import Interrupted, KvmpleError, UsageError
+from kvmple.events import Note, Sink, Warn
 from kvmple.nightly import verdict as verdicts
 from kvmple.nightly.config import LoadedConfig
 from kvmple.nightly.notify import compose, send, write_atomic
+from kvmple.nightly.outputs import ApplyOutputs, CompareOutputs, FetchOutputs
 from kvmple.nightly.state import (
     FINISHED,
     STEPS,
@@ -71,9 +73,14 @@ def _exclusive(directory: Path, job: str) -> Iterator[None]:
 
 
 def run_night(
-    loaded: LoadedConfig, night: str | None = None, *, retry: bool = False
+    loaded: LoadedConfig,
+    night: str | None = None,
+    *,
+    retry: bool = False,
+    sink: Sink = events.discard,
 ) -> NightResult:
-    """Run (or continue, or replay) one night of ``loaded``'s job."""
+    """Run (or continue, or replay) one night of ``loaded``'s job, reporting each step (and
+    what its campaign or kernel build reports) to ``sink``."""
     config = loaded.config
     night = check_night_id(night or default_night_id())
     directory = night_dir(config.name, night)
@@ -109,9 +116,9 @@ def run_night(
             state.summary = ""
             save(state, directory)
         try:
-            verdict = _run_steps(loaded, state, directory)
+            verdict = _run_steps(loaded, state, directory, sink)
         except RebootPending as pending:
-            ui.note(str(pending))
+            sink(Note(str(pending)))
             return NightResult(
                 state,
                 directory,
@@ -119,15 +126,17 @@ def run_night(
                 replayed=False,
                 reboot_pending=str(pending),
             )
-        _finish(loaded, state, directory, verdict)
+        _finish(loaded, state, directory, verdict, sink)
         return NightResult(state, directory, verdict, replayed=False)
 
 
-def _run_steps(loaded: LoadedConfig, state: NightState, directory: Path) -> verdicts.Verdict:
+def _run_steps(
+    loaded: LoadedConfig, state: NightState, directory: Path, sink: Sink
+) -> verdicts.Verdict:
     for name in STEPS:
         step = state.step(name)
         if step.status in FINISHED:
-            ui.note(f"{name}: {step.status} earlier ({step.detail})")
+            sink(Note(f"{name}: {step.status} earlier ({step.detail})"))
             continue
         step.status = "running"
         step.started = time.time()
@@ -135,16 +144,17 @@ def _run_steps(loaded: LoadedConfig, state: NightState, directory: Path) -> verd
         step.attempts += 1
         step.outputs.setdefault("first_started", step.started)
         save(state, directory)
-        context = StepContext(loaded, state, directory, directory / f"{name}.log")
+        context = StepContext(loaded, state, directory, directory / f"{name}.log", sink)
         context.log(f"== {name} (attempt {step.attempts}) of night {state.night}")
-        ui.note(f"{name}: running (log {context.log_path})")
+        sink(Note(f"{name}: running (log {context.log_path})"))
         try:
             detail, outputs = STEP_FUNCTIONS[name](context)
             step.status, step.detail = "done", detail
-            step.outputs = {"first_started": step.outputs["first_started"], **outputs}
+            step.outputs = {"first_started": step.first_started, **outputs.to_dict()}
         except Skip as skip:
             step.status, step.detail = "skipped", str(skip)
-            step.outputs = {"first_started": step.outputs["first_started"], **skip.outputs}
+            kept = skip.outputs.to_dict() if skip.outputs else {}
+            step.outputs = {"first_started": step.first_started, **kept}
         except RebootPending as pending:
             step.detail = str(pending)
             step.ended = time.time()
@@ -164,41 +174,44 @@ def _run_steps(loaded: LoadedConfig, state: NightState, directory: Path) -> verd
             step.ended = time.time()
             context.log(f"FAILED (exit {exc.exit_code}): {exc.message}\nhint: {exc.hint}")
             save(state, directory)
-            ui.warn(f"{name} failed: {exc.message}")
+            sink(Warn(f"{name} failed: {exc.message}"))
             return verdicts.failed_step(name, exc.exit_code, exc.message)
         step.ended = time.time()
         context.log(f"== {name}: {step.status}: {step.detail}")
-        ui.note(f"{name}: {step.status}: {step.detail}")
+        sink(Note(f"{name}: {step.status}: {step.detail}"))
         save(state, directory)
-    compare = state.step("compare").outputs
-    candidate = str(compare["candidate"])
-    if not compare.get("baseline_campaign"):
-        return verdicts.first_night(candidate)
+    compare = state.need("compare", CompareOutputs)
+    if not compare.baseline_campaign:
+        return verdicts.first_night(compare.candidate)
     return verdicts.from_comparison(
-        str(compare["outcome"]),
-        compare.get("cell_verdicts", []),
-        str(compare["baseline_campaign"]),
-        candidate,
+        str(compare.outcome),
+        list(compare.cell_verdicts),
+        compare.baseline_campaign,
+        compare.candidate,
     )
 
 
-def _read(directory: Path, name: object) -> str:
+def _read(directory: Path, name: str | None) -> str:
     if not name:
         return ""
-    path = directory / str(name)
+    path = directory / name
     return path.read_text(encoding="utf-8") if path.is_file() else ""
 
 
 def _finish(
-    loaded: LoadedConfig, state: NightState, directory: Path, verdict: verdicts.Verdict
+    loaded: LoadedConfig,
+    state: NightState,
+    directory: Path,
+    verdict: verdicts.Verdict,
+    sink: Sink,
 ) -> None:
     """Record the verdict, write the JUnit file and the markdown summary, notify."""
     config = loaded.config
     state.verdict, state.exit_code, state.summary = verdict.name, verdict.exit_code, verdict.summary
     state.finished = time.time()
-    compare = state.step("compare").outputs
-    junit = render_junit(state, _read(directory, compare.get("junit_cases")) or None)
-    markdown = render_markdown(state, _read(directory, compare.get("details")))
+    compare = state.outputs_of("compare", CompareOutputs)
+    junit = render_junit(state, _read(directory, compare.junit_cases if compare else None) or None)
+    markdown = render_markdown(state, _read(directory, compare.details if compare else None))
     outputs = [
         write_atomic(directory / "junit.xml", junit),
         write_atomic(directory / "summary.md", markdown),
@@ -214,23 +227,21 @@ def _finish(
             send(email, compose(email, subject, markdown, ("junit.xml", junit)))
             state.summary += f" (mailed to {', '.join(email.to)})"
         except KvmpleError as exc:  # a mail problem must not hide the verdict
-            ui.warn(f"notify: e-mail not sent: {exc.message}")
+            sink(Warn(f"notify: e-mail not sent: {exc.message}"))
             state.summary += f" (e-mail NOT sent: {exc.message})"
-    apply = state.step("apply").outputs
+    apply = state.outputs_of("apply", ApplyOutputs)
+    fetched = state.outputs_of("fetch", FetchOutputs)
     if (
         not config.keep_tree
-        and apply.get("worktree")
+        and apply is not None
+        and apply.worktree is not None
+        and fetched is not None
         and state.step("campaign").status == "done"
-        and Path(str(apply["worktree"])).exists()
+        and apply.worktree.exists()
     ):
-        context = StepContext(loaded, state, directory, directory / "apply.log")
+        context = StepContext(loaded, state, directory, directory / "apply.log", sink)
         context.log("the night is over: removing the patched worktree (keep_tree: false)")
-        remove_worktree(
-            context,
-            Path(str(state.output("fetch", "source"))),
-            Path(str(apply["worktree"])),
-            apply.get("branch"),
-        )
+        remove_worktree(context, fetched.source, apply.worktree, apply.branch)
     save(state, directory)
     for path in outputs:
         os.chmod(path, 0o644)

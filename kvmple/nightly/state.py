@@ -16,10 +16,16 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, TypeVar
+
+from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from kvmple import paths
+from kvmple.config.jsonfile import first_error
 from kvmple.errors import StoreError, UsageError
+from kvmple.nightly.outputs import StepOutputs
+
+OutputsT = TypeVar("OutputsT", bound=StepOutputs)
 
 STEPS: tuple[str, ...] = (
     "fetch",
@@ -44,8 +50,16 @@ class StepState:
     detail: str = ""
     hint: str = ""
     exit_code: int = 0
-    outputs: dict[str, Any] = field(default_factory=dict)
+    # the step's StepOutputs as stored in state.json (read them with NightState.outputs_of),
+    # plus the framework's first_started
+    outputs: dict[str, JsonValue] = field(default_factory=dict)
     attempts: int = 0
+
+    @property
+    def first_started(self) -> float | None:
+        """When the step's first attempt started (epoch seconds): kept across attempts."""
+        value = self.outputs.get("first_started")
+        return float(value) if isinstance(value, int | float) else None
 
     @property
     def seconds(self) -> float | None:
@@ -71,22 +85,49 @@ class NightState:
     def step(self, name: str) -> StepState:
         return self.steps.setdefault(name, StepState())
 
-    def output(self, step: str, key: str) -> Any:
-        return self.step(step).outputs.get(key)
+    def outputs_of(self, step: str, model: type[OutputsT]) -> OutputsT | None:
+        """The outputs ``step`` recorded, validated as ``model``; None when it recorded none
+        (not run, failed, or skipped without outputs). StoreError names the step and key
+        when state.json holds outputs of another shape (hand-edited)."""
+        raw = self.step(step).outputs
+        if not set(raw) - {"first_started"}:
+            return None
+        try:
+            return model.model_validate(raw)
+        except ValidationError as exc:
+            key, msg = first_error(exc)
+            raise StoreError(
+                f"night {self.night} state.json: steps.{step}.outputs.{key}: {msg}",
+                hint="the night's state was edited or written by another kvmple: "
+                "start a new night (--night NEW-ID)",
+            ) from exc
 
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        for name, step in self.steps.items():
-            data["steps"][name]["seconds"] = step.seconds
-        return data
+    def need(self, step: str, model: type[OutputsT]) -> OutputsT:
+        """Like ``outputs_of``, for a step that must have run before (StoreError if not)."""
+        found = self.outputs_of(step, model)
+        if found is None:
+            raise StoreError(
+                f"night {self.night}: step {step} recorded no outputs, a later step needs them",
+                hint="start a new night (--night NEW-ID)",
+            )
+        return found
+
+    def to_json(self) -> dict[str, JsonValue]:
+        """The ``state.json`` object: the fields, and each step's ``seconds`` (shown, not
+        read back)."""
+        steps: dict[str, JsonValue] = {
+            name: {**asdict(step), "seconds": step.seconds} for name, step in self.steps.items()
+        }
+        return {**asdict(self), "steps": steps}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> NightState:
-        steps = {}
-        for name, raw in dict(data.pop("steps", {})).items():
-            fields = {k: v for k, v in dict(raw).items() if k != "seconds"}
-            steps[name] = StepState(**fields)
-        return cls(**data, steps=steps)
+    def from_json(cls, data: object) -> NightState:
+        """Validate a parsed ``state.json``; unknown keys (``seconds``) are ignored.
+        pydantic's ValidationError when a key is missing or mistyped (``load`` names it)."""
+        return _NIGHT_STATE.validate_python(data)
+
+
+_NIGHT_STATE: TypeAdapter[NightState] = TypeAdapter(NightState)
 
 
 def default_night_id(now: float | None = None) -> str:
@@ -144,9 +185,10 @@ def load(directory: Path) -> NightState | None:
         ) from exc
     try:
         return NightState.from_json(data)
-    except TypeError as exc:
+    except ValidationError as exc:
+        key, msg = first_error(exc)
         raise StoreError(
-            f"{path}: not a kvmple night state ({exc})",
+            f"{path}: not a kvmple night state ({key}: {msg})",
             hint=f"move {directory} away to start this night again",
         ) from exc
 

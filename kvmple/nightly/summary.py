@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import xml.etree.ElementTree as ET
 
+from kvmple.errors import StoreError
+from kvmple.nightly.outputs import BuildOutputs, CampaignOutputs, CompareOutputs, FetchOutputs
 from kvmple.nightly.state import STEPS, NightState
 
 
@@ -32,28 +34,7 @@ def render_markdown(state: NightState, details: str = "") -> str:
         f"- config: {state.config_path} (sha256 {state.config_sha256[:12]})",
         f"- started: {_when(state.created)}; finished: {_when(state.finished)}",
     ]
-    fetch = state.step("fetch").outputs
-    if fetch.get("commit"):
-        lines.append(
-            f"- tree: {fetch.get('tree')} {fetch.get('ref')} = {fetch['commit'][:12]} "
-            f"({_md(str(fetch.get('subject', '')))})"
-        )
-    build = state.step("build").outputs
-    if build.get("release"):
-        lines.append(f"- kernel built: {build['release']}")
-    campaign = state.step("campaign").outputs
-    if campaign.get("campaign_id"):
-        lines.append(
-            f"- campaign: {campaign['campaign_id']} ({campaign.get('ok', 0)} ok runs, on "
-            f"running kernel {campaign.get('running_kernel', '?')})"
-        )
-    compare = state.step("compare").outputs
-    if compare.get("baseline_campaign"):
-        night = compare.get("baseline_night")
-        lines.append(
-            f"- baseline: {compare['baseline_campaign']}"
-            + (f" (night {night})" if night else " (named in the config)")
-        )
+    lines += _outputs_lines(state)
     lines += ["", "| step | status | seconds | detail |", "|---|---|---|---|"]
     for name in STEPS:
         step = state.step(name)
@@ -112,3 +93,34 @@ def render_junit(state: NightState, extra_cases_xml: str | None = None) -> str:
     suite.set("skipped", str(skipped))
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _outputs_lines(state: NightState) -> list[str]:
+    """The night's facts from the step outputs: tree, kernel, campaign, baseline. A night
+    whose state.json holds outputs of another shape shows what it can."""
+    lines: list[str] = []
+    try:
+        fetch = state.outputs_of("fetch", FetchOutputs)
+        build = state.outputs_of("build", BuildOutputs)
+        campaign = state.outputs_of("campaign", CampaignOutputs)
+        compare = state.outputs_of("compare", CompareOutputs)
+    except StoreError as exc:
+        return [f"- step outputs unreadable: {_md(exc.message)}"]
+    if fetch is not None:
+        lines.append(
+            f"- tree: {fetch.tree} {fetch.ref} = {fetch.commit[:12]} ({_md(fetch.subject)})"
+        )
+    if build is not None:
+        lines.append(f"- kernel built: {build.release}")
+    if campaign is not None:
+        lines.append(
+            f"- campaign: {campaign.campaign_id} ({campaign.ok} ok runs, on "
+            f"running kernel {campaign.running_kernel})"
+        )
+    if compare is not None and compare.baseline_campaign:
+        night = compare.baseline_night
+        lines.append(
+            f"- baseline: {compare.baseline_campaign}"
+            + (f" (night {night})" if night else " (named in the config)")
+        )
+    return lines

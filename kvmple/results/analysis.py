@@ -11,6 +11,7 @@ from typing import Any
 
 from kvmple.errors import StoreError
 from kvmple.results.cells import Cell, check_pooling, group_cells
+from kvmple.results.evidence import RunEvidence, ple_label_warning
 from kvmple.results.records import CampaignMeta, CellValue, RunRecord
 from kvmple.results.rfc import (
     PLE_ROWS,
@@ -39,6 +40,7 @@ class CellResult:
     cell: Cell
     stats: CellStats | None  # None: no ok run in this cell
     evidence: dict[str, str]
+    kvm: tuple[RunEvidence, ...] = ()  # the ok runs' KVM evidence (older records have none)
 
     @property
     def label(self) -> str:
@@ -294,6 +296,7 @@ def analyse(
             if c.values
             else None,
             evidence=summarise_evidence(c.ok_runs),
+            kvm=tuple(r.kvm for r in c.ok_runs if r.kvm is not None),
         )
         for c in cells
     )
@@ -302,6 +305,10 @@ def analyse(
             warnings.append(
                 f"cell {r.label} has no successful run ({len(r.cell.failed_runs)} failed)"
             )
+    for r in results:
+        labelled = ple_label_warning(r.label, r.cell.cell.get("ple"), r.kvm)
+        if labelled:
+            warnings.append(labelled)
     ple_reason = _ple_unavailable(meta, runs)
     tables: list[RfcTable] = []
     vs: list[VsRfc] = []

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvmple.errors import StoreError
+from kvmple.results.provenance import CAMPAIGN_KEYS, POOL_KEYS
 from kvmple.results.records import CampaignMeta, CellValue, RunRecord, cell_label
 
-POOL_KEYS: tuple[str, ...] = ("host", "kernel", "knobs", "guest", "image", "affinity")
-CAMPAIGN_KEYS: tuple[str, ...] = ("host", "kernel", "guest", "image")
+# POOL_KEYS, CAMPAIGN_KEYS: derived from the fields kvmple.results.provenance marks
 
 CellKey = tuple[tuple[str, CellValue], ...]
 

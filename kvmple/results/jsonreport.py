@@ -9,6 +9,7 @@ from typing import Any
 
 from kvmple.results.analysis import CampaignAnalysis
 from kvmple.results.compare import CampaignComparison
+from kvmple.results.evidence import summarise_confounders, summarise_exits, summarise_yield
 from kvmple.results.records import RECORD_VERSION
 from kvmple.results.stats import CellStats, Comparison, runs_needed
 
@@ -61,6 +62,12 @@ def analysis_dict(a: CampaignAnalysis) -> dict[str, Any]:
                 "runs_per_side_to_detect_threshold": _runs_needed(r.stats, a.threshold),
                 "failures": r.cell.failure_reasons(),
                 "evidence": r.evidence,
+                "kvm_evidence": {
+                    "runs": len(r.kvm),
+                    "exits": summarise_exits(r.kvm),
+                    "directed_yield": summarise_yield(r.kvm),
+                    "confounders": summarise_confounders(r.kvm),
+                },
             }
             for r in a.cells
         ],

@@ -10,7 +10,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-RECORD_VERSION = 1
+from kvmple.results.evidence import RunEvidence
+
+# 2: RunRecord.kvm (exits, directed yield, confounders); version-1 records read as kvm=None
+RECORD_VERSION = 2
 
 CampaignStatus = Literal["running", "interrupted", "complete", "failed"]
 CAMPAIGN_STATUSES: tuple[str, ...] = ("running", "interrupted", "complete", "failed")
@@ -67,7 +70,12 @@ class RunRecord(BaseModel):
     )
     evidence: dict[str, Any] = Field(
         default_factory=dict,
-        description="e.g. pause exit counts, or {'unavailable': 'reason'}",
+        description="host CPU shares, phase times, loads, quietness of the window",
+    )
+    kvm: RunEvidence | None = Field(
+        default=None,
+        description="exits by reason, directed yield per guest, confounders (None: stored "
+        "by a kvmple before record version 2)",
     )
 
 

@@ -1,8 +1,8 @@
 """The results store: SQLite by default (a file, no server), PostgreSQL by URL.
 
-One ``Store`` class speaks to either through a tiny ``_Db`` adapter (placeholders,
-transactions, error mapping). Every write is one transaction: a run is stored whole or not
-at all, so a crash mid-write or two concurrent campaigns never corrupt the store.
+One ``Store`` class speaks to either through a tiny ``Db`` adapter (kvmple.results.db:
+placeholders, transactions, error mapping). Every write is one transaction: a run is stored
+whole or not at all, so a crash mid-write or two concurrent campaigns never corrupt the store.
 
     with open_store(None) as store:           # paths.data_dir()/results.sqlite
         store.create_campaign(meta)
@@ -12,21 +12,35 @@ at all, so a crash mid-write or two concurrent campaigns never corrupt the store
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
-from pathlib import Path
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
 
 from pydantic import ValidationError
 
-from kvmple import paths
 from kvmple.errors import StoreError
+from kvmple.results.db import (
+    Db,
+    Postgres,
+    connect,
+    default_url,
+    redact,
+    sqlite_path,
+    sqlite_url,
+)
 from kvmple.results.records import CAMPAIGN_STATUSES, CampaignMeta, RunRecord
 from kvmple.results.schema import LATEST, MIGRATIONS
-from kvmple.results.sqlitewal import switch_to_wal
+
+__all__ = [
+    "DuplicateRun",
+    "Store",
+    "default_url",
+    "open_store",
+    "redact",
+    "sqlite_path",
+    "sqlite_url",
+]
 
 LIST_HINT = "see the campaigns in the store with 'kvmple results list'"
 
@@ -35,157 +49,10 @@ class DuplicateRun(StoreError):
     """A run with this (campaign_id, run_key) is already stored."""
 
 
-def default_url() -> str:
-    return sqlite_url(paths.data_dir() / "results.sqlite")
-
-
-def sqlite_url(path: Path) -> str:
-    """sqlite:///abs/path (three slashes, then the absolute path without its leading one)."""
-    return "sqlite:///" + str(path.resolve()).lstrip("/")
-
-
-def sqlite_path(url: str) -> Path:
-    """The file of a sqlite:/// URL; sqlite:////abs/path (SQLAlchemy's spelling) works too."""
-    return Path("/" + url.removeprefix("sqlite://").lstrip("/"))
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-class _Db(Protocol):
-    url: str
-
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
-    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
-    def transaction(self) -> AbstractContextManager[None]: ...
-    def is_duplicate(self, exc: BaseException) -> bool: ...
-    def close(self) -> None: ...
-
-
-class _Sqlite:
-    """SQLite in WAL mode: readers never block the writer; writers queue (busy timeout)."""
-
-    def __init__(self, path: Path, busy_timeout: float = 60.0) -> None:
-        self.url = sqlite_url(path)
-        if not path.parent.is_dir():
-            raise StoreError(
-                f"results store {self.url}: directory {path.parent} does not exist",
-                hint="create it, or pass another --db URL",
-            )
-        self.busy_timeout = busy_timeout
-        try:
-            # autocommit mode: transactions are explicit (BEGIN IMMEDIATE) below
-            self.conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
-            switch_to_wal(self.conn, path, busy_timeout)
-            # FULL: a committed run survives a host crash or power loss, not only a kill
-            self.conn.execute("PRAGMA synchronous=FULL")
-            self.conn.execute("PRAGMA foreign_keys=ON")
-        except StoreError:
-            self.conn.close()
-            raise
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(
-                f"results store {self.url} cannot be opened: {exc}",
-                hint="is it a kvmple results store? pass another --db URL",
-            ) from exc
-
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return list(self.conn.execute(sql, params).fetchall())
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self.conn.execute(sql, params)
-
-    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        self.conn.executemany(sql, rows)
-
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        # IMMEDIATE takes the write lock up front so two writers queue instead of deadlocking
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
-
-    def is_duplicate(self, exc: BaseException) -> bool:
-        return isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc)
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-class _Postgres:
-    """PostgreSQL through psycopg 3 (optional dependency: pip install kvmple[postgres])."""
-
-    def __init__(self, url: str, connect_timeout: int = 10) -> None:
-        self.url = redact(url)
-        try:
-            import psycopg
-        except ImportError as exc:  # pragma: no cover - psycopg is a test dependency
-            raise StoreError(
-                "a postgresql:// store needs psycopg", hint="pip install 'kvmple[postgres]'"
-            ) from exc
-        self._psycopg = psycopg
-        try:
-            self.conn = psycopg.connect(url, autocommit=True, connect_timeout=connect_timeout)
-        except psycopg.Error as exc:
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StoreError(
-                f"results store {self.url}: cannot connect: {detail}",
-                hint="check the server, user, password and database in the URL",
-            ) from exc
-
-    @staticmethod
-    def _sql(sql: str) -> str:
-        return sql.replace("?", "%s")
-
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return list(self.conn.execute(self._sql(sql), params).fetchall())
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self.conn.execute(self._sql(sql), params)
-
-    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        with self.conn.cursor() as cur:
-            cur.executemany(self._sql(sql), list(rows))
-
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        with self.conn.transaction():
-            yield
-
-    def is_duplicate(self, exc: BaseException) -> bool:
-        return isinstance(exc, self._psycopg.errors.UniqueViolation)
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-def _connect(url: str | None) -> _Db:
-    url = url or default_url()
-    if url.startswith("sqlite:///"):
-        return _Sqlite(sqlite_path(url))
-    if url.startswith(("postgresql://", "postgres://")):
-        return _Postgres(url)
-    raise StoreError(
-        f"unsupported results store URL {redact(url)!r}",
-        hint="use sqlite:///ABSOLUTE/PATH or postgresql://user:password@host/db",
-    )
-
-
 class Store:
     """Campaigns and their runs, in SQLite or PostgreSQL. Use as a context manager."""
 
-    def __init__(self, db: _Db) -> None:
+    def __init__(self, db: Db) -> None:
         self._db = db
         self.url = db.url
 
@@ -257,7 +124,7 @@ class Store:
                 self._db.execute("INSERT INTO kvmple_schema (version) VALUES (?)", (current,))
 
     def _lock_for_migration(self) -> None:
-        if isinstance(self._db, _Postgres):
+        if isinstance(self._db, Postgres):
             # serialise concurrent first opens; SQLite's BEGIN IMMEDIATE already does
             self._db.execute("SELECT pg_advisory_xact_lock(7011)")
 
@@ -298,6 +165,17 @@ class Store:
         self.campaign(campaign_id)
         with self._write(f"setting the status of campaign {campaign_id}"):
             self._db.execute("UPDATE campaigns SET status = ? WHERE id = ?", (status, campaign_id))
+
+    def set_host(self, campaign_id: str, host: dict[str, Any]) -> CampaignMeta:
+        """Record new host facts for a campaign (only one without runs: kvmple run --resume
+        after a kernel install between its registration and its first run)."""
+        meta = self.campaign(campaign_id).model_copy(update={"host": host})
+        with self._write(f"updating the host of campaign {campaign_id}"):
+            self._db.execute(
+                "UPDATE campaigns SET record = ? WHERE id = ?",
+                (meta.model_dump_json(), campaign_id),
+            )
+        return meta
 
     def campaign(self, campaign_id: str) -> CampaignMeta:
         """The campaign with this exact id; StoreError if there is none."""
@@ -514,7 +392,7 @@ def open_store(url: str | None = None, *, create: bool = True) -> Store:
                 f"no results store at {path}",
                 hint="run a campaign first ('kvmple run PLAYBOOK') or pass --db URL",
             )
-    store = Store(_connect(url))
+    store = Store(connect(url))
     try:
         if store._schema_current() != LATEST:
             store.migrate()

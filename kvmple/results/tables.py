@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from kvmple.results.analysis import CampaignAnalysis, RfcTable
 from kvmple.results.compare import CampaignComparison
+from kvmple.results.evidence import summarise_confounders, summarise_exits, summarise_yield
 from kvmple.results.stats import CellStats, Comparison, runs_needed
 
 ROW_LABELS = {"off": "no PLE", "on": "PLE", "unavailable": "PLE unavailable"}
@@ -184,6 +185,42 @@ def vs_rfc_table(analysis: CampaignAnalysis) -> Table | None:
     )
 
 
+def evidence_table(analysis: CampaignAnalysis) -> Table | None:
+    """Per cell, beside its throughput, what KVM did during the windows: PAUSE exits,
+    directed yields, confounders, or "unavailable: why" (None: no run has KVM evidence)."""
+    if not any(r.kvm for r in analysis.cells):
+        return None
+    reasons: dict[str, str] = {}  # "unavailable: why" -> its footnote mark, said once
+
+    def shown(text: str) -> str:
+        if not text.startswith("unavailable: "):
+            return text
+        mark = reasons.setdefault(text, f"[{len(reasons) + 1}]")
+        return f"unavailable {mark}"
+
+    rows = tuple(
+        (
+            r.label,
+            mean_ci(r.stats),
+            shown(summarise_exits(r.kvm)),
+            shown(summarise_yield(r.kvm)),
+            shown(summarise_confounders(r.kvm)),
+        )
+        for r in analysis.cells
+    )
+    notes = (
+        *(f"{mark} {text}" for text, mark in reasons.items()),
+        "exits: kvm:kvm_exit counted by tracefs hist triggers over each run's window "
+        "(PAUSE = VMX reason 40 / SVM 0x77), means per run",
+        "directed yield: KVM's directed_yield_attempted/successful (debugfs, Linux 5.13+), "
+        "change per run summed over the guests; in 6.1 they count only the PV sched_yield "
+        "hypercall, not PLE's yield_to",
+        "confounders: found on the host as each run started (kvmple doctor lists them too)",
+    )
+    header = ("cell", analysis.meta.primary_metric, "VM exits", "directed yield", "confounders")
+    return Table("evidence per cell (did the mechanism fire?)", header, rows, notes)
+
+
 def failures_table(analysis: CampaignAnalysis) -> Table | None:
     rows = tuple((r.label, reason) for r in analysis.cells for reason in r.cell.failure_reasons())
     if not rows:
@@ -194,7 +231,7 @@ def failures_table(analysis: CampaignAnalysis) -> Table | None:
 def all_tables(analysis: CampaignAnalysis) -> list[Table]:
     tables = [rfc_table(analysis, t) for t in analysis.tables]
     tables.append(cell_table(analysis))
-    for extra in (vs_rfc_table(analysis), failures_table(analysis)):
+    for extra in (evidence_table(analysis), vs_rfc_table(analysis), failures_table(analysis)):
         if extra is not None:
             tables.append(extra)
     return tables

@@ -41,6 +41,22 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) ->
     return element
 
 
+def _cpu(domain: ET.Element, spec: VMSpec) -> None:
+    """KVM: the host's CPU model (PLE experiments want the real thing); TCG: QEMU's default;
+    a named model (a lab host's emulated AMD-V) with its features required, checked by QEMU
+    alone (check='none': libvirt compares models with the host CPU, which under TCG is not
+    what runs the guest)."""
+    if spec.cpu_model is not None:
+        cpu = _sub(domain, "cpu", mode="custom", match="exact", check="none")
+        _sub(cpu, "model", spec.cpu_model, fallback="forbid")
+    else:
+        attrs = {"mode": "host-passthrough", "check": "none"} if spec.accelerator == "kvm" else {}
+        cpu = _sub(domain, "cpu", **attrs)
+    _sub(cpu, "topology", sockets="1", dies="1", cores=str(spec.vcpus), threads="1")
+    for feature in spec.cpu_features:
+        _sub(cpu, "feature", policy="require", name=feature)
+
+
 def domain_xml(spec: VMSpec, *, overlay: Path, console_log: Path, ssh_port: int) -> str:
     """Render ``spec`` as a libvirt domain definition.
 
@@ -80,14 +96,11 @@ def domain_xml(spec: VMSpec, *, overlay: Path, console_log: Path, ssh_port: int)
     features = _sub(domain, "features")
     _sub(features, "acpi")
     _sub(features, "apic")
-    # KVM: the host's CPU model (PLE experiments want the real thing); TCG: QEMU's default.
-    cpu_attrs = {"mode": "host-passthrough", "check": "none"} if spec.accelerator == "kvm" else {}
-    cpu = _sub(domain, "cpu", **cpu_attrs)
-    _sub(cpu, "topology", sockets="1", dies="1", cores=str(spec.vcpus), threads="1")
+    _cpu(domain, spec)
 
     _sub(domain, "clock", offset="utc")
     _sub(domain, "on_poweroff", "destroy")
-    _sub(domain, "on_reboot", "destroy")
+    _sub(domain, "on_reboot", spec.on_reboot)
     _sub(domain, "on_crash", "destroy")
 
     devices = _sub(domain, "devices")

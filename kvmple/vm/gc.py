@@ -5,7 +5,10 @@ the kvmple- prefix, are reported and never touched.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import time
 from dataclasses import dataclass, field
 
 from kvmple.errors import KvmpleError
@@ -41,6 +44,33 @@ def reap(record: registry.GuestRecord, report: GcReport) -> None:
         report.removed_dirs.append(record.run_dir)
     registry.forget(record)
     report.removed_records.append(record.domain)
+
+
+def stop_owner(record: registry.GuestRecord, report: GcReport, wait_s: float = 120.0) -> None:
+    """Stop a guest that is still starting: SIGTERM to its owner (a kvmple process, checked
+    by its start time, so never a recycled pid), whose own clean-up destroys the guest and
+    removes its files; then reap whatever it left. The guest's domain is in
+    ``report.removed_records`` when it is gone, in ``report.errors`` when the owner did not
+    exit within ``wait_s`` seconds."""
+    if record.owner_alive:
+        try:
+            os.kill(record.owner_pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + wait_s
+        while record.owner_alive and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if record.owner_alive:
+            report.errors.append(
+                f"{record.domain}: its owner, process {record.owner_pid}, did not exit within "
+                f"{wait_s:.0f} s of SIGTERM"
+            )
+            return
+    left = registry.load(record.domain)
+    if left is None:
+        report.removed_records.append(record.domain)
+        return
+    reap(left, report)
 
 
 def collect(*, include_detached: bool = False, uris: tuple[str, ...] = ()) -> GcReport:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Protocol
 
 import libvirt
 
@@ -40,10 +40,38 @@ def _no_domain(exc: libvirt.libvirtError) -> bool:
     return bool(exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN)
 
 
+class _Domain(Protocol):
+    """The virDomain calls kvmple makes (libvirt-python has no type hints)."""
+
+    def name(self) -> str: ...
+    def isActive(self) -> int: ...  # libvirt-python's names
+    def isPersistent(self) -> int: ...
+    def destroy(self) -> int: ...
+    def reset(self, flags: int = 0) -> int: ...
+    def undefine(self) -> int: ...
+    def XMLDesc(self, flags: int = 0) -> str: ...
+    # ([(vcpu number, state, cpu time ns, host cpu)], [per vCPU: allowed flag per host CPU])
+    def vcpus(self) -> tuple[list[tuple[int, int, int, int]], list[tuple[bool, ...]]]: ...
+    def saveFlags(self, to: str, dxml: str | None = None, flags: int = 0) -> int: ...
+
+
+class _Connection(Protocol):
+    """The virConnect calls kvmple makes."""
+
+    def close(self) -> int: ...
+    def lookupByName(self, name: str) -> _Domain: ...
+    def createXML(self, xmlDesc: str, flags: int = 0) -> _Domain: ...
+    def defineXML(self, xml: str) -> _Domain: ...
+    def listAllDomains(self, flags: int = 0) -> list[_Domain]: ...
+    def restoreFlags(self, frm: str, dxml: str | None = None, flags: int = 0) -> int: ...
+    def getLibVersion(self) -> int: ...
+    def getVersion(self) -> int: ...
+
+
 class Libvirt:
     """An open connection to one libvirt URI."""
 
-    def __init__(self, uri: str, conn: Any) -> None:
+    def __init__(self, uri: str, conn: _Connection) -> None:
         self.uri = uri
         self._conn = conn
 
@@ -53,7 +81,7 @@ class Libvirt:
         except libvirt.libvirtError:
             pass
 
-    def _lookup(self, name: str) -> Any | None:
+    def _lookup(self, name: str) -> _Domain | None:
         try:
             return self._conn.lookupByName(name)
         except libvirt.libvirtError as exc:
@@ -102,6 +130,17 @@ class Libvirt:
                 f"could not remove guest {name} ({self.uri}): {_message(exc)}"
             ) from exc
         return True
+
+    def reset(self, name: str) -> None:
+        """Reset ``name`` like a power cycle (virDomainReset): the guest's firmware and its
+        direct-boot kernel start again. GuestError when it is not running."""
+        dom = self._lookup(name)
+        if dom is None:
+            raise GuestError(f"cannot reset guest {name} ({self.uri}): no such domain")
+        try:
+            dom.reset(0)
+        except libvirt.libvirtError as exc:
+            raise GuestError(f"could not reset guest {name} ({self.uri}): {_message(exc)}") from exc
 
     def names(self, prefix: str) -> list[str]:
         """Names of all domains (running or defined) starting with ``prefix``."""

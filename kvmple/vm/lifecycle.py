@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from kvmple import events
 from kvmple.console import ConsoleLog
 from kvmple.errors import (
     ConfigError,
@@ -29,10 +30,10 @@ from kvmple.errors import (
     KvmpleError,
     UsageError,
 )
+from kvmple.events import Sink, Warn
 from kvmple.host.kvmprobe import usable_accelerator
 from kvmple.keys import installation_key
 from kvmple.remote import SSHExecutor, free_port
-from kvmple.ui import warn
 from kvmple.vm import reaper, registry, snapshot
 from kvmple.vm.domxml import domain_xml
 from kvmple.vm.libvirt_backend import Libvirt, connect
@@ -161,9 +162,14 @@ class _Boot:
     """The state of one boot_guests call, shared by its worker threads."""
 
     def __init__(
-        self, lv: Libvirt, ready_timeout: float, policy: snapshot.Policy | None = None
+        self,
+        lv: Libvirt,
+        ready_timeout: float,
+        policy: snapshot.Policy | None = None,
+        sink: Sink = events.discard,
     ) -> None:
         self.lv = lv
+        self.sink = sink
         self.policy = policy or snapshot.Policy({}, use=False)
         self.ready_timeout = ready_timeout
         self.t0 = time.monotonic()
@@ -191,16 +197,8 @@ class _Boot:
         registry.forget(guest.record)
         reaper.disown(guest.name)
 
-    def start(
-        self,
-        spec: VMSpec,
-        *,
-        backing: Path | None = None,
-        launch: Callable[[str, Path], None] | None = None,
-    ) -> Guest:
-        """Claim; overlay on ``backing`` (default: the image); ``launch`` or createXML it."""
-        run_dir = registry.guests_dir() / spec.domain_name
-        record = registry.GuestRecord(
+    def _record(self, spec: VMSpec, run_dir: Path) -> registry.GuestRecord:
+        return registry.GuestRecord(
             domain=spec.domain_name,
             uri=self.lv.uri,
             role=spec.role,
@@ -216,6 +214,17 @@ class _Boot:
             detached=False,
             created=time.time(),
         )
+
+    def start(
+        self,
+        spec: VMSpec,
+        *,
+        backing: Path | None = None,
+        launch: Callable[[str, Path], None] | None = None,
+    ) -> Guest:
+        """Claim; overlay on ``backing`` (default: the image); ``launch`` or createXML it."""
+        run_dir = registry.guests_dir() / spec.domain_name
+        record = self._record(spec, run_dir)
         reaper.ensure()  # from here on, this process dying by any signal reaps the guest
         registry.claim(record)  # raises if the name is taken: then it is not ours to clean
         with self.lock:
@@ -372,12 +381,14 @@ def boot_guests(
     keep_smt_siblings: bool = False,
     snapshots: bool | None = None,
     readiness: Mapping[str, snapshot.Readiness] | None = None,
+    sink: Sink = events.discard,
 ) -> Iterator[list[Guest]]:
     """Start ``specs`` (in parallel where they do not overcommit the host CPUs: boot_waves),
     wait for SSH, check placement, yield the guests in the order of ``specs``.
 
     On exit, whatever the reason, every guest is destroyed and its files and record removed
-    (except guests passed to ``detach``).
+    (except guests passed to ``detach``). A clean-up that fails while another error is
+    raised is a Warn to ``sink`` (the first error wins); otherwise it raises GuestError.
 
     ``snapshots``: start guests from booted snapshots (kvmple.vm.snapshot); None means yes
     on qemu:///system unless KVMPLE_COLD_BOOT=1. ``readiness`` (by role) says what a guest
@@ -387,7 +398,8 @@ def boot_guests(
     _check_specs(specs, keep_smt_siblings=keep_smt_siblings)
     with connect(uri) as lv:
         use = snapshot.wanted(uri) if snapshots is None else snapshots
-        boot = _Boot(lv, ready_timeout, snapshot.Policy(dict(readiness or {}), use=use))
+        policy = snapshot.Policy(dict(readiness or {}), use=use)
+        boot = _Boot(lv, ready_timeout, policy, sink)
         guests: list[Guest] = []
         try:
             with ThreadPoolExecutor(len(specs), thread_name_prefix="kvmple-boot") as pool:
@@ -410,7 +422,7 @@ def boot_guests(
             boot.records = [r for r in boot.records if r.domain not in kept]
             problems = boot.teardown()
             if problems and sys.exc_info()[0] is not None:
-                warn("cleanup failed for " + "; ".join(problems) + " (run 'kvmple gc')")
+                sink(Warn("cleanup failed for " + "; ".join(problems) + " (run 'kvmple gc')"))
             elif problems:
                 raise GuestError(
                     "cleanup failed for " + "; ".join(problems),

@@ -17,9 +17,11 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+
+from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from kvmple import paths
+from kvmple.config.jsonfile import first_error
 from kvmple.errors import GuestError, StoreError
 
 
@@ -43,14 +45,15 @@ def guests_dir() -> Path:
 
 
 def process_start_time(pid: int) -> int | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot), None if it is gone."""
+    """The kernel's start time of ``pid`` (clock ticks since boot), None if it is gone or a
+    zombie (it exited and can no longer clean anything up; proc(5): state Z)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # comm (field 2) may contain spaces and parentheses: split after the last ')'.
     fields = stat[stat.rfind(")") + 2 :].split()
-    return int(fields[19])
+    return None if fields[0] == "Z" else int(fields[19])
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class GuestRecord:
     ssh_port: int
     ssh_user: str
     ssh_key: str
-    host_keys: tuple[str, ...]
+    host_keys: tuple[str, ...]  # 'type base64' lines pinned for SSH
     owner_pid: int
     owner_start: int | None
     detached: bool
@@ -77,16 +80,20 @@ class GuestRecord:
         start = process_start_time(self.owner_pid)
         return start is not None and start == self.owner_start
 
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["host_keys"] = list(self.host_keys)
-        return data
+    def to_json(self) -> dict[str, JsonValue]:
+        """The record file's JSON object (host_keys as a list)."""
+        return {**asdict(self), "host_keys": list(self.host_keys)}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> GuestRecord:
-        data = dict(data)
-        data["host_keys"] = tuple(data.get("host_keys", ()))
-        return cls(**data)
+    def from_json(cls, data: object) -> GuestRecord:
+        """Validate a parsed record file; a missing ``host_keys`` is empty (older records).
+        pydantic's ValidationError names the missing or mistyped key."""
+        if isinstance(data, dict) and "host_keys" not in data:
+            data = {**data, "host_keys": []}
+        return _GUEST_RECORD.validate_python(data)
+
+
+_GUEST_RECORD: TypeAdapter[GuestRecord] = TypeAdapter(GuestRecord)
 
 
 def record_path(domain: str) -> Path:
@@ -131,7 +138,13 @@ def load(domain: str) -> GuestRecord | None:
         return GuestRecord.from_json(json.loads(path.read_text()))
     except FileNotFoundError:
         return None
-    except (ValueError, TypeError) as exc:
+    except ValidationError as exc:
+        key, msg = first_error(exc)
+        raise StoreError(
+            f"VM record {path} is unreadable: {key}: {msg}",
+            hint="remove the file by hand after checking 'virsh list --all'",
+        ) from exc
+    except ValueError as exc:
         raise StoreError(
             f"VM record {path} is unreadable: {exc}",
             hint="remove the file by hand after checking 'virsh list --all'",

@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kvmple.errors import GuestError, KvmpleError
+from kvmple.events import Sink, Warn
 from kvmple.run import run
-from kvmple.ui import warn
 from kvmple.vm import reaper, registry, saveimage, snapcache, snapkey
 from kvmple.vm.domxml import QEMU_NS
 
@@ -330,7 +330,7 @@ def bring_up(boot: _Boot, spec: VMSpec, policy: Policy) -> Guest:
         return guest
     fields = key_fields(spec, readiness, boot.lv.versions())
     key = snapcache.key_of(fields)
-    _discard_other_versions(fields)
+    _discard_other_versions(fields, boot.sink)
     saved_here = False
     entry = snapcache.lookup(key)
     if entry is None:
@@ -341,7 +341,9 @@ def bring_up(boot: _Boot, spec: VMSpec, policy: Policy) -> Guest:
             overlay = Path(guest.record.run_dir) / "overlay.qcow2"
             entry = save(boot.lv, guest.name, overlay, key, fields) or snapcache.lookup(key)
         except GuestError as exc:
-            warn(f"guest {spec.role}: no snapshot saved ({exc.message}); it runs cold-booted")
+            boot.sink(
+                Warn(f"guest {spec.role}: no snapshot saved ({exc.message}); it runs cold-booted")
+            )
             if not guest.alive():  # the failed save took it down: boot it again, cold
                 boot.drop(guest)
                 return bring_up(boot, spec, replace(policy, use=False))
@@ -367,9 +369,11 @@ def bring_up(boot: _Boot, spec: VMSpec, policy: Policy) -> Guest:
         phases["readiness_s"] = round(time.monotonic() - t, 2)
         restored.timings["ready_s"] = time.monotonic() - boot.t0
     except KvmpleError as exc:
-        warn(
-            f"snapshot {key[:12]} ({spec.image.name}, {readiness.level}) discarded: "
-            f"{exc.message}; booting {spec.role} cold"
+        boot.sink(
+            Warn(
+                f"snapshot {key[:12]} ({spec.image.name}, {readiness.level}) discarded: "
+                f"{exc.message}; booting {spec.role} cold"
+            )
         )
         snapcache.discard(key)
         if restored is not None:
@@ -407,7 +411,7 @@ def all_cached(lv: Libvirt, specs: Sequence[VMSpec], policy: Policy) -> bool:
     )
 
 
-def _discard_other_versions(fields: Mapping[str, Any]) -> None:
+def _discard_other_versions(fields: Mapping[str, Any], sink: Sink) -> None:
     """Snapshots of this very guest shape made by another QEMU or libvirt can never be
     restored here (QEMU refuses a foreign migration stream): drop them, one line each."""
     same = {k: v for k, v in fields.items() if k not in _VERSIONED}
@@ -420,7 +424,7 @@ def _discard_other_versions(fields: Mapping[str, Any]) -> None:
         if snapcache.discard(entry.key):
             was = ", ".join(f"{k} {other.get(k)}" for k in _VERSIONED)
             now = ", ".join(f"{k} {fields[k]}" for k in _VERSIONED)
-            warn(f"snapshot {entry.key[:12]} ({was}) discarded: this host runs {now}")
+            sink(Warn(f"snapshot {entry.key[:12]} ({was}) discarded: this host runs {now}"))
 
 
 def _launcher(

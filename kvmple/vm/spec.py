@@ -21,6 +21,8 @@ DOMAIN_PREFIX = "kvmple-"
 
 # Roles and campaign ids end up in domain names, file names and libvirt XML: keep them tame.
 _NAME_PART = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+# QEMU CPU model and feature names ("EPYC-Rome", "svme-addr-chk", "Skylake-Server-v4")
+_CPU_WORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class GuestImage(Protocol):
@@ -61,6 +63,14 @@ class VMSpec:
     campaign_id: str = "manual"
     # per-VM knob settings as QEMU arguments (kvmple.host.vmknobs: -overcommit cpu-pm=on)
     qemu_args: tuple[str, ...] = ()
+    # A named QEMU CPU model with required features (e.g. a lab host's emulated AMD-V:
+    # "qemu64" + ("svm", "npt")); None: host-passthrough under KVM, QEMU's default under TCG.
+    cpu_model: str | None = None
+    cpu_features: tuple[str, ...] = ()
+    # What a guest reset does: "destroy" ends a measured guest (a reboot is a fault there);
+    # "restart" resets a lab host in place, so QEMU boots its -kernel again: the fallback of
+    # a kexec'd kernel that panics (kvmple.lab.kernel).
+    on_reboot: Literal["destroy", "restart"] = "destroy"
 
     def __post_init__(self) -> None:
         check_name_part("role", self.role)
@@ -74,12 +84,22 @@ class VMSpec:
             )
         if self.accelerator not in ("kvm", "tcg"):
             raise ConfigError(f"guest {self.role}: accelerator must be kvm or tcg")
+        self._check_cpu()
         for arg in self.extra_kernel_args:
             if not arg or any(c.isspace() for c in arg):
                 raise ConfigError(
                     f"guest {self.role}: extra kernel argument {arg!r} is empty or has spaces",
                     hint="give one argument per list item, e.g. ['nosmt', 'mitigations=off']",
                 )
+
+    def _check_cpu(self) -> None:
+        if self.cpu_model is not None and not _CPU_WORD.match(self.cpu_model):
+            raise ConfigError(f"guest {self.role}: CPU model {self.cpu_model!r} is not a name")
+        if self.cpu_features and self.cpu_model is None:
+            raise ConfigError(f"guest {self.role}: CPU features need a CPU model")
+        for feature in self.cpu_features:
+            if not _CPU_WORD.match(feature):
+                raise ConfigError(f"guest {self.role}: CPU feature {feature!r} is not a name")
 
     @property
     def domain_name(self) -> str:

@@ -7,8 +7,10 @@ the image recipe's ``guest_programs``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from pydantic import BaseModel, ValidationError
 
 from kvmple.errors import ConfigError
 from kvmple.workloads.amqp import AmqpPerftest, PerftestParams
@@ -39,6 +41,24 @@ WORKLOADS: dict[str, Callable[..., Any]] = {
     SysbenchMutex.name: SysbenchMutex,
     SysbenchThreads.name: SysbenchThreads,
 }
+
+
+def check_params(name: str, params: Mapping[str, Any]) -> None:
+    """ValueError naming the first key of ``params`` that workload ``name`` refuses (an
+    unknown parameter or a bad value), with the parameters it has; for playbook validation
+    (a KeyError for an unknown workload: check the name first)."""
+    model: type[BaseModel] = WORKLOADS[name].params_model  # type: ignore[attr-defined]
+    try:
+        model.model_validate(dict(params))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "(params)"
+        problem = (
+            f"not a parameter of {name}" if first["type"] == "extra_forbidden" else first["msg"]
+        )
+        raise ValueError(
+            f"{key}: {problem} (parameters of {name}: {', '.join(model.model_fields)})"
+        ) from None
 
 
 def get_workload(name: str, **options: Any) -> Any:
@@ -75,6 +95,7 @@ __all__ = [
     "SysbenchMutex",
     "SysbenchThreads",
     "Workload",
+    "check_params",
     "ensure_programs",
     "get_workload",
     "parse_params",

@@ -15,24 +15,20 @@ so runs never leak into each other.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Literal
+from collections.abc import Callable
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from kvmple.errors import CommandError, CommandTimeout, InputError, WorkloadError
 from kvmple.executor import Executor
+from kvmple.guest.kvmple_guest import protocol
 from kvmple.run import Result
-from kvmple.workloads.base import CpuSplit, Measurement, Metric, parse_params
+from kvmple.workloads.base import CpuSplit, Measurement, Metric, Params, parse_params
 from kvmple.workloads.perftest_output import machine_record, parse_perftest
 from kvmple.workloads.programs import GUEST_BIN, ensure_programs, program_argv
 
-PROGRAM = "kvmple-perftest"
-READY_LINE = "KVMPLE-PERFTEST-READY"  # printed by kvmple-perftest --wait-go ...
-WINDOW_END_LINE = "KVMPLE-PERFTEST-WINDOW-END"  # ... and this after its last timed window
-# Exit codes of kvmple-perftest (see its docstring).
-_EXIT_TIMEOUT = 3
-_EXIT_USAGE = 2
+PROGRAM = protocol.PERFTEST
 
 
 class PerftestParams(BaseModel):
@@ -98,7 +94,7 @@ class AmqpPerftest:
         executor: Executor,
         *,
         timeout: float,
-        params: Mapping[str, Any] | BaseModel | None = None,
+        params: Params | None = None,
     ) -> None:
         p = parse_params(PerftestParams, params or {}, where=f"workload {self.name} params")
         ensure_programs(executor, bin_dir=self.bin_dir)
@@ -107,7 +103,7 @@ class AmqpPerftest:
     def measure(
         self,
         executor: Executor,
-        params: Mapping[str, Any] | BaseModel,
+        params: Params,
         *,
         timeout: float,
         before_window: Callable[[], None] | None = None,
@@ -154,7 +150,7 @@ class AmqpPerftest:
             ) from exc
         return measurement_from_result(self.name, p, result, executor.name)
 
-    def between_runs(self, executor: Executor, params: Mapping[str, Any] | BaseModel) -> None:
+    def between_runs(self, executor: Executor, params: Params) -> None:
         p = parse_params(PerftestParams, params, where=f"workload {self.name} params")
         result = executor.run(
             self._argv(f"--broker={p.broker}", "--cleanup", f"--qt={p.qt}"),
@@ -190,12 +186,12 @@ class _GoSignal:
 
     def on_line(self, line: str) -> str | None:
         line = line.strip()
-        if line not in (READY_LINE, WINDOW_END_LINE) or line in self.seen:
+        if line not in (protocol.READY_LINE, protocol.WINDOW_END_LINE) or line in self.seen:
             return None
         self.seen.add(line)
-        if line == READY_LINE:
+        if line == protocol.READY_LINE:
             self.before_window()
-            return "go\n"
+            return f"{protocol.GO_WORD}\n"
         if self.after_window is not None:
             self.after_window()
         return None
@@ -211,9 +207,9 @@ def measurement_from_result(
     workload: str, p: PerftestParams, result: Result, where: str
 ) -> Measurement:
     """Turn the perftest's output into a Measurement, or raise WorkloadError with the reason."""
-    if result.returncode == _EXIT_USAGE:
+    if result.returncode == protocol.PerftestExit.USAGE:
         raise WorkloadError(f"perftest rejected its options: {_reason(result)}")
-    if result.returncode == _EXIT_TIMEOUT:
+    if result.returncode == protocol.PerftestExit.TIMEOUT:
         raise WorkloadError(f"perftest timed out on {where}: {_reason(result)}")
     if not result.ok:
         raise WorkloadError(f"perftest failed on {where}: {_reason(result)}")
@@ -221,11 +217,11 @@ def measurement_from_result(
         report = parse_perftest(result.stdout, where=f"perftest output on {where}")
     except InputError as exc:  # our own run printed no known report: the workload failed
         raise WorkloadError(exc.message, hint=exc.hint) from None
-    record = machine_record(result.stdout) or {}
+    record = machine_record(result.stdout)
     cpu: CpuSplit | None = None
     notes: tuple[str, ...]
     if p.engine == "qpid":
-        cpu = CpuSplit.from_json(record["cpu"]) if record.get("cpu") else None
+        cpu = CpuSplit.from_json(record["cpu"]) if record and record.get("cpu") else None
         notes = ("qpid-perftest's own figures; CPU split measured around its whole run",)
     else:
         cpus = [it.cpu for it in report.iterations if it.cpu is not None]

@@ -22,10 +22,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, JsonValue, TypeAdapter, ValidationError
 
+from kvmple.config.jsonfile import first_error
 from kvmple.errors import ConfigError
 from kvmple.executor import Executor
+
+# A workload's ``params:``: the playbook's mapping (JSON/YAML values), or its validated model.
+Params = Mapping[str, JsonValue] | BaseModel
 
 
 @dataclass(frozen=True)
@@ -64,15 +68,13 @@ class CpuSplit:
         return self.clients * self.ncpu
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> CpuSplit:
-        return cls(
-            window_s=float(data["window_s"]),
-            ncpu=int(data["ncpu"]),
-            broker=float(data["broker"]),
-            clients=float(data["clients"]),
-            other=float(data["other"]),
-            idle=float(data["idle"]),
-        )
+    def from_json(cls, data: object) -> CpuSplit:
+        """Validate a guest program's ``cpu`` object (unknown keys, such as the derived
+        broker_vcpus, ignored); pydantic's ValidationError names a missing or bad key."""
+        return _CPU_SPLIT.validate_python(data)
+
+
+_CPU_SPLIT: TypeAdapter[CpuSplit] = TypeAdapter(CpuSplit)
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ class Measurement:
     """What one measured run produced: never made up; a failed run raises instead."""
 
     workload: str
-    params: dict[str, Any]
+    params: dict[str, JsonValue]
     figures: dict[str, float]
     primary: str
     window_s: float
@@ -95,7 +97,9 @@ class Measurement:
         """The primary figure (what campaigns compare)."""
         return self.figures[self.primary]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, JsonValue]:
+        """The stored run's ``measurement`` object: the fields, ``value`` and the CPU split's
+        derived vCPU counts."""
         data = asdict(self)
         data["value"] = self.value
         if self.cpu is not None:
@@ -125,14 +129,14 @@ class LoadStatus:
     loops: tuple[LoopStatus, ...]
     sample_s: float
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, JsonValue]:
         return asdict(self)
 
 
 P = TypeVar("P", bound=BaseModel)
 
 
-def parse_params(model: type[P], params: Mapping[str, Any] | BaseModel, *, where: str) -> P:
+def parse_params(model: type[P], params: Params, *, where: str) -> P:
     """Validate a ``params:`` mapping into the workload's model; ConfigError names the key."""
     if isinstance(params, model):
         return params
@@ -140,10 +144,9 @@ def parse_params(model: type[P], params: Mapping[str, Any] | BaseModel, *, where
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(part) for part in first["loc"]) or "(params)"
+        key, msg = first_error(exc, "(params)")
         raise ConfigError(
-            f"{where}: {key}: {first['msg']}",
+            f"{where}: {key}: {msg}",
             hint=f"valid parameters: {', '.join(model.model_fields)}",
         ) from None
 
@@ -163,7 +166,7 @@ class MeasuredWorkload(Protocol):
         executor: Executor,
         *,
         timeout: float,
-        params: Mapping[str, Any] | BaseModel | None = None,
+        params: Params | None = None,
     ) -> None:
         """Programs present and current, services (the broker) really answering."""
         ...
@@ -171,7 +174,7 @@ class MeasuredWorkload(Protocol):
     def measure(
         self,
         executor: Executor,
-        params: Mapping[str, Any] | BaseModel,
+        params: Params,
         *,
         timeout: float,
         before_window: Callable[[], None] | None = None,
@@ -186,7 +189,7 @@ class MeasuredWorkload(Protocol):
         next one."""
         ...
 
-    def between_runs(self, executor: Executor, params: Mapping[str, Any] | BaseModel) -> None:
+    def between_runs(self, executor: Executor, params: Params) -> None:
         """Remove what a failed or interrupted run may have left (queues, files); campaigns
         call it after such a run, not after every run (a guest round trip each under TCG)."""
         ...
@@ -224,15 +227,13 @@ class LoadWorkload(Protocol):
         executor: Executor,
         *,
         timeout: float,
-        params: Mapping[str, Any] | BaseModel | None = None,
+        params: Params | None = None,
     ) -> None: ...
 
-    def held(
-        self, executor: Executor, params: Mapping[str, Any] | BaseModel, *, timeout: float
-    ) -> HeldLoad:
+    def held(self, executor: Executor, params: Params, *, timeout: float) -> HeldLoad:
         """Ready the load of one run (nothing runs yet); it never outlives ``timeout``."""
         ...
 
-    def problems(self, status: LoadStatus, params: Mapping[str, Any] | BaseModel) -> list[str]:
+    def problems(self, status: LoadStatus, params: Params) -> list[str]:
         """What was wrong with how the load ran (empty: it ran as asked)."""
         ...

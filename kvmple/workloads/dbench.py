@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from kvmple.errors import WorkloadError
 from kvmple.executor import Executor
-from kvmple.workloads.base import Metric, parse_params
+from kvmple.workloads.base import Metric, Params, parse_params
 from kvmple.workloads.oneshot import OneShotWorkload
 
 _THROUGHPUT = re.compile(
@@ -63,7 +63,7 @@ def parse_dbench(text: str, where: str = "dbench output") -> dict[str, float]:
     return {"throughput": float(mbps), "max_latency": float(latency), "clients": float(clients)}
 
 
-class Dbench(OneShotWorkload):
+class Dbench(OneShotWorkload[DbenchParams]):
     """dbench: file-system throughput in MB/s over ``time`` seconds (higher is better)."""
 
     name: ClassVar[str] = "dbench"
@@ -92,14 +92,14 @@ class Dbench(OneShotWorkload):
         executor: Executor,
         *,
         timeout: float,
-        params: Mapping[str, Any] | BaseModel | None = None,
+        params: Params | None = None,
     ) -> None:
         """dbench present and its working directory created (dbench does not create it)."""
         super().prepare(executor, timeout=timeout, params=params)
         p = parse_params(DbenchParams, params or {}, where=f"workload {self.name} params")
         executor.run(["mkdir", "-p", p.directory], timeout=min(timeout, 60), what="dbench dir")
 
-    def between_runs(self, executor: Executor, params: Mapping[str, Any] | BaseModel) -> None:
+    def between_runs(self, executor: Executor, params: Params) -> None:
         """Remove the client trees a killed run left (dbench's own cleanup did not run)."""
         p = parse_params(DbenchParams, params, where=f"workload {self.name} params")
         executor.run(

@@ -63,7 +63,7 @@ def parse_hackbench(text: str, where: str = "hackbench output") -> float:
     return float(found[0])
 
 
-class Hackbench(OneShotWorkload):
+class Hackbench(OneShotWorkload[HackbenchParams]):
     """hackbench: seconds for all groups to pass their messages (lower is better)."""
 
     name: ClassVar[str] = "hackbench"

@@ -10,22 +10,24 @@ and the ``Measurement`` they all return.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import ClassVar, Generic, TypeVar, cast
 
 from pydantic import BaseModel
 
 from kvmple.errors import CommandTimeout, WorkloadError
 from kvmple.executor import Executor
-from kvmple.workloads.base import Measurement, Metric, parse_params
+from kvmple.workloads.base import Measurement, Metric, Params, parse_params
 from kvmple.workloads.programs import GUEST_BIN
 
+PM = TypeVar("PM", bound=BaseModel)
 
-class OneShotWorkload:
+
+class OneShotWorkload(Generic[PM]):
     """Base of measured workloads that are a single command with a final report.
 
-    Subclasses set ``name``, ``metrics``, ``primary``, ``params_model``, ``program`` (the
-    executable, for the presence check) and ``package`` (the Debian package that has it), and
-    implement :meth:`argv` and :meth:`parse`.
+    Subclasses (``OneShotWorkload[TheirParams]``) set ``name``, ``metrics``, ``primary``,
+    ``params_model`` (TheirParams), ``program`` (the executable, for the presence check) and
+    ``package`` (the Debian package that has it), and implement :meth:`argv` and :meth:`parse`.
     """
 
     name: ClassVar[str]
@@ -39,7 +41,7 @@ class OneShotWorkload:
     def __init__(self, *, bin_dir: str = GUEST_BIN) -> None:
         self.bin_dir = bin_dir  # uniform constructor; these programs come from Debian
 
-    def argv(self, params: Any) -> list[str]:
+    def argv(self, params: PM) -> list[str]:
         """The command for validated ``params`` (an instance of ``params_model``)."""
         raise NotImplementedError
 
@@ -47,7 +49,7 @@ class OneShotWorkload:
         """(figures by metric name, notes) from the program's output; WorkloadError if none."""
         raise NotImplementedError
 
-    def window_s(self, figures: Mapping[str, float], params: Any) -> float:
+    def window_s(self, figures: Mapping[str, float], params: PM) -> float:
         """How long the measured window was, in seconds (default: the 'time' figure)."""
         return float(figures.get("time", 0.0))
 
@@ -56,7 +58,7 @@ class OneShotWorkload:
         executor: Executor,
         *,
         timeout: float,
-        params: Mapping[str, Any] | BaseModel | None = None,
+        params: Params | None = None,
     ) -> None:
         """WorkloadError unless ``program`` is on the machine's PATH."""
         found = executor.run(
@@ -74,14 +76,15 @@ class OneShotWorkload:
     def measure(
         self,
         executor: Executor,
-        params: Mapping[str, Any] | BaseModel,
+        params: Params,
         *,
         timeout: float,
         before_window: Callable[[], None] | None = None,
         after_window: Callable[[], None] | None = None,
     ) -> Measurement:
         """Run the command once; WorkloadError on a timeout, a failure or no report."""
-        p = parse_params(self.params_model, params, where=f"workload {self.name} params")
+        # params_model is the subclass's PM (a ClassVar cannot name the type variable)
+        p = cast(PM, parse_params(self.params_model, params, where=f"workload {self.name} params"))
         if before_window is not None:
             before_window()  # start-up is part of what the program times: nothing to stage
         try:
@@ -111,5 +114,5 @@ class OneShotWorkload:
             notes=notes,
         )
 
-    def between_runs(self, executor: Executor, params: Mapping[str, Any] | BaseModel) -> None:
+    def between_runs(self, executor: Executor, params: Params) -> None:
         """Nothing to remove: each run cleans up after itself."""

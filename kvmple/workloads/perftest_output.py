@@ -24,7 +24,8 @@ messages sent, ``s`` every 100 received), which can end up glued to the front of
 line; they are stripped where that is unambiguous and reported otherwise.
 
 kvmple-perftest prints the same shapes and, with ``--machine``, one ``KVMPLE-PERFTEST {json}``
-line with every figure and the CPU split per iteration.
+line with every figure and the CPU split per iteration (its keys: the TypedDicts of
+kvmple.guest.kvmple_guest.protocol, which the program itself builds the line from).
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 from kvmple.errors import InputError, WorkloadError
+from kvmple.guest.kvmple_guest import protocol
 from kvmple.workloads.base import CpuSplit
 from kvmple.workloads.rabbitmq_perftest import (
     SOURCES as RABBITMQ_FORMATS,
@@ -46,7 +48,7 @@ from kvmple.workloads.rabbitmq_perftest import (
     parse_rabbitmq,
 )
 
-RESULT_TAG = "KVMPLE-PERFTEST"
+RESULT_TAG = protocol.RESULT_TAG
 QPID_FORMATS = ("qpid", "qpid-summary", "kvmple")
 FORMATS = ("auto", *QPID_FORMATS, *RABBITMQ_FORMATS)
 LOOKED_FOR = (
@@ -70,7 +72,7 @@ _FAILURES = (
     "PublishThread exception:",
     "SubscribeThread exception:",
     "Sequence error",
-    "kvmple-perftest: error:",
+    protocol.ERROR_PREFIX,
 )
 
 
@@ -188,8 +190,10 @@ def parse_qpid_full(text: str, where: str = "perftest output") -> PerftestReport
             hint="a run that did not finish has no figures",
         )
     if not iterations:
-        raise WorkloadError(
-            f"{where}: no qpid-perftest report found (no 'Total transfers/sec:' line)",
+        raise InputError(
+            f"{where}: no qpid-perftest report found (looked for 'Total N transfers of S bytes "
+            "in T seconds.' followed by the rates, 'Total transfers/sec:' and 'Total "
+            "Mbytes/sec:')",
             hint="is this the output of qpid-perftest or kvmple-perftest?",
         )
     return PerftestReport("qpid-perftest", tuple(iterations), averages)
@@ -265,7 +269,7 @@ def parse_qpid_summary(text: str, where: str = "perftest output") -> PerftestRep
         else:
             iterations.append(iteration)
     if not iterations:
-        raise WorkloadError(
+        raise InputError(
             f"{where}: no qpid-perftest -s summary line found (4 tab-separated numbers)",
             hint="is this the output of qpid-perftest -s?",
         )
@@ -275,16 +279,16 @@ def parse_qpid_summary(text: str, where: str = "perftest output") -> PerftestRep
 def parse_kvmple(text: str, where: str = "perftest output") -> PerftestReport:
     """Parse kvmple-perftest's machine-readable line (the last KVMPLE-PERFTEST line)."""
     _check_failures(text, where)
-    record = None
+    record: protocol.PerftestRecord | None = None
     for line in text.splitlines():
         if line.startswith(RESULT_TAG + " "):
             try:
-                record = json.loads(line[len(RESULT_TAG) + 1 :])
+                record = cast(protocol.PerftestRecord, json.loads(line[len(RESULT_TAG) + 1 :]))
             except ValueError as exc:
                 raise WorkloadError(f"{where}: unreadable {RESULT_TAG} line: {exc}") from None
     if record is None:
-        raise WorkloadError(f"{where}: no {RESULT_TAG} line (was --machine given?)")
-    if record.get("format") != 1:
+        raise InputError(f"{where}: no {RESULT_TAG} line (was --machine given?)")
+    if record.get("format") != protocol.RECORD_FORMAT:
         raise WorkloadError(
             f"{where}: {RESULT_TAG} format {record.get('format')!r} is not supported",
             hint="the guest program and kvmple are from different versions",
@@ -310,16 +314,18 @@ def parse_kvmple(text: str, where: str = "perftest output") -> PerftestReport:
         raise WorkloadError(f"{where}: {RESULT_TAG} line lacks a field: {exc}") from None
     if not iterations:
         raise WorkloadError(f"{where}: {RESULT_TAG} line has no iterations")
-    return PerftestReport("kvmple-perftest", tuple(iterations), params=record.get("params"))
+    params = cast(dict[str, Any] | None, record.get("params"))
+    return PerftestReport(protocol.PERFTEST, tuple(iterations), params=params)
 
 
-def machine_record(text: str) -> dict[str, Any] | None:
-    """The last KVMPLE-PERFTEST record in ``text`` as a dict (None if there is none)."""
+def machine_record(text: str) -> protocol.PerftestRecord | None:
+    """The last KVMPLE-PERFTEST record in ``text`` (None if there is none; its keys are
+    not checked: see parse_kvmple)."""
     found = None
     for line in text.splitlines():
         if line.startswith(RESULT_TAG + " "):
             try:
-                found = json.loads(line[len(RESULT_TAG) + 1 :])
+                found = cast(protocol.PerftestRecord, json.loads(line[len(RESULT_TAG) + 1 :]))
             except ValueError:
                 found = None
     return found

@@ -1,9 +1,10 @@
-"""Guest-side programs (kvmple/guest/*): where they live, and shipping them into a guest.
+"""Guest-side programs (kvmple/guest/): where they live, and shipping them into a guest.
 
 The image recipe installs them into /opt/kvmple/bin at build time; ``ensure_programs`` also
 copies them at run time when missing or different (by content hash), so editing a program
-never forces an image rebuild. They run with the guest's own /usr/bin/python3 (stdlib and
-python3-amqp only).
+never forces an image rebuild. Each program is a small executable plus the
+``kvmple_guest`` package next to it (kvmple.image.guestfiles lists the files). They run
+with the guest's own /usr/bin/python3 (stdlib and python3-amqp only).
 """
 
 from __future__ import annotations
@@ -14,40 +15,41 @@ from pathlib import Path
 
 from kvmple.errors import WorkloadError
 from kvmple.executor import Executor
+from kvmple.image.guestfiles import GUEST_BIN, ShippedFile, guest_dir, programs, shipped
 
-GUEST_BIN = "/opt/kvmple/bin"
+__all__ = ["GUEST_BIN", "GUEST_PYTHON", "PROGRAMS", "ensure_programs", "guest_dir"]
+
 GUEST_PYTHON = "/usr/bin/python3"
-PROGRAMS = ("kvmple-perftest", "kvmple-spin")
+PROGRAMS = programs()  # ("kvmple-perftest", "kvmple-spin")
 
 
-def guest_dir() -> Path:
-    """The directory of the guest programs inside the installed kvmple package."""
-    return Path(__file__).resolve().parent.parent / "guest"
-
-
-def program_path(name: str) -> Path:
-    """Local path of a guest program; WorkloadError if kvmple has no such program."""
-    path = guest_dir() / name
-    if name not in PROGRAMS or not path.is_file():
+def _files(names: Iterable[str]) -> list[ShippedFile]:
+    """What ``names`` need in a guest; WorkloadError for a program kvmple does not have."""
+    try:
+        return shipped(names)
+    except KeyError as exc:
         raise WorkloadError(
-            f"no guest program {name!r}", hint=f"guest programs: {', '.join(PROGRAMS)}"
-        )
-    return path
+            f"no guest program {exc.args[0]!r}", hint=f"guest programs: {', '.join(programs())}"
+        ) from None
 
 
-def digest(name: str) -> str:
-    return hashlib.sha256(program_path(name).read_bytes()).hexdigest()
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def ensure_programs(
     executor: Executor, names: Iterable[str] = PROGRAMS, *, bin_dir: str = GUEST_BIN
 ) -> list[str]:
-    """Copy the named programs to ``bin_dir`` on ``executor`` unless already identical.
+    """Copy the named programs (and the package they import) to ``bin_dir`` on ``executor``
+    unless already identical; returns the names of the programs for which anything was
+    copied (a changed package file counts for every program named).
 
-    One remote call compares hashes (sha256sum, in every Debian); returns the names copied.
+    One remote call compares hashes (sha256sum, in every Debian). Raises WorkloadError for
+    an unknown program, what ``executor`` raises for a failed copy.
     """
-    wanted = {name: digest(name) for name in names}
-    paths = [f"{bin_dir}/{name}" for name in wanted]
+    wanted = list(dict.fromkeys(names))
+    files = _files(wanted)
+    paths = [f"{bin_dir}/{spec.relative}" for spec in files]
     # sha256sum exits 1 when a file is missing but still prints the others' hashes.
     result = executor.run(
         ["sha256sum", *paths], timeout=60, check=False, what="checking kvmple guest programs"
@@ -57,13 +59,13 @@ def ensure_programs(
         parts = line.split(maxsplit=1)
         if len(parts) == 2:
             present[parts[1].strip().lstrip("*")] = parts[0]
-    copied = []
-    for name, sha in wanted.items():
-        remote = f"{bin_dir}/{name}"
-        if present.get(remote) != sha:
-            executor.put(program_path(name), remote, mode=0o755)
-            copied.append(name)
-    return copied
+    copied: set[str] = set()
+    for spec in files:
+        remote = f"{bin_dir}/{spec.relative}"
+        if present.get(remote) != _digest(spec.source):
+            executor.put(spec.source, remote, mode=spec.mode)
+            copied.update([spec.relative] if spec.relative in wanted else wanted)
+    return [name for name in wanted if name in copied]
 
 
 def program_argv(name: str, *args: str, bin_dir: str = GUEST_BIN) -> list[str]:

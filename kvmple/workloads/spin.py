@@ -20,23 +20,23 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
+from kvmple.config.jsonfile import first_error
 from kvmple.errors import CommandError, GuestError, WorkloadError
 from kvmple.executor import Executor
+from kvmple.guest.kvmple_guest import protocol
 from kvmple.run import Result
-from kvmple.workloads.base import LoadStatus, LoopStatus, parse_params
+from kvmple.workloads.base import LoadStatus, LoopStatus, Params, parse_params
 from kvmple.workloads.programs import GUEST_BIN, ensure_programs, program_argv
 
-PROGRAM = "kvmple-spin"
-STATE_FILE = "/run/kvmple-spin.json"
-ARMED_LINE = "KVMPLE-SPIN-ARMED"  # kvmple-spin hold: ready, waiting for "start"
-RUNNING_TAG = "KVMPLE-SPIN-RUNNING"  # ...: the loops run, waiting for "stop"
+PROGRAM = protocol.SPIN
+STATE_FILE = protocol.SPIN_STATE
 STOP_WAIT_S = 60.0  # for the held command to stop its loops and report
 
 log = logging.getLogger("kvmple.workloads.spin")
@@ -77,7 +77,7 @@ class SpinLoops:
         self._params = SpinParams()
         self._verified_pids: tuple[int, ...] = ()  # loops the last verify saw running
 
-    def _run(self, executor: Executor, *args: str, timeout: float = 60) -> dict[str, Any]:
+    def _run(self, executor: Executor, *args: str, timeout: float = 60) -> JsonValue:
         argv = program_argv(PROGRAM, f"--state={self.state_file}", *args, bin_dir=self.bin_dir)
         result = executor.run(argv, timeout=timeout, check=False, what=f"kvmple-spin {args[0]}")
         return _json_or_error(result, executor.name, args[0])
@@ -87,7 +87,7 @@ class SpinLoops:
         executor: Executor,
         *,
         timeout: float,
-        params: Mapping[str, Any] | BaseModel | None = None,
+        params: Params | None = None,
     ) -> None:
         """Ship kvmple-spin; stop ``stop_services`` (only units that exist and run)."""
         p = parse_params(SpinParams, params or {}, where=f"workload {self.name} params")
@@ -95,7 +95,7 @@ class SpinLoops:
         for unit in p.stop_services:
             stop_unit(executor, unit, timeout=timeout)
 
-    def _loop_args(self, action: str, params: Mapping[str, Any] | BaseModel) -> list[str]:
+    def _loop_args(self, action: str, params: Params) -> list[str]:
         p = parse_params(SpinParams, params, where=f"workload {self.name} params")
         args = [action, str(p.count)]
         if p.cpus is not None:
@@ -108,12 +108,10 @@ class SpinLoops:
         self._params = p
         return args
 
-    def start(self, executor: Executor, params: Mapping[str, Any] | BaseModel) -> None:
+    def start(self, executor: Executor, params: Params) -> None:
         self._run(executor, *self._loop_args("start", params))
 
-    def held(
-        self, executor: Executor, params: Mapping[str, Any] | BaseModel, *, timeout: float
-    ) -> HeldLoops:
+    def held(self, executor: Executor, params: Params, *, timeout: float) -> HeldLoops:
         """The loops of one run, held by one command that starts now and waits for the word
         (``start()``); they stop on ``stop()``, on leaving the ``with``, or after ``timeout``
         seconds at the latest (the guest program kills them when its channel closes)."""
@@ -121,7 +119,7 @@ class SpinLoops:
         argv = program_argv(PROGRAM, f"--state={self.state_file}", *args, bin_dir=self.bin_dir)
         return HeldLoops(executor, argv, timeout=timeout, workload=self.name)
 
-    def problems(self, status: LoadStatus, params: Mapping[str, Any] | BaseModel) -> list[str]:
+    def problems(self, status: LoadStatus, params: Params) -> list[str]:
         """What is wrong with how the loops ran (empty: they ran as asked)."""
         p = parse_params(SpinParams, params, where=f"workload {self.name} params")
         return check_loops(status, expected=p.count, min_busy=p.min_busy)
@@ -132,9 +130,7 @@ class SpinLoops:
         data = self._run(executor, "status", f"--sample={sample:g}", timeout=60 + sample)
         return load_status(self.name, data)
 
-    def verify(
-        self, executor: Executor, params: Mapping[str, Any] | BaseModel | None = None
-    ) -> LoadStatus:
+    def verify(self, executor: Executor, params: Params | None = None) -> LoadStatus:
         """Status, checked: ``count`` loops alive, each pinned alone to its vCPU, busy.
 
         ``params`` defaults to what the last ``start`` of this object used.
@@ -173,9 +169,7 @@ class SpinLoops:
         self._run(executor, "stop")
 
     @contextmanager
-    def running(
-        self, executor: Executor, params: Mapping[str, Any] | BaseModel
-    ) -> Iterator[LoadStatus]:
+    def running(self, executor: Executor, params: Params) -> Iterator[LoadStatus]:
         """Start, verify, yield the verified status, and always stop (also on errors)."""
         self.start(executor, params)
         try:
@@ -224,13 +218,14 @@ class HeldLoops:
         event.wait(max(0.0, self._deadline - time.monotonic()))
 
     def _on_line(self, line: str) -> str | None:
-        if line == ARMED_LINE:
+        if line == protocol.SPIN_ARMED_LINE:
             self._wait(self._go)
-            return "off\n" if self._call_off else "start\n"
-        if line.startswith(RUNNING_TAG):
+            word = protocol.SPIN_CALL_OFF_WORD if self._call_off else protocol.SPIN_START_WORD
+            return f"{word}\n"
+        if line.startswith(protocol.SPIN_RUNNING_TAG):
             self._running.set()
             self._wait(self._halt)
-            return "stop\n"
+            return f"{protocol.SPIN_STOP_WORD}\n"
         return None
 
     def _raise_failure(self, action: str) -> None:
@@ -302,21 +297,27 @@ class HeldLoops:
             log.warning("stopping held loops after a failure: %s", error.message)
 
 
-def load_status(workload: str, data: Mapping[str, Any]) -> LoadStatus:
-    """kvmple-spin's status JSON as a LoadStatus."""
-    loops = tuple(
-        LoopStatus(
-            pid=int(loop["pid"]),
-            cpu=int(loop["cpu"]),
-            running=bool(loop["running"]),
-            busy=float(loop["busy"]),
-            affinity=tuple(int(c) for c in loop["affinity"]),
-            last_cpu=None if loop["last_cpu"] is None else int(loop["last_cpu"]),
-            share=float(loop.get("share", 0.0)),
-        )
-        for loop in data["loops"]
-    )
-    return LoadStatus(workload, loops, float(data["sample_s"]))
+class _SpinStatus(BaseModel):
+    """kvmple-spin's status JSON: {"loops": [LoopStatus's keys], "sample_s": seconds}."""
+
+    model_config = ConfigDict(frozen=True)
+
+    loops: tuple[LoopStatus, ...]
+    sample_s: float
+
+
+def load_status(workload: str, data: JsonValue) -> LoadStatus:
+    """kvmple-spin's status JSON (protocol.SpinStatusRecord) as a LoadStatus; WorkloadError
+    naming the key when the guest's kvmple-spin printed another shape (an older program)."""
+    try:
+        status = _SpinStatus.model_validate(data)
+    except ValidationError as exc:
+        key, msg = first_error(exc)
+        raise WorkloadError(
+            f"kvmple-spin status from the guest: {key}: {msg}",
+            hint="the image's kvmple-spin does not match this kvmple: rebuild the image",
+        ) from exc
+    return LoadStatus(workload, status.loops, status.sample_s)
 
 
 def stop_unit(executor: Executor, unit: str, *, timeout: float) -> bool:
@@ -375,13 +376,13 @@ def check_loops(status: LoadStatus, *, expected: int, min_busy: float) -> list[s
     return problems
 
 
-def _json_or_error(result: Result, where: str, action: str) -> dict[str, Any]:
+def _json_or_error(result: Result, where: str, action: str) -> JsonValue:
     if not result.ok:
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         reason = lines[-1].strip() if lines else f"exit {result.returncode}"
         raise WorkloadError(f"kvmple-spin {action} failed on {where}: {reason}")
     try:
-        data: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+        data: JsonValue = json.loads(result.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         raise WorkloadError(
             f"kvmple-spin {action} on {where} printed no JSON: {result.stdout[-200:]!r}"

@@ -97,7 +97,7 @@ def _latencies(report: SysbenchReport) -> dict[str, float]:
     return {"latency_avg": report.latency_avg, "latency_p95": report.latency_p95}
 
 
-class SysbenchThreads(OneShotWorkload):
+class SysbenchThreads(OneShotWorkload[SysbenchThreadsParams]):
     """``sysbench threads``: events per second over ``time`` s (higher is better)."""
 
     name: ClassVar[str] = "sysbench-threads"
@@ -128,7 +128,7 @@ class SysbenchThreads(OneShotWorkload):
         return {**figures, "time": report.total_time}, (f"{report.events} events",)
 
 
-class SysbenchMutex(OneShotWorkload):
+class SysbenchMutex(OneShotWorkload[SysbenchMutexParams]):
     """``sysbench mutex``: seconds for a fixed amount of locking (lower is better)."""
 
     name: ClassVar[str] = "sysbench-mutex"

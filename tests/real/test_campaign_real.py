@@ -27,6 +27,7 @@ import pytest
 from kvmple.campaign.plan import build_plan
 from kvmple.campaign.playbook import load_playbook
 from kvmple.results import open_store
+from kvmple.results.evidence import Unavailable
 from tests.support import TimeBudget, budget_below_timeout, need, need_program, need_root
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
@@ -186,7 +187,15 @@ def test_smoke_campaign_interrupted_resumed_and_reported(
         assert record.figures["transfers_per_sec"] > 0
         assert record.provenance["affinity"]["amqp"] == {"0": [0], "1": [1]}
         assert record.provenance["knobs"]["ple"]["unavailable"]
-        assert "TCG" in record.evidence["kvm_exits"]["unavailable"]
+        # the typed KVM evidence says why each part is missing here (TCG), never zero
+        assert record.kvm is not None
+        assert isinstance(record.kvm.exits, Unavailable) and "TCG" in record.kvm.exits.unavailable
+        assert set(record.kvm.directed_yield) == {"amqp", "spin"}
+        assert all(
+            isinstance(y, Unavailable) and "TCG" in y.unavailable
+            for y in record.kvm.directed_yield.values()
+        )
+        assert not isinstance(record.kvm.confounders, Unavailable)
         assert set(record.evidence["host_cpu"]["cpus"]) == {0, 1}
         # the busy loops as they ran over the whole window, read back from the guest
         loops = record.evidence["load"]["spin"]["loops"]
@@ -220,4 +229,9 @@ def test_smoke_campaign_interrupted_resumed_and_reported(
         timeout=min(300, budget.remaining()),
         check=True,
     )
-    assert json.loads(report.stdout)
+    cells = json.loads(report.stdout)["cells"]
+    # the evidence beside the throughput says why it is missing under TCG
+    assert all(
+        c["kvm_evidence"]["exits"].startswith("unavailable: guests run under") for c in cells
+    )
+    assert "evidence per cell" in html_path.read_text()

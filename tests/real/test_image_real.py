@@ -51,12 +51,12 @@ def prerequisites() -> None:
 def test_debian12_amqp_builds_boots_and_serves_amqp(shared_cache: Path, tmp_path: Path) -> None:
     prerequisites()
     image = build(RECIPE)
-    packages = image.manifest["packages"]
+    packages = image.manifest.packages
     for package in ("openssh-server", "rabbitmq-server", "python3-amqp", "rt-tests", "procps"):
         assert package in packages, package
     assert byo.is_bzimage(image.kernel.read_bytes()[:1024])
     assert byo.is_initrd(image.initrd.read_bytes()[:16])
-    assert len(image.manifest["host_key_fingerprints"]) == len(image.host_keys) >= 1
+    assert len(image.manifest.host_key_fingerprints) == len(image.host_keys) >= 1
     assert image.qcow2.parent.parent == cache.images_dir()
     assert (image.qcow2.parent / "build.log").is_file()
 
@@ -71,7 +71,7 @@ def test_debian12_amqp_builds_boots_and_serves_amqp(shared_cache: Path, tmp_path
             ["sh", "-c", "hostname; uname -r; findmnt -no FSTYPE /; ls /opt/kvmple/bin; id -un"],
             timeout=120,
         ).stdout.split()
-        assert facts[:3] == ["kvmple-guest", image.manifest["kernel_release"], "ext4"]
+        assert facts[:3] == ["kvmple-guest", image.manifest.kernel_release, "ext4"]
         assert facts[-1] == "root"
         for program in load_programs():
             assert program in facts

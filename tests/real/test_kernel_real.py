@@ -33,7 +33,7 @@ from kvmple.image import resolve
 from kvmple.kernel.apply import Status, apply_series
 from kvmple.kernel.bootpass import load_pass
 from kvmple.kernel.boottest import boot_test
-from kvmple.kernel.build import BuildRequest, build_kernel, load_manifest
+from kvmple.kernel.build import BuildManifest, BuildRequest, build_kernel, load_manifest
 from kvmple.kernel.fetch import debian_patches, unpack_tree
 from kvmple.kernel.install import HostFacts, plan_install
 from kvmple.kernel.series import load_series
@@ -97,7 +97,7 @@ def test_debian_quilt_series_per_patch_status(pristine: Path, tmp_path: Path) ->
 
 
 @pytest.fixture(scope="module")
-def built(pristine: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+def built(pristine: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuildManifest]:
     base = tmp_path_factory.mktemp("kernel-real")
     series, folder = load_series("kvmple-selftest")
     report = apply_series(series, folder, pristine, into=base / "linux")
@@ -111,26 +111,28 @@ def built(pristine: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     shutil.rmtree(base, ignore_errors=True)
 
 
-def test_cold_build_of_the_patched_tree(built: dict[str, object]) -> None:
-    assert str(built["release"]).startswith("6.1.")
-    assert str(built["release"]).endswith("-kvmple-selftest")
-    assert built["ccache"] is False
-    check = built["fragment_check"]
-    assert isinstance(check, dict)
-    assert check["checked"] > 30
-    assert any("S390_GUEST" in line for line in check["other_arch"])
-    series = built["series"]
-    assert isinstance(series, dict) and series["series"] == "kvmple-selftest"
-    out = Path(str(built["out"]))
-    assert load_manifest(out)["config_sha256"] == built["config_sha256"]
+def test_cold_build_of_the_patched_tree(built: BuildManifest) -> None:
+    assert built.release.startswith("6.1.")
+    assert built.release.endswith("-kvmple-selftest")
+    assert built.ccache is False
+    check = built.fragment_check
+    assert check.checked > 30
+    assert any("S390_GUEST" in line for line in check.other_arch)
+    assert built.series_name == "kvmple-selftest"
+    assert built.out is not None
+    out = built.out
+    assert load_manifest(out) == built  # what is on disk reads back as what was built
+    on_disk = json.loads((out / "kvmple-build.json").read_text())
+    assert on_disk["schema_version"] == 1 and on_disk["image_sha256"] == built.image_sha256
     assert (out / "build.log").stat().st_size > 10_000
 
 
 def test_boot_test_reaches_user_space_with_the_release(
-    built: dict[str, object], capsys: pytest.CaptureFixture[str]
+    built: BuildManifest, capsys: pytest.CaptureFixture[str]
 ) -> None:
     need_program("qemu-system-x86_64")
-    out = Path(str(built["out"]))
+    assert built.out is not None
+    out = built.out
     code = main(
         [
             "kernel",
@@ -147,7 +149,7 @@ def test_boot_test_reaches_user_space_with_the_release(
     captured = capsys.readouterr()
     assert code == 0, captured.err
     result = json.loads(captured.out)
-    assert result["passed"] and result["release"] == built["release"]
+    assert result["passed"] and result["release"] == built.release
     print(
         f"\nboot test: user space after {result['seconds_to_userspace']} s "
         f"(QEMU total {result['seconds_total']} s, {result['accel']})"
@@ -155,7 +157,7 @@ def test_boot_test_reaches_user_space_with_the_release(
     console = Path(result["log"]).read_text()
     assert SELFTEST_LINE in console
     record = load_pass(out)
-    assert record is not None and record["image_sha256"] == built["image_sha256"]
+    assert record is not None and record.image_sha256 == built.image_sha256
     facts = HostFacts(
         euid=0,
         has_grub_reboot=True,
@@ -165,17 +167,17 @@ def test_boot_test_reaches_user_space_with_the_release(
         initramfs_tool="update-initramfs",
     )
     plan = plan_install(load_manifest(out), record, facts)
-    assert plan.steps[0].argv[-1] == f"/boot/vmlinuz-{built['release']}"
+    assert plan.steps[0].argv[-1] == f"/boot/vmlinuz-{built.release}"
 
 
 def test_boot_hang_stops_at_the_timeout_with_the_console_tail(
-    built: dict[str, object], tmp_path: Path
+    built: BuildManifest, tmp_path: Path
 ) -> None:
     started = time.monotonic()
     with pytest.raises(GuestError) as caught:
         boot_test(
-            Path(str(built["image"])),
-            str(built["release"]),
+            built.image,
+            built.release,
             accel="tcg",
             timeout=1.0,
             log=tmp_path / "console.log",
@@ -185,14 +187,14 @@ def test_boot_hang_stops_at_the_timeout_with_the_console_tail(
     assert caught.value.hint == f"full console log: {tmp_path / 'console.log'}"
 
 
-def test_release_mismatch_fails_the_gate(built: dict[str, object]) -> None:
+def test_release_mismatch_fails_the_gate(built: BuildManifest, tmp_path: Path) -> None:
     with pytest.raises(GuestError, match=re.escape("expected '6.1.0-other'")):
         boot_test(
-            Path(str(built["image"])),
+            built.image,
             "6.1.0-other",
             accel="tcg",
             timeout=120,
-            log=Path(str(built["out"])) / "mismatch.log",
+            log=tmp_path / "mismatch.log",
         )
 
 
@@ -222,7 +224,7 @@ def test_image_boot_test_with_the_images_own_kernel_reaches_ssh(
     for program in ("qemu-system-x86_64", "qemu-img", "ssh"):
         need_program(program)
     image = resolve("debian12-amqp")  # from the shared cache (built here when missing)
-    release = str(image.manifest["kernel_release"])
+    release = str(image.manifest.kernel_release)
     disk_before = image.qcow2.stat()
     # the image's own kernel stands in for a built one: a build directory naming it
     out = tmp_path / "out"
@@ -246,7 +248,7 @@ def test_image_boot_test_with_the_images_own_kernel_reaches_ssh(
     assert f"Linux version {release}" in console  # the kernel's banner: 'quiet' was dropped
     assert re.search(r"Welcome to \S*Debian GNU/Linux 12", console)  # the image's systemd ran
     record = load_pass(out)
-    assert record is not None and record["kind"] == "image" and record["image_sha256"] == sha256
+    assert record is not None and record.kind == "image" and record.image_sha256 == sha256
     _no_boot_leftovers(out)
     disk_after = image.qcow2.stat()  # the cached image was only a backing file
     assert (disk_after.st_mtime_ns, disk_after.st_size) == (
@@ -256,12 +258,13 @@ def test_image_boot_test_with_the_images_own_kernel_reaches_ssh(
 
 
 def test_image_boot_test_of_a_kernel_without_ext4_fails_fast_with_the_reason(
-    built: dict[str, object], shared_cache: Path, capsys: pytest.CaptureFixture[str]
+    built: BuildManifest, shared_cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for program in ("qemu-system-x86_64", "qemu-img", "ssh"):
         need_program(program)
     resolve("debian12-amqp")
-    out = Path(str(built["out"]))
+    assert built.out is not None
+    out = built.out
     before = load_pass(out)
     started = time.monotonic()
     argv = ["kernel", "boot-test", "--build", str(out), "--image", "debian12-amqp"]

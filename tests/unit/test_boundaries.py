@@ -14,6 +14,8 @@
   under TYPE_CHECKING, and nothing imports by name at run time except cli.py's
   COMMAND_MODULES, which this test reads and checks like any other import
 - nothing in kvmple imports the tests (fixtures live in tests/fixtures/)
+- only commands/ (and cli.py) draw: nothing else imports kvmple.ui or rich; the library
+  reports through kvmple.events and commands/ hands it a ui.Renderer
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ ONLY = {
     # fabric/invoke are not dependencies (kvmple.pump is the one loop): nobody imports them
     "fabric": set(),
     "invoke": set(),
-    "subprocess": {"kvmple/run.py"},
+    # kvmple-perftest --external runs qpid-perftest in the guest, where kvmple.run is not
+    "subprocess": {"kvmple/run.py", "kvmple/guest/kvmple_guest/perftest.py"},
     "b4": {"kvmple/kernel/mailseries.py"},
 }
 
@@ -114,7 +117,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         "foundation",
         frozenset(
             {"__init__", "errors", "pump", "run", "paths", "fsutil", "executor", "remote"}
-            | {"keys", "ui", "qemu", "qemuopts", "config", "console"}
+            | {"keys", "ui", "events", "qemu", "qemuopts", "config", "console"}
         ),
     ),
     ("host", frozenset({"host"})),
@@ -130,7 +133,10 @@ LEVEL = {unit: level for level, (_, units) in enumerate(LAYERS) for unit in unit
 LAZY_ALLOWED: dict[tuple[str, str], str] = {
     # an optional dependency (kvmple[postgres]) that costs ~1 s to import: only a
     # postgresql:// store pays for it
-    ("kvmple/results/store.py", "psycopg"): "optional dependency, imported on use",
+    ("kvmple/results/db.py", "psycopg"): "optional dependency, imported on use",
+    # the guest's python3-amqp: kvmple-perftest's --help, --version and option errors work
+    # in a guest without it
+    ("kvmple/guest/kvmple_guest/perftest_amqp.py", "amqp"): "guest dependency, imported on use",
 }
 MODULE_CYCLES_ALLOWED: set[frozenset[str]] = set()
 
@@ -355,9 +361,13 @@ def test_lazy_allow_list_is_current() -> None:
 def test_no_cycle_between_packages() -> None:
     units: dict[str, set[str]] = {}
     where: dict[tuple[str, str], tuple[str, int]] = {}
+    # cli.py is the dispatcher of commands/ (the in-lab program commands/lab_inner.py calls
+    # it as a user would): one front-end package, not two
+    merged = {"cli": "commands"}
     for module, targets in _edges().items():
         for target, place in targets.items():
             a, b = _unit(module), _unit(target)
+            a, b = merged.get(a, a), merged.get(b, b)
             if a != b:
                 units.setdefault(a, set()).add(b)
                 where.setdefault((a, b), place)
@@ -425,3 +435,43 @@ def test_domain_prefix_is_one_value() -> None:
     from kvmple.vm.spec import DOMAIN_PREFIX
 
     assert KVMPLE_PREFIX == DOMAIN_PREFIX
+
+
+# --- the library reports, the front end draws ---------------------------------------------
+
+DRAWS = ("kvmple.ui", "rich")
+
+
+def _draws(rel: str) -> bool:
+    return rel.startswith("kvmple/commands/") or rel in {"kvmple/cli.py", "kvmple/ui.py"}
+
+
+def _drawing_imports(tree: ast.Module) -> list[Import]:
+    return [
+        imp
+        for imp in _scan(tree)
+        if any(imp.module == d or imp.module.startswith(f"{d}.") for d in DRAWS)
+    ]
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=_rel)
+def test_only_commands_draw(path: Path) -> None:
+    """kvmple.ui and rich are for commands/: engine code emits kvmple.events instead."""
+    rel = _rel(path)
+    if _draws(rel):
+        return
+    for imp in _drawing_imports(_tree(path)):
+        pytest.fail(
+            f"{rel}:{imp.line}: imports {imp.module}: only commands/ draws; emit "
+            "kvmple.events (Note, Warn, progress) to a sink the command passes in"
+        )
+
+
+def test_drawing_checker_sees_every_form() -> None:
+    tree = ast.parse("from kvmple import ui\nimport kvmple.ui\nfrom kvmple.ui import warn\n")
+    assert [i.module for i in _drawing_imports(tree)] == [
+        "kvmple.ui",
+        "kvmple.ui",
+        "kvmple.ui.warn",
+    ]
+    assert not _drawing_imports(ast.parse("from kvmple import events\n"))

@@ -15,14 +15,17 @@ from typing import Any
 
 import pytest
 
-from kvmple import ui
 from kvmple.campaign import execute
+from kvmple.campaign.kvmevidence import TCG_NO_KVM
 from kvmple.campaign.model import CampaignOutcome, HostFacts
 from kvmple.campaign.plan import build_plan
 from kvmple.campaign.playbook import load_playbook
 from kvmple.errors import WorkloadError
+from kvmple.events import Recorder
 from kvmple.executor import LocalExecutor
+from kvmple.image.artifact import ImageManifest
 from kvmple.results import CampaignMeta, RunRecord, open_store
+from kvmple.results.evidence import Unavailable
 
 SMOKE = Path(__file__).resolve().parents[2] / "playbooks" / "smoke.yaml"
 
@@ -53,7 +56,7 @@ class FailsOnce(AlwaysFails):
         )
 
 
-def _context(tmp_path: Path, store: Any, meta: CampaignMeta, bar: Any, task: Any) -> Any:
+def _context(tmp_path: Path, store: Any, meta: CampaignMeta, sink: Recorder) -> Any:
     loaded = load_playbook(SMOKE)
     host = HostFacts(
         accelerator="tcg",
@@ -63,7 +66,9 @@ def _context(tmp_path: Path, store: Any, meta: CampaignMeta, bar: Any, task: Any
         unavailable_knobs={"ple": "test"},
     )
     failures = execute.stored_failures(store.runs(meta.id))
-    image = SimpleNamespace(name="debian12-amqp", key="k", manifest={})
+    image = SimpleNamespace(
+        name="debian12-amqp", key="k", manifest=ImageManifest(name="debian12-amqp", key="k")
+    )
     return execute._Context(
         store,
         meta,
@@ -74,8 +79,7 @@ def _context(tmp_path: Path, store: Any, meta: CampaignMeta, bar: Any, task: Any
         set(),
         failures,
         {},
-        bar,
-        task,
+        sink,
     )
 
 
@@ -189,12 +193,14 @@ def test_a_resume_retries_a_run_that_failed_before_and_keys_stay_unique(tmp_path
             ended=2.0,
         )
     )
-    with ui.progress() as bar:
-        task = bar.add_task("t", total=1)
-        ctx = _context(tmp_path, store, meta, bar, task)
-        assert _attempt(ctx, run) is False  # first try of this invocation: queued again
-        with pytest.raises(WorkloadError, match=r"failed 2 times, last: .*broker went quiet"):
-            _attempt(ctx, run)
+    shown = Recorder()
+    ctx = _context(tmp_path, store, meta, shown)
+    assert _attempt(ctx, run) is False  # first try of this invocation: queued again
+    with pytest.raises(WorkloadError, match=r"failed 2 times, last: .*broker went quiet"):
+        _attempt(ctx, run)
+    # each failed attempt is reported to the person watching, as a warning
+    warnings = [m for m in shown.messages() if m.startswith("warning: run ")]
+    assert len(warnings) == 2 and all("broker went quiet" in m for m in warnings)
     keys = sorted(r.run_key for r in store.runs(meta.id))
     assert keys == [f"{run.key}@fail1", f"{run.key}@fail2", f"{run.key}@fail3"]
     stored = {r.run_key: r for r in store.runs(meta.id)}
@@ -209,14 +215,24 @@ def test_clean_up_follows_a_failed_run_only_and_phases_are_recorded(tmp_path: Pa
     meta = _meta()
     store.create_campaign(meta)
     workload = FailsOnce()
-    with ui.progress() as bar:
-        ctx = _context(tmp_path, store, meta, bar, bar.add_task("t", total=1))
-        assert _attempt(ctx, run, workload) is False
-        assert workload.cleanups == 1  # the failed run's leftovers are removed
-        assert _attempt(ctx, run, workload) is True
-        assert workload.cleanups == 1  # a successful run leaves nothing: no extra round trip
+    ctx = _context(tmp_path, store, meta, Recorder())
+    assert _attempt(ctx, run, workload) is False
+    assert workload.cleanups == 1  # the failed run's leftovers are removed
+    assert _attempt(ctx, run, workload) is True
+    assert workload.cleanups == 1  # a successful run leaves nothing: no extra round trip
     ok = next(r for r in store.runs(meta.id) if r.status == "ok")
-    assert set(ok.evidence["phases_s"]) == {"quiet_wait", "measure_call"}
+    assert set(ok.evidence["phases_s"]) == {"quiet_wait", "kvm_evidence", "measure_call"}
+    # the run's KVM evidence is stored typed, each part unavailable under TCG with the reason
+    assert ok.kvm is not None and isinstance(ok.kvm.exits, Unavailable)
+    assert "TCG" in ok.kvm.exits.unavailable
+    assert set(ok.kvm.directed_yield) == set(playbook.guests)
+    assert all(
+        isinstance(y, Unavailable) and y.unavailable == TCG_NO_KVM
+        for y in ok.kvm.directed_yield.values()
+    )
+    assert "kvm_exits" not in ok.evidence  # stored once, in the typed record
+    failed = next(r for r in store.runs(meta.id) if r.status == "failed")
+    assert failed.kvm is None  # it failed before its window opened: nothing was collected
     assert "window_seconds" in ok.evidence  # host evidence covers the timed window
     # the quietness reading (0.5 s, taken while the clients start) is in before the window
     assert ok.evidence["quiet_before"]["foreign_cpus"] >= 0
@@ -232,9 +248,8 @@ def test_the_load_runs_only_around_the_timed_window(tmp_path: Path, fails: bool)
     meta = _meta()
     store.create_campaign(meta)
     events: list[str] = []
-    with ui.progress() as bar:
-        ctx = _context(tmp_path, store, meta, bar, bar.add_task("t", total=1))
-        ok = _attempt(ctx, run, FramedMeasure(events, fail_in_window=fails), RecordingLoad(events))
+    ctx = _context(tmp_path, store, meta, Recorder())
+    ok = _attempt(ctx, run, FramedMeasure(events, fail_in_window=fails), RecordingLoad(events))
     assert ok is not fails
     # the load's program is readied before the clients start, so the go is one word
     framed = ["load readied", "clients up", "load start", "window"]
@@ -256,9 +271,8 @@ def test_a_load_that_did_not_run_as_asked_fails_the_run(tmp_path: Path) -> None:
     store.create_campaign(meta)
     events: list[str] = []
     load = RecordingLoad(events, ("loop 10 (vCPU 0) got 41% of its vCPU's time (< 60%)",))
-    with ui.progress() as bar:
-        ctx = _context(tmp_path, store, meta, bar, bar.add_task("t", total=1))
-        assert _attempt(ctx, run, FramedMeasure(events), load) is False
+    ctx = _context(tmp_path, store, meta, Recorder())
+    assert _attempt(ctx, run, FramedMeasure(events), load) is False
     (failed,) = store.runs(meta.id)
     assert failed.status == "failed" and not failed.figures
     assert "did not run as asked during the window: spin: loop 10 (vCPU 0) got 41%" in (

@@ -6,14 +6,50 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from kvmple.campaign import quiet
 from kvmple.campaign.evidence import (
+    EXIT_TRIGGER,
+    PLE_TRIGGER,
+    EventsLost,
     ExitCounter,
     collect,
     cpu_shares,
     exit_evidence_source,
+    parse_hist,
     read_cpu_times,
 )
+from kvmple.errors import HostError
+
+# The kernel's hist format (kernel/trace/trace_events_hist.c, hist_show); the files captured
+# from the Bochs lab host are checked in test_lab_hist_formats.
+HIST_EXIT = """# event histogram
+#
+# trigger info: hist:keys=common_pid,exit_reason:vals=hitcount:sort=hitcount:size=8192 [active]
+#
+
+{ common_pid:        213, exit_reason:         40 } hitcount:          3
+{ common_pid:        212, exit_reason:          1 } hitcount:          5
+{ common_pid:        212, exit_reason:         40 } hitcount:         24
+
+Totals:
+    Hits: 32
+    Entries: 3
+    Dropped: 0
+"""
+HIST_PLE = """# event histogram
+#
+# trigger info: hist:keys=vcpu_id:vals=hitcount:sort=hitcount:size=2048 [active]
+#
+
+{ vcpu_id:          0 } hitcount:         29
+
+Totals:
+    Hits: 29
+    Entries: 1
+    Dropped: 0
+"""
 
 STAT = """cpu  100 0 50 800 10 0 0 5 0 0
 cpu0 {u0} 0 {s0} {i0} 0 0 0 {st0} 0 0
@@ -79,23 +115,46 @@ def test_exit_counter_against_fake_tracefs(tmp_path: Path) -> None:
         if self.parent.name == "instances":
             fake_kernel_creates_instance(self)
 
-    import pytest
-
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Path, "mkdir", mkdir)
         with collect(frozenset({0}), counter) as evidence:
             instance = counter.instance
-            assert (instance / "events/kvm/kvm_exit/filter").read_text() == "exit_reason == 40\n"
-            assert (instance / "events/kvm/kvm_exit/enable").read_text() == "1\n"
-            (instance / "trace").write_text(
-                "# tracer: nop\n"
-                " qemu-1 [000] 1.0: kvm_exit: vcpu 0 reason PAUSE_INSTRUCTION rip 0x1 info 0 0\n"
-                " qemu-1 [000] 1.1: kvm_exit: vcpu 1 reason PAUSE_INSTRUCTION rip 0x1 info 0 0\n"
-                " qemu-1 [000] 1.2: kvm_ple_window_update: vcpu 0 old 4096 new 8192 (grow)\n"
-            )
-    assert evidence["kvm_exits"] == {"pause_exits": 2, "ple_window_updates": 1}
+            events = instance / "events/kvm"
+            assert (events / "kvm_exit/trigger").read_text() == EXIT_TRIGGER + "\n"
+            assert (events / "kvm_ple_window_update/trigger").read_text() == PLE_TRIGGER + "\n"
+            assert not (events / "kvm_exit/enable").exists()  # the lossy buffer stays off
+            (events / "kvm_exit/hist").write_text(HIST_EXIT)
+            (events / "kvm_ple_window_update/hist").write_text(HIST_PLE)
+    kvm_exits = evidence["kvm_exits"]
+    assert kvm_exits["pause_exits"] == 24 + 3
+    assert kvm_exits["ple_window_updates"] == 29
+    assert kvm_exits["exits_by_reason"] == {"1": 5, "40": 27}
+    assert kvm_exits["pause_exits_by_thread"] == {"212": 24, "213": 3}
     assert not counter.instance.exists()
     assert evidence["host_cpu"]["cpus"] == [0]
+
+
+def test_dropped_events_fail_the_count(tmp_path: Path) -> None:
+    counter = ExitCounter(tracefs=tmp_path, module="kvm_intel")
+    for event in ("kvm_exit", "kvm_ple_window_update"):
+        (counter.instance / "events/kvm" / event).mkdir(parents=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Path, "mkdir", lambda self, *a, **k: None)  # the instance exists already
+        with counter:
+            (counter.instance / "events/kvm/kvm_exit/hist").write_text(
+                HIST_EXIT.replace("Dropped: 0", "Dropped: 17")
+            )
+            (counter.instance / "events/kvm/kvm_ple_window_update/hist").write_text(HIST_PLE)
+            with pytest.raises(EventsLost, match="dropped 17 event"):
+                counter.counts()
+
+
+def test_parse_hist_needs_the_totals() -> None:
+    hist = parse_hist(HIST_EXIT)
+    assert (hist.hits, hist.entries, hist.dropped) == (32, 3, 0)
+    assert hist.total_by("exit_reason") == {"1": 5, "40": 27}
+    with pytest.raises(HostError, match="Totals"):
+        parse_hist("# event histogram\n")
 
 
 def test_quietness_counts_foreign_load_only(tmp_path: Path) -> None:

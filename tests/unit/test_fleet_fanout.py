@@ -19,8 +19,10 @@ from kvmple.remote import free_port
 from tests.real.fleet_sshd import LoopbackHost, inventory_entry, loopback_host
 from tests.support import need_program, need_root
 
-FAKE_KVMPLE = """#!/bin/sh
-# stand-in for 'kvmple run PLAYBOOK --no-report --db URL ...'
+# what 'kvmple run --json' prints (docs/run-json.md), recorded (tests/fixtures)
+DOCUMENT = (Path(__file__).parents[1] / "fixtures" / "run_json_lines.jsonl").read_text()
+FAKE_KVMPLE = f"""#!/bin/sh
+# stand-in for 'kvmple run PLAYBOOK --no-report --json --db URL ...'
 out="$FAKE_OUT"
 printf '%s\\n' "$@" > "$out/args-$FAKE_NAME"
 cp "$2" "$out/playbook-$FAKE_NAME"
@@ -29,7 +31,9 @@ if [ "$FAKE_FAIL" = 1 ]; then
   echo "  hint: stored runs are kept: kvmple run --resume fake-$FAKE_NAME continues" >&2
   exit 12
 fi
-echo "campaign fake-$FAKE_NAME: 2 ok runs, 1 guest boot(s)"
+echo "campaign fake-$FAKE_NAME: 2 ok runs, 1 guest boot(s)" >&2
+echo '{DOCUMENT.splitlines()[0].replace("smoke-20261129-195501-3f2a", "fake-@NAME@")}' \\
+  | sed "s/@NAME@/$FAKE_NAME/"
 """
 
 
@@ -72,15 +76,18 @@ def test_fan_out_collects_exit_codes_and_campaign_ids(
     outcomes = run_fleet(inventory, playbook, allow_unavailable=True, log_dir=tmp_path / "logs")
     alpha, beta = outcomes
     assert (alpha.host, alpha.exit_code, alpha.campaign_id) == ("alpha", 0, "fake-alpha")
+    assert alpha.run is not None and (alpha.run.planned, alpha.run.ok) == (12, 12)
     assert (beta.host, beta.exit_code, beta.campaign_id) == ("beta", 12, "fake-beta")
+    assert beta.run is None  # no document from a campaign that stopped: the hint names it
     assert beta.message == "guest amqp did not boot"
     out = tmp_path / "out"
     args = (out / "args-alpha").read_text().split("\n")
     workdir = inventory.hosts["alpha"].workdir
-    assert args[:6] == [
+    assert args[:7] == [
         "run",
         f"{workdir}/mini.yaml",
         "--no-report",
+        "--json",
         "--db",
         "postgresql://u:p@db/k",
         "--allow-unavailable",

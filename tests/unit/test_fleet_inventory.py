@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from kvmple.errors import ConfigError
-from kvmple.fleet.fanout import campaign_from_output, remote_argv
+from kvmple.errors import ConfigError, InputError
+from kvmple.fleet.fanout import read_outcomes, remote_argv, resumable_campaign
 from kvmple.fleet.inventory import FleetHost, load_inventory
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleExampleExampleExampleExampleExample1"
@@ -78,6 +79,7 @@ def test_remote_argv() -> None:
         "run",
         "/w/p.yaml",
         "--no-report",
+        "--json",
         "--db",
         "postgresql://x/y",
         "--allow-unavailable",
@@ -87,14 +89,64 @@ def test_remote_argv() -> None:
         "run",
         "/w/p.yaml",
         "--no-report",
+        "--json",
     ]
 
 
-def test_campaign_from_output() -> None:
-    out = (
-        "factor ple: unavailable\ncampaign smoke-20261127-101010-ab12: 4 ok runs, 1 guest boot(s)\n"
-    )
-    assert campaign_from_output(out, "") == "smoke-20261127-101010-ab12"
+# recorded from 'kvmple run --resume ID --json' (kvmple 0.1.0, engine stubbed): one line each
+RECORDED = Path(__file__).parents[1] / "fixtures" / "run_json_lines.jsonl"
+
+
+def test_campaigns_are_read_from_the_recorded_json_lines() -> None:
+    text = RECORDED.read_text()
+    runs = read_outcomes(text, "alpha")
+    assert [r.campaign_id for r in runs] == [
+        "smoke-20261129-195501-3f2a",
+        "smoke-20261129-201733-9c01",
+    ]
+    first, resumed = runs
+    assert (first.planned, first.ok, first.failed, first.resumed_from) == (12, 12, 0, 0)
+    assert first.store == "postgresql://kvmple:***@db.example/kvmple"
+    assert (resumed.ok, resumed.failed, resumed.resumed_from) == (10, 1, 2)
+    assert resumed.overhead_ratio == 2.5 and resumed.store is None
+    assert read_outcomes("\n" + text.splitlines()[0] + "\n\n", "alpha")[0] == first
+    assert read_outcomes("", "alpha") == []  # a campaign that failed prints no document
+
+
+def test_a_line_that_is_no_outcome_document_is_named() -> None:
+    human = "campaign smoke-1: 4 ok runs, 1 guest boot(s)"
+    with pytest.raises(InputError, match=r"^alpha, stdout line 1: not valid JSON"):
+        read_outcomes(human, "alpha")
+    line = json.loads(RECORDED.read_text().splitlines()[0])
+    del line["campaign_id"]
+    with pytest.raises(InputError, match=r"stdout line 2: campaign_id: required key is missing"):
+        read_outcomes("\n" + json.dumps(line), "alpha")
+    newer = json.dumps({**line, "schema_version": 2})
+    with pytest.raises(InputError, match="schema_version 2 is newer"):
+        read_outcomes(newer, "alpha")
+
+
+def test_a_failed_campaign_is_found_by_its_resume_hint() -> None:
     err = "kvmple: error: boom\n  hint: stored runs are kept: kvmple run --resume smoke-1 continues"
-    assert campaign_from_output("", err) == "smoke-1"
-    assert campaign_from_output("nothing", "kvmple: error: no such file") is None
+    assert resumable_campaign(err) == "smoke-1"
+    assert resumable_campaign("kvmple: error: no such file") is None
+
+
+def test_what_kvmple_run_json_prints_today_is_read_like_the_recording(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The recording stays current: today's 'kvmple run --json' (engine stubbed) prints
+    documents with the same keys, and the fleet reads the id from stdout alone."""
+    from kvmple.campaign import runner
+    from kvmple.campaign.model import CampaignOutcome
+    from kvmple.campaign.outcome import RunOutcome
+    from kvmple.cli import main
+
+    outcome = CampaignOutcome("smoke-20261129-1", planned=4, ok=4, boots=1)
+    monkeypatch.setattr(runner, "run_campaign", lambda *a, **k: outcome)
+    monkeypatch.setattr(runner, "campaign_report", lambda *a: None)
+    assert main(["run", "--resume", "smoke-20261129-1", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert read_outcomes(captured.out, "local") == [RunOutcome.from_outcome(outcome)]
+    recorded = json.loads(RECORDED.read_text().splitlines()[0])
+    assert list(json.loads(captured.out)) == list(recorded)

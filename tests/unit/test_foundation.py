@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -159,3 +160,29 @@ def test_local_executor_roundtrip(tmp_path: Path) -> None:
     executor.put(src, str(tmp_path / "sub" / "b"), mode=0o600)
     assert (tmp_path / "sub" / "b").stat().st_mode & 0o777 == 0o600
     assert executor.run(["cat", str(tmp_path / "sub" / "b")], timeout=5).stdout == "hello"
+
+
+@pytest.mark.parametrize(("command", "resume_hint"), [("run", True), ("lab", False)])
+def test_ctrl_c_hint_names_resume_only_for_a_campaign(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    resume_hint: bool,
+) -> None:
+    # Ctrl-C during 'lab up' used to end with "a campaign can continue with 'kvmple run
+    # --resume ID'": there is no campaign to resume there
+    def interrupted(args: object) -> int:
+        raise KeyboardInterrupt
+
+    def parser(commands: object = ()) -> argparse.ArgumentParser:
+        top = argparse.ArgumentParser(prog="kvmple")
+        top.add_argument("--debug", action="store_true")
+        sub = top.add_subparsers(dest="command")
+        sub.add_parser(command).set_defaults(handler=interrupted)
+        return top
+
+    monkeypatch.setattr(cli, "build_parser", parser)
+    assert cli.main([command]) == 130
+    err = capsys.readouterr().err
+    assert "kvmple: error: interrupted; everything kvmple started was cleaned up" in err
+    assert ("--resume" in err) is resume_hint

@@ -253,7 +253,8 @@ repetitions: 1
     [
         (
             ("knob: ple", "knob: colour"),
-            r"factors.0.knob: .*unknown host knob .colour. \(known knobs: cpu-pm, ple, a KVM",
+            r"factors.0.knob: .*unknown host knob .colour. "
+            r"\(known knobs: cpu-pm, ple, pv.sched_yield, pv.unhalt, a KVM",
         ),
         (('"off", "on"', '"off", "max"'), r"knob 'ple' takes 'on' or 'off', not 'max'"),
     ],

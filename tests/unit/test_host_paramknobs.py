@@ -140,3 +140,70 @@ def test_playbook_factors_by_parameter_name_multiply_the_plan() -> None:
     assert len(build_plan(playbook, {"kvm.halt_poll_ns": "TCG"}).runs) == 2 * 2
     with pytest.raises(ConfigError, match="not a value a kernel parameter takes"):
         parse_playbook(PLAYBOOK.replace("[0, 200000]", '["0", "1;x"]'), "t.yaml")
+
+
+def _with_factor(factor: str) -> str:
+    return PLAYBOOK.replace("  - knob: kvm.halt_poll_ns\n    values: [0, 200000]\n", factor)
+
+
+@pytest.mark.parametrize(
+    ("factor", "message"),
+    [
+        (
+            "  - knob: kvm.halt_poll_ns\n    values: [-1]\n",
+            r"t\.yaml:\d+: factors\.1\.values: kvm\.halt_poll_ns is a uint parameter: '-1' is "
+            "not a whole number from 0 to 4294967295",
+        ),
+        (
+            '  - knob: kvm.halt_poll_ns\n    values: ["abc"]\n',
+            r"factors\.1\.values: kvm\.halt_poll_ns is a uint parameter: 'abc'",
+        ),
+        (
+            "  - knob: kvm_amd.pause_filter_count\n    values: [0, 70000]\n",
+            r"ushort parameter: '70000' is not a whole number from 0 to 65535",
+        ),
+        (
+            '  - knob: kvm_intel.nested\n    values: ["Y", "on"]\n',
+            r"kvm_intel\.nested is a bool parameter: 'on' is not Y, N, 1 or 0",
+        ),
+        (
+            "  - knob: kvm.not_in_this_kernel\n    values: [1, 2]\n",
+            r"kvmple does not know the type of kvm\.not_in_this_kernel: declare it in the "
+            r"factor, e\.g\. 'type: uint'",
+        ),
+        (
+            "  - knob: kvm.not_in_this_kernel\n    type: bool\n    values: [1, 2]\n",
+            r"kvm\.not_in_this_kernel is a bool parameter: '2' is not Y, N, 1 or 0",
+        ),
+        (
+            "  - knob: kvm.not_in_this_kernel\n    type: float\n    values: [1]\n",
+            r"type 'float' is not one of bool, int, uint, ushort, ulong, string",
+        ),
+        (
+            "  - knob: kvm.halt_poll_ns\n    type: int\n    values: [1]\n",
+            r"kvm\.halt_poll_ns is a uint parameter \(virt/kvm/kvm_main\.c\), not int",
+        ),
+    ],
+)
+def test_module_parameter_values_are_checked_by_type_at_load(factor: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_playbook(_with_factor(factor), "t.yaml")
+
+
+def test_values_of_the_parameter_type_load() -> None:
+    for factor in (
+        "  - knob: kvm.halt_poll_ns\n    values: [0, 4294967295]\n",
+        '  - knob: kvm_intel.nested\n    values: ["Y", "N", 0]\n',
+        "  - knob: kvm_amd.nested\n    values: [-1, 1]\n",  # an int in svm.c
+        '  - knob: kvm.enable_relaxed_boost\n    values: ["Y", "N"]\n',  # the RFC's
+        "  - knob: kvm.not_in_this_kernel\n    type: uint\n    values: [0, 5]\n",
+        "  - knob: kvm.not_in_this_kernel\n    type: string\n    values: [auto, never]\n",
+    ):
+        factor_spec = parse_playbook(_with_factor(factor), "t.yaml").playbook.factors[1]
+        assert factor_spec.values  # loaded, the settings as text
+
+
+def test_only_module_parameters_take_a_type() -> None:
+    factor = '  - knob: cpu-pm\n    type: bool\n    values: ["on"]\n'
+    with pytest.raises(ConfigError, match=r"knob 'cpu-pm' takes no 'type'"):
+        parse_playbook(_with_factor(factor), "t.yaml")

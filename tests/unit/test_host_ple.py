@@ -311,7 +311,7 @@ def test_cli_off_on_restore(cli_host: FakeHost, capsys: pytest.CaptureFixture[st
     assert cli.main(["ple", "off"]) == 0
     out = capsys.readouterr().out
     assert "PLE off: kvm_intel ple_gap=0" in out
-    assert "reload path not verified on hardware" in out
+    assert "reload path verified on an emulated VT-x CPU with PLE (Bochs)" in out
     assert cli.main(["ple", "status", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["enabled"] is False

@@ -22,12 +22,14 @@ def test_budget_scales_with_the_run_queue_beyond_the_cpus(
     assert scaled_budget(10.0, load1, ncpus) == pytest.approx(budget)
 
 
-def _fake_probes(monkeypatch: pytest.MonkeyPatch, kvm_stages: list[str]) -> list[float]:
+def _fake_probes(
+    monkeypatch: pytest.MonkeyPatch, kvm_stages: list[str], tcg_seconds: float = 0.4
+) -> list[float]:
     budgets: list[float] = []
 
     def fake(qemu: str, accel: str, timeout: float = 10.0) -> ProbeOutcome:
         if accel == "tcg":
-            return ProbeOutcome("tcg", "passed", 0.4, "PGLD", "booted")
+            return ProbeOutcome("tcg", "passed", tcg_seconds, "PGLD", "booted")
         budgets.append(timeout)
         stages = kvm_stages[len(budgets) - 1]
         return ProbeOutcome("kvm", "timeout", timeout, stages, f"no exit within {timeout:g} s")
@@ -57,3 +59,15 @@ def test_a_guest_that_ran_is_not_retried(monkeypatch: pytest.MonkeyPatch, tmp_pa
     probe = kvmprobe.boot_probe("qemu", "7.2.22", "kvm_pvm", dev, refresh=True)
     assert budgets == [20.0]
     assert "retried" not in probe.kvm.detail
+
+
+def test_the_budget_is_at_least_twice_the_tcg_control(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Inside a lab host the machine under it is loaded, invisible to the lab host's load
+    average: measured there, the TCG control took 12.4 s while the KVM probe had 10 s."""
+    budgets = _fake_probes(monkeypatch, ["P"], tcg_seconds=12.4)
+    dev = tmp_path / "kvm"
+    dev.write_text("")
+    kvmprobe.boot_probe("qemu", "7.2.22", "kvm_amd", dev, refresh=True)
+    assert budgets == [pytest.approx(24.8)]

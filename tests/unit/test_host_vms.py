@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from kvmple.host.vms import LibvirtListing, merge, qemu_guest_name, scan_processes
+from kvmple.image.artifact import ImageManifest
 
 
 @pytest.mark.parametrize(
@@ -133,7 +134,7 @@ def test_probe_overlay_path_with_a_comma_is_escaped(tmp_path: Path) -> None:
         cmdline="root=/dev/vda",
         ssh_user="root",
         host_keys=(),
-        manifest={},
+        manifest=ImageManifest(name="img", key="k"),
     )
     argv = qemu_argv(
         image, folder / "o.qcow2", folder / "c.log", 2222, cpus=1, memory_mib=256, accel="tcg"

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from kvmple.errors import HostError, UsageError
+from kvmple.events import Progress, ProgressEnded, ProgressStarted, Recorder
 from kvmple.image import build, builder, cache
-from kvmple.image.artifact import IMAGE_FILE, Image
+from kvmple.image.artifact import IMAGE_FILE, Image, ImageManifest
 from kvmple.image.recipe import Recipe, load_recipe
 from kvmple.keys import installation_key
 
@@ -74,9 +75,10 @@ def fake_complete_entry(name: str, key: str) -> Path:
             cmdline="root=/dev/vda console=ttyS0",
             ssh_user="root",
             host_keys=("ssh-ed25519 AAAAhost",),
-            manifest={},
+            manifest=ImageManifest(name=name, key=key),
         )
-        (staged / "manifest.json").write_text(json.dumps({"built_at": "now", "name": name}))
+        stored = {"built_at": "now", "name": name, "key": key}
+        (staged / "manifest.json").write_text(json.dumps(stored))
         (staged / IMAGE_FILE).write_text(json.dumps(image.to_json()))
         return cache.publish(staged, name, key)
 
@@ -88,7 +90,7 @@ def test_publish_lookup_and_staging_cleanup() -> None:
     assert directory == cache.images_dir() / f"img-{key[:16]}"
     found = cache.lookup("img", key)
     assert found is not None and found.qcow2 == directory / "disk.qcow2"
-    assert found.manifest == {"built_at": "now", "name": "img"}
+    assert found.manifest.document() == {"built_at": "now", "name": "img", "key": key}
     assert not list(cache.images_dir().glob(".build-*"))
 
 
@@ -177,8 +179,23 @@ def test_build_returns_cached_image_without_root(
     key = cache.cache_key(inputs)
     directory = fake_complete_entry("tiny", key)
     monkeypatch.setattr(builder.os, "geteuid", lambda: 1000)  # a cache hit needs no root
-    image = build(recipe)
+    shown = Recorder()
+    image = build(recipe, sink=shown)
     assert image.key == key and image.qcow2 == directory / "disk.qcow2"
+    assert shown == []  # a hit is silent
+
+
+def test_build_steps_report_a_transient_display_then_their_duration() -> None:
+    shown = Recorder()
+    steps = builder._Steps("tiny", shown)
+    with steps.step("debootstrap") as status:
+        status("Unpacking libc6 (1)")
+    assert shown[:3] == [
+        ProgressStarted("tiny: debootstrap", transient=True),
+        Progress(status="Unpacking libc6 (1)"),
+        ProgressEnded(),
+    ]
+    assert shown.messages() == [f"tiny: debootstrap done in {steps.seconds['debootstrap']:.0f}s"]
 
 
 def test_build_needs_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

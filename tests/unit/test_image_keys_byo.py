@@ -88,7 +88,7 @@ def test_bring_your_own_image_is_checked_and_used_as_is(tmp_path: Path) -> None:
     assert image.host_keys == ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKey",)
     assert image.cmdline == "root=/dev/vda console=ttyS0 quiet"
     assert image.ssh_user == "root"
-    assert image.manifest["bring_your_own"] is True
+    assert image.manifest.bring_your_own is True
     assert build(byo_recipe(tmp_path, files)).key == image.key
     files["initrd"].write_bytes(gzip.compress(b"070701" + b"1" * 100))
     assert build(byo_recipe(tmp_path, files)).key != image.key  # the files are part of the key

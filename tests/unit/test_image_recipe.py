@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from kvmple.errors import ConfigError
-from kvmple.image.recipe import Recipe, guest_programs_dir, load_recipe, size_mib
+from kvmple.image.guestfiles import guest_dir
+from kvmple.image.recipe import Recipe, load_recipe, size_mib
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,11 +106,11 @@ def test_missing_guest_program_is_a_recipe_error(tmp_path: Path) -> None:
     message = error_of(path)
     assert message.startswith(f"{path}:3: guest_programs.0")
     assert "no guest program 'kvmple-no-such-program'" in message
-    assert str(guest_programs_dir()) in message
+    assert str(guest_dir()) in message
 
 
 def test_existing_guest_programs_are_accepted(tmp_path: Path) -> None:
-    shipped = sorted(p.name for p in guest_programs_dir().glob("kvmple-*") if p.is_file())
+    shipped = sorted(p.name for p in guest_dir().glob("kvmple-*") if p.is_file())
     if not shipped:
         pytest.skip("no guest programs shipped yet (kvmple/guest/ belongs to the workloads)")
     path = write(tmp_path, f"name: a\nguest_programs: [{shipped[0]}]\n")

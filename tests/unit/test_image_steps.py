@@ -12,7 +12,7 @@ import pytest
 
 from kvmple.errors import BuildError
 from kvmple.image import debootstrap, manifest, mirror
-from kvmple.image.artifact import Image, cmdline_for, host_key_lines, load_image
+from kvmple.image.artifact import Image, ImageManifest, cmdline_for, host_key_lines, load_image
 from kvmple.image.configure import _lock_password, guest_path, hosts_file, write
 from kvmple.image.recipe import Recipe
 
@@ -166,14 +166,55 @@ def test_manifest_assembly() -> None:
         built_at="2026-11-27T10:00:00Z",
         build_seconds=158.04,
         step_seconds={"debootstrap": 126.01},
-    )
+        recipe_path="/r/img.yaml",
+        disk_size="4G",
+    ).document()
     assert document["packages"] == {"a": "1", "b": "2"}
     assert list(document["packages"]) == ["a", "b"]
     assert document["package_count"] == 2
     assert document["mirror"] == "http://m/debian" and document["suite"] == "bookworm"
     assert document["build_seconds"] == 158.0
     assert document["kernel_release"] == "6.1.0-50-amd64"
+    assert document["recipe_path"] == "/r/img.yaml" and document["disk_size"] == "4G"
+    assert sorted(document) == sorted(_STORED_MANIFEST)  # the keys manifest.json always had
     json.dumps(document)  # serialisable as is
+
+
+# manifest.json as kvmple wrote it before ImageManifest existed (a dict, sort_keys)
+_STORED_MANIFEST = {
+    "build_seconds": 158.0,
+    "built_at": "2026-11-27T10:00:00Z",
+    "disk_size": "4G",
+    "format": 1,
+    "host_key_fingerprints": ["ED25519 SHA256:abc"],
+    "key": "k" * 64,
+    "key_inputs": {"format": 3, "mirror": "http://m/debian", "recipe": {"suite": "bookworm"}},
+    "kernel_release": "6.1.0-50-amd64",
+    "kvmple_version": "0.1.0",
+    "mirror": "http://m/debian",
+    "name": "img",
+    "package_count": 2,
+    "packages": {"a": "1", "b": "2"},
+    "recipe_path": "/r/img.yaml",
+    "recipe_sha256": "r" * 64,
+    "step_seconds": {"debootstrap": 126.0},
+    "suite": "bookworm",
+}
+
+
+def test_stored_manifests_read_back_unchanged() -> None:
+    built = ImageManifest.model_validate_json(json.dumps(_STORED_MANIFEST))
+    assert built.kernel_release == "6.1.0-50-amd64" and built.packages["a"] == "1"
+    assert built.document() == _STORED_MANIFEST  # the same keys and values, nothing added
+    brought = {
+        "name": "byo",
+        "key": "b" * 64,
+        "bring_your_own": True,
+        "checked_at": "2026-11-27T10:00:00Z",
+        "files": {"qcow2": {"path": "/i/d.qcow2", "size": 4096, "mtime_ns": 1}},
+        "host_keys": ["ssh-ed25519 AAAA"],
+    }
+    assert ImageManifest.model_validate_json(json.dumps(brought)).document() == brought
 
 
 def test_hosts_file_has_localhost() -> None:
@@ -219,15 +260,24 @@ def test_image_record_round_trip(tmp_path: Path) -> None:
         cmdline=cmdline_for(("net.ifnames=0", "quiet")),
         ssh_user="root",
         host_keys=("ssh-ed25519 AAAA",),
-        manifest={"packages": {"a": "1"}},
+        manifest=ImageManifest(name="img", key="k" * 64, packages={"a": "1"}),
     )
     assert image.cmdline == "root=/dev/vda console=ttyS0 net.ifnames=0 quiet"
     assert image.known_hosts("127.0.0.1", 2222) == "[127.0.0.1]:2222 ssh-ed25519 AAAA\n"
     assert image.known_hosts("guest", 22) == "guest ssh-ed25519 AAAA\n"
     (tmp_path / "image.json").write_text(json.dumps(image.to_json()))
-    (tmp_path / "manifest.json").write_text(json.dumps(image.manifest))
+    (tmp_path / "manifest.json").write_text(json.dumps(image.manifest.document()))
     assert load_image(tmp_path) == image
     assert load_image(tmp_path).manifest == image.manifest
+    # a cache directory moved elsewhere reads its own files, not the ones it was built with
+    moved = tmp_path.parent / f"{tmp_path.name}-moved"
+    tmp_path.rename(moved)
+    again = load_image(moved)
+    assert (again.qcow2, again.kernel, again.initrd) == (
+        moved / "disk.qcow2",
+        moved / "vmlinuz",
+        moved / "initrd.img",
+    )
 
 
 def test_disk_too_small_is_a_clear_build_error(tmp_path: Path) -> None:
@@ -275,7 +325,7 @@ def test_probe_qemu_argv(tmp_path: Path) -> None:
         cmdline="root=/dev/vda console=ttyS0",
         ssh_user="root",
         host_keys=("ssh-ed25519 AAAA",),
-        manifest={},
+        manifest=ImageManifest(name="img", key="k" * 64),
     )
     argv = qemu_argv(
         image,

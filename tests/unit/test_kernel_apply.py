@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import mailbox
 import os
 import re
@@ -40,7 +41,10 @@ def test_quilt_apply_goes_to_a_copy_and_leaves_the_tree(tmp_path: Path) -> None:
     assert (report.target / "kernel/yield-notes.txt").read_text() == "notes\n"
     assert snapshot(tree) == before  # hard links were broken, not written through
     record = read_record(report.target)
-    assert record is not None and record["series"] == "fake-series"
+    assert record is not None and record.series == "fake-series"
+    # the build manifest carries apply's record with exactly the keys apply wrote
+    assert record.model_dump(mode="json") == json.loads((report.target / RECORD).read_text())
+    assert record.results is not None and record.results[0].status == "applied"
     assert (report.target / RECORD).is_file()
 
 

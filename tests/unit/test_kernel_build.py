@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
 from kvmple.errors import BuildError, ConfigError, GuestError
+from kvmple.events import Progress, ProgressEnded, ProgressStarted, Recorder
 from kvmple.kernel.boottest import boot_test, find_marker, qemu_argv
-from kvmple.kernel.build import BuildRequest, build_kernel, resolve_fragment
+from kvmple.kernel.build import BuildRequest, build_kernel, load_manifest, resolve_fragment
 from kvmple.kernel.configs import (
     BOOT_TEST_FRAGMENT,
     check_fragments,
@@ -204,3 +206,59 @@ def test_boot_test_of_something_that_is_not_a_kernel(tmp_path: Path) -> None:
         boot_test(image, "6.1.0", initrd=initrd, accel="tcg", timeout=30)
     assert "boot test" in caught.value.message
     assert "console log" in (caught.value.hint or "")
+
+
+FAKE_KBUILD = """
+tinyconfig:
+\t@printf 'CONFIG_MODULES=y\\nCONFIG_64BIT=y\\n' > $(O)/.config
+olddefconfig:
+\t@true
+bzImage:
+\t@echo '  CC      init/main.o'; mkdir -p $(O)/arch/x86/boot
+\t@echo kernel > $(O)/arch/x86/boot/bzImage
+modules:
+\t@true
+modules_install:
+\t@mkdir -p $(INSTALL_MOD_PATH)/lib/modules/6.1.0-fake
+kernelrelease:
+\t@echo 6.1.0-fake
+"""
+
+
+def test_build_runs_every_step_and_writes_the_manifest(tmp_path: Path) -> None:
+    """The whole build_kernel path (base config, fragment merge, olddefconfig, check,
+    bzImage, modules_install, kernelrelease, manifest) against a tree whose Makefile and
+    merge_config.sh stand in for kbuild's."""
+    tree = make_tree(tmp_path / "linux")
+    with (tree / "Makefile").open("a") as makefile:
+        makefile.write(FAKE_KBUILD)
+    merge = tree / "scripts" / "kconfig" / "merge_config.sh"
+    merge.parent.mkdir(parents=True)
+    merge.write_text(
+        '#!/bin/sh\n# -m -O OUT CONFIG FRAGMENT...\nconfig=$4; shift 4\ncat "$@" >> "$config"\n'
+    )
+    merge.chmod(0o755)
+    fragment = tmp_path / "extra.config"
+    fragment.write_text("CONFIG_64BIT=y\n")
+    out = tmp_path / "out"
+    shown = Recorder()
+    manifest = build_kernel(
+        BuildRequest(tree=tree, out=out, fragments=(str(fragment),), ccache=False, jobs=1),
+        sink=shown,
+    )
+    assert manifest.release == "6.1.0-fake"
+    # one progress display over make, counting the objects kbuild reports
+    assert shown == [
+        ProgressStarted("make"),
+        Progress(done=1, status="CC      init/main.o"),
+        ProgressEnded(),
+    ]
+    assert manifest.image == out / "arch" / "x86" / "boot" / "bzImage"
+    assert manifest.modules == out / "modules-install"
+    assert (out / "modules-install" / "lib" / "modules" / "6.1.0-fake").is_dir()
+    assert manifest.fragments == (str(fragment),) and manifest.base == "tinyconfig"
+    on_disk = json.loads((out / "kvmple-build.json").read_text())
+    assert on_disk["schema_version"] == 1 and on_disk["image"] == str(manifest.image)
+    assert load_manifest(out) == manifest
+    log = (out / "build.log").read_text()
+    assert "CC      init/main.o" in log

@@ -73,6 +73,20 @@ def test_boot_test_without_a_build(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "no finished kernel build here" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("image", "why"),
+    [("nope/bzImage", "is not an absolute path"), ("/no/bzImage", "does not exist")],
+)
+def test_boot_test_of_a_manifest_whose_image_is_gone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], image: str, why: str
+) -> None:
+    manifest = tmp_path / "kvmple-build.json"
+    manifest.write_text(f'{{"release": "6.1.0", "image": "{image}", "image_sha256": "aa"}}')
+    assert main(["kernel", "boot-test", "--build", str(tmp_path)]) == 3
+    err = capsys.readouterr().err
+    assert f"{manifest}: image: {image} {why}" in err and "Traceback" not in err
+
+
 def test_install_refuses_without_boot_test(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -242,8 +242,10 @@ def test_record_says_which_boot_test_passed(tmp_path: Path) -> None:
     )
     record_pass(tmp_path, result, "ab" * 32, kind="image")
     record = load_pass(tmp_path)
-    assert record is not None and record["kind"] == "image"
-    assert record["seconds_to_ssh"] == 30.5 and record["image_sha256"] == "ab" * 32
+    assert record is not None and record.kind == "image"
+    assert record.image_sha256 == "ab" * 32 and record.accel == "tcg"
+    on_disk = json.loads((tmp_path / RECORD).read_text())
+    assert on_disk["seconds_to_ssh"] == 30.5 and on_disk["schema_version"] == 1
     assert not (tmp_path / f"{RECORD}.tmp").exists()
 
 

@@ -12,17 +12,19 @@ from pathlib import Path
 import pytest
 
 from kvmple.errors import HostError
+from kvmple.kernel.bootpass import BootPass
 from kvmple.kernel.install import HostFacts, execute, plan_install, resume_unit
+from kvmple.kernel.manifest import BuildManifest
 from kvmple.run import Result
 
-MANIFEST: dict[str, object] = {
-    "release": "6.1.192-kvmple-selftest",
-    "image": "/cache/out/arch/x86/boot/bzImage",
-    "image_sha256": "ab" * 32,
-    "config": "/cache/out/.config",
-    "modules": "/cache/out/modules-install",
-}
-PASSED: dict[str, object] = {"passed": True, "image_sha256": "ab" * 32}
+MANIFEST = BuildManifest(
+    release="6.1.192-kvmple-selftest",
+    image=Path("/cache/out/arch/x86/boot/bzImage"),
+    image_sha256="ab" * 32,
+    config=Path("/cache/out/.config"),
+    modules=Path("/cache/out/modules-install"),
+)
+PASSED = BootPass(passed=True, image_sha256="ab" * 32)
 DEBIAN = HostFacts(
     euid=0,
     has_grub_reboot=True,
@@ -38,8 +40,8 @@ def test_refuses_without_root() -> None:
         plan_install(MANIFEST, PASSED, replace(DEBIAN, euid=1000))
 
 
-@pytest.mark.parametrize("record", [None, {"passed": True, "image_sha256": "cd" * 32}])
-def test_refuses_without_a_boot_test_of_this_image(record: dict[str, object] | None) -> None:
+@pytest.mark.parametrize("record", [None, BootPass(passed=True, image_sha256="cd" * 32)])
+def test_refuses_without_a_boot_test_of_this_image(record: BootPass | None) -> None:
     with pytest.raises(HostError, match="no passed boot test") as caught:
         plan_install(MANIFEST, record, DEBIAN)
     assert "boot-test" in (caught.value.hint or "")
@@ -52,7 +54,7 @@ def test_grub_reboot_plan() -> None:
     assert plan.method == "grub-reboot" and "not verified on hardware" in plan.notes
     argvs = [s.argv for s in plan.steps if s.argv]
     release = "6.1.192-kvmple-selftest"
-    assert argvs[0] == ("install", "-m", "0644", MANIFEST["image"], f"/boot/vmlinuz-{release}")
+    assert argvs[0] == ("install", "-m", "0644", str(MANIFEST.image), f"/boot/vmlinuz-{release}")
     assert ("depmod", "-a", release) in argvs
     assert ("update-initramfs", "-c", "-k", release) in argvs
     grub = next(a for a in argvs if a[0] == "grub-reboot")
@@ -76,7 +78,9 @@ def test_grub_needs_saved_default() -> None:
 
 def test_kexec_plan_without_systemd_uses_cron() -> None:
     facts = replace(DEBIAN, has_grub_reboot=False, has_systemd=False, initramfs_tool=None)
-    plan = plan_install({**MANIFEST, "modules": None}, PASSED, facts, campaign="c1", reboot=True)
+    plan = plan_install(
+        MANIFEST.model_copy(update={"modules": None}), PASSED, facts, campaign="c1", reboot=True
+    )
     assert plan.method == "kexec"
     load = next(s.argv for s in plan.steps if s.argv and s.argv[0] == "kexec")
     assert "--reuse-cmdline" in load and not any(a.startswith("--initrd") for a in load)
@@ -129,3 +133,38 @@ def test_execute_runs_every_step_in_order() -> None:
     assert fake.files["/etc/systemd/system/kvmple-resume.service"][0] == resume_unit(
         "c7", "6.1.192-kvmple-selftest", ("kvmple",)
     )
+
+
+def test_kexec_plan_appends_panic_and_can_skip_the_initramfs() -> None:
+    """A kexec'd kernel that panics must reset (the fallback); extra parameters follow."""
+    plan = plan_install(
+        MANIFEST,
+        PASSED,
+        DEBIAN,
+        method="kexec",
+        reboot=True,
+        append=("init=/x",),
+        initramfs=False,
+        campaign="c9",
+        workdir="/opt/kvmple",
+    )
+    assert plan.notes[0] == "verified on an emulated AMD-V host (QEMU TCG)"
+    argvs = [s.argv for s in plan.steps if s.argv]
+    load = next(a for a in argvs if a[0] == "kexec")
+    assert "--append=panic=10 init=/x" in load
+    assert not any(a.startswith("--initrd") for a in load)
+    assert not any(a[0] == "update-initramfs" for a in argvs)
+    unit = next(s for s in plan.steps if s.write_path)
+    assert "WorkingDirectory=/opt/kvmple\n" in unit.content
+    assert argvs[-1] == ("systemctl", "kexec")
+
+
+def test_append_needs_kexec() -> None:
+    with pytest.raises(HostError, match="need --method kexec"):
+        plan_install(MANIFEST, PASSED, DEBIAN, method="grub-reboot", append=("quiet",))
+
+
+def test_kexec_refused_while_kexec_tools_loads_at_shutdown() -> None:
+    with pytest.raises(HostError, match="LOAD_KEXEC=true") as caught:
+        plan_install(MANIFEST, PASSED, replace(DEBIAN, kexec_load_at_shutdown=True), method="kexec")
+    assert "LOAD_KEXEC=false" in (caught.value.hint or "")

@@ -297,3 +297,17 @@ def test_nightly_config_takes_an_mbox_relative_to_the_config(
     assert config.series == str(jobs / "thread.mbx")
     opened = open_series(config.series, revision=config.series_revision)
     assert opened.kind is InputKind.mbox and opened.series.version == "v1"
+
+
+def test_a_saved_encoded_mail_in_a_quilt_series_is_decoded(tmp_path: Path) -> None:
+    """Kind 2 for quilt folders: a series may list saved mails; patch(1) gets the diff."""
+    from kvmple.kernel.sources import from_quilt
+
+    body = patch_body("Change b.", "int b = 2;", "int b = 3;")
+    (tmp_path / "b.patch").write_bytes(mail("[PATCH] demo: b", body, msgid="q@x", cte="base64"))
+    (tmp_path / "plain.patch").write_text("--- a/f\n+++ b/f\n@@ -1 +1 @@\n-a\n+b\n")
+    (tmp_path / "series").write_text("b.patch\nplain.patch\n")
+    encoded, plain = from_quilt(tmp_path)
+    assert "-int b = 2;\n+int b = 3;\n" in encoded.text
+    assert encoded.subject == "demo: b"
+    assert plain.text == "--- a/f\n+++ b/f\n@@ -1 +1 @@\n-a\n+b\n"  # untouched

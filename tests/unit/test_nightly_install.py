@@ -17,8 +17,9 @@ from kvmple.kernel import install as install_mod
 from kvmple.kernel.bootpass import record_pass
 from kvmple.kernel.boottest import BootResult
 from kvmple.kernel.install import HostFacts, Step
-from kvmple.nightly import steps
+from kvmple.nightly import kernel_steps, steps
 from kvmple.nightly.config import LoadedConfig, NightlyConfig
+from kvmple.nightly.outputs import BuildOutputs, InstallOutputs
 from kvmple.nightly.resume import UNIT, resume_steps, resume_unit, with_resume
 from kvmple.nightly.state import NightState
 from kvmple.nightly.steps import RebootPending, Skip, StepContext
@@ -50,7 +51,8 @@ def _context(tmp_path: Path, enabled: bool) -> StepContext:
     )
     loaded = LoadedConfig(config=config, path=tmp_path / "job.yaml", sha256="0" * 64)
     state = NightState("job", "n1", str(loaded.path), loaded.sha256, "host", time.time())
-    state.step("build").outputs = {"out": str(out), "release": RELEASE}
+    built = BuildOutputs(release=RELEASE, image=image, image_sha256="abc", out=out)
+    state.step("build").outputs = built.to_dict()
     return StepContext(loaded, state, tmp_path, tmp_path / "install.log")
 
 
@@ -104,7 +106,9 @@ def test_no_vtx_host_skips_with_reason_and_records_the_plan(
     with pytest.raises(Skip) as caught:
         steps.install(ctx)
     assert "not verified on hardware / no VT-x host" in str(caught.value)
-    plan = "\n".join(caught.value.outputs["plan"])  # what it would have done
+    skipped = caught.value.outputs
+    assert isinstance(skipped, InstallOutputs)
+    plan = "\n".join(skipped.plan)  # what it would have done
     assert f"/boot/vmlinuz-{RELEASE}" in plan and UNIT in plan and "systemctl reboot" in plan
     assert "install plan" in ctx.log_path.read_text()
 
@@ -132,11 +136,11 @@ def test_hardware_path_installs_reboots_and_checks_the_kernel_after(
     assert any(s.write_path and UNIT in s.write_path for s in plan.steps)
     assert ctx.state.step("install").outputs["installed"] == RELEASE
     # after the reboot: the old kernel came back (the one-shot entry fell back)
-    monkeypatch.setattr(steps.platform, "release", lambda: "6.1.0-old")
+    monkeypatch.setattr(kernel_steps.platform, "release", lambda: "6.1.0-old")
     with pytest.raises(HostError, match="fell back"):
         steps.install(ctx)
     # after the reboot: the new kernel runs
-    monkeypatch.setattr(steps.platform, "release", lambda: RELEASE)
+    monkeypatch.setattr(kernel_steps.platform, "release", lambda: RELEASE)
     detail, outputs = steps.install(ctx)
     assert detail == f"running the installed kernel {RELEASE}"
-    assert outputs["installed"] == RELEASE
+    assert outputs.installed == RELEASE

@@ -9,15 +9,23 @@ import itertools
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from kvmple.cli import main
 from kvmple.errors import Interrupted, UsageError
+from kvmple.events import Recorder
+from kvmple.nightly import campaign_steps
 from kvmple.nightly import steps as steps_mod
 from kvmple.nightly.config import load_config
 from kvmple.nightly.night import _exclusive, run_night
+from kvmple.nightly.outputs import (
+    ApplyOutputs,
+    BootOutputs,
+    BuildOutputs,
+    CampaignOutputs,
+    FetchOutputs,
+)
 from kvmple.nightly.state import jobs_dir, load, night_dir, save
 from kvmple.nightly.steps import StepContext
 from kvmple.results import open_store
@@ -36,19 +44,24 @@ class StandIns:
         self.scale = 1.0
         self.interrupt_build = False
 
-    def build(self, ctx: StepContext) -> tuple[str, dict[str, Any]]:
+    def build(self, ctx: StepContext) -> tuple[str, BuildOutputs]:
         self.calls.append("build")
         if self.interrupt_build:
             raise KeyboardInterrupt
-        tree = Path(str(ctx.state.output("apply", "tree")))
+        tree = ctx.state.need("apply", ApplyOutputs).tree
         assert (tree / "Makefile").is_file()
-        return "stand-in build", {"release": "6.1.0-fake", "out": str(ctx.directory / "build")}
+        out = ctx.directory / "build"
+        return "stand-in build", BuildOutputs(
+            release="6.1.0-fake", image=out / "bzImage", image_sha256="ab" * 32, out=out
+        )
 
-    def boot(self, ctx: StepContext) -> tuple[str, dict[str, Any]]:
+    def boot(self, ctx: StepContext) -> tuple[str, BootOutputs]:
         self.calls.append("boot-test")
-        return "stand-in boot", {"release": "6.1.0-fake"}
+        return "stand-in boot", BootOutputs(
+            release="6.1.0-fake", accel="tcg", seconds_to_userspace=1.0, console=Path("c.log")
+        )
 
-    def campaign(self, ctx: StepContext) -> tuple[str, dict[str, Any]]:
+    def campaign(self, ctx: StepContext) -> tuple[str, CampaignOutputs]:
         self.calls.append("campaign")
         meta, runs = synthetic_campaign(
             f"synthetic-{next(_ids)}",
@@ -61,7 +74,14 @@ class StandIns:
         with open_store(self.db) as store:
             store.create_campaign(meta)
             store.add_runs(runs)
-        outputs = {"campaign_id": meta.id, "playbook_sha256": meta.playbook_hash, "ok": len(runs)}
+        outputs = CampaignOutputs(
+            campaign_id=meta.id,
+            playbook="stand-in.yaml",
+            playbook_sha256=meta.playbook_hash,
+            ok=len(runs),
+            running_kernel="6.1.0-host",
+            log=ctx.directory / "campaign.log",
+        )
         return f"campaign {meta.id}", outputs
 
 
@@ -107,7 +127,7 @@ def test_two_nights_baseline_then_compare_and_idempotent_replay(
     assert state.step("install").status == "skipped"
     assert "campaign runs on the running kernel" in state.step("install").detail
     assert state.step("compare").status == "done"
-    commit_1 = state.output("fetch", "commit")
+    commit_1 = state.need("fetch", FetchOutputs).commit
     assert commit_1 == git(tree, "rev-parse", "HEAD").strip()
     assert state.step("apply").outputs["counts"] == {"applied": 2}
     # the patched worktree is removed at the end; the user's tree never changes
@@ -138,10 +158,10 @@ def test_two_nights_baseline_then_compare_and_idempotent_replay(
     git(tree, "commit", "-q", "-m", "move the tree")
     stand_ins.scale = 0.8
     second = run_night(loaded, "night-2")
-    assert second.state.output("fetch", "commit") != commit_1
+    assert second.state.need("fetch", FetchOutputs).commit != commit_1
     compare = second.state.step("compare").outputs
     assert compare["baseline_night"] == "night-1"
-    assert compare["baseline_campaign"] == state.output("campaign", "campaign_id")
+    assert compare["baseline_campaign"] == state.need("campaign", CampaignOutputs).campaign_id
     assert (second.verdict.name, second.exit_code) == ("regression", 20)
     junit = (second.directory / "junit.xml").read_text()
     assert "<failure" in junit and "step compare" in junit
@@ -159,8 +179,16 @@ def test_apply_failure_stops_the_night_with_its_verdict(
 ) -> None:
     config, tree, stand_ins = job
     make_series(tree, tmp_path / "series", broken=True)
-    result = run_night(load_config(config), "bad")
+    shown = Recorder()
+    result = run_night(load_config(config), "bad", sink=shown)
     assert (result.verdict.name, result.exit_code) == ("apply failed", 10)
+    # the person watching sees each step start and end, and the failure once, as a warning
+    messages = shown.messages()
+    assert messages[0].startswith("fetch: running (log ") and messages[1].startswith("fetch: done")
+    assert [m for m in messages if m.startswith("warning:")] == [
+        f"warning: apply failed: {result.state.step('apply').detail}"
+    ]
+    assert not any(m.startswith("build") for m in messages)
     state = result.state
     assert state.step("apply").status == "failed"
     assert "mark preempt" in state.step("apply").detail
@@ -221,8 +249,8 @@ def test_fetch_variants(job: tuple[Path, Path, StandIns], tmp_path: Path) -> Non
     git(tree, "commit", "-q", "-m", "other head")
     # ref main is not the checked-out HEAD: a cached clone is checked out at main
     result = run_night(load_config(config), "f1")
-    source = Path(result.state.output("fetch", "source"))
-    assert result.state.output("fetch", "commit") == base and source != tree
+    source = result.state.need("fetch", FetchOutputs).source
+    assert result.state.need("fetch", FetchOutputs).commit == base and source != tree
     assert git(source, "rev-parse", "HEAD").strip() == base
     assert result.verdict.name == "baseline recorded"
     # a git URL
@@ -233,7 +261,9 @@ def test_fetch_variants(job: tuple[Path, Path, StandIns], tmp_path: Path) -> Non
         .replace("tree: {path: linux, ref: main}", f"tree: {{url: 'file://{tree}', ref: other}}")
     )
     result = run_night(load_config(url_config), "u1")
-    assert result.state.output("fetch", "commit") == git(tree, "rev-parse", "other").strip()
+    assert (
+        result.state.need("fetch", FetchOutputs).commit == git(tree, "rev-parse", "other").strip()
+    )
     # an unknown ref fails the fetch step
     bad = tmp_path / "bad.yaml"
     bad.write_text(
@@ -273,7 +303,7 @@ def test_a_campaign_cut_short_is_found_for_resuming(tmp_path: Path) -> None:
                 update={"host": {"hostname": host}, "created": created, "name": "mini"}
             )
             store.create_campaign(meta)
-        found = steps_mod._find_started_campaign(store, "mini", "h1", since=200.0)
+        found = campaign_steps.find_started_campaign(store, "mini", "h1", since=200.0)
         assert found is not None and found.id == "mine"
-        assert steps_mod._find_started_campaign(store, "mini", "h1", since=300.0) is None
-        assert steps_mod._find_started_campaign(store, "other", "h1", since=0.0) is None
+        assert campaign_steps.find_started_campaign(store, "mini", "h1", since=300.0) is None
+        assert campaign_steps.find_started_campaign(store, "other", "h1", since=0.0) is None

@@ -41,9 +41,17 @@ def _night(
         state.step(name)
     state.verdict = verdict
     if campaign:
-        state.step("campaign").outputs = {
+        state.step("campaign").outputs = {  # as earlier kvmple versions stored it
             "campaign_id": f"{campaign}-{night}",
+            "playbook": "/etc/p.yaml",
             "playbook_sha256": sha,
+            "ok": 8,
+            "planned": 8,
+            "new_ok": 8,
+            "running_kernel": "6.1.0",
+            "kernel_under_test": None,
+            "first_started": created,
+            "log": f"/var/lib/kvmple/campaigns/{campaign}-{night}/campaign.log",
         }
     return state
 
@@ -69,6 +77,48 @@ def test_damaged_state_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "state.json").write_text('{"what": 1}')
     with pytest.raises(StoreError, match="not a kvmple night state"):
         load(tmp_path)
+    save(_night("n1", 100.0, None), tmp_path)
+    data = json.loads((tmp_path / "state.json").read_text())
+    data["steps"]["fetch"]["status"] = "finished"  # not a step status
+    (tmp_path / "state.json").write_text(json.dumps(data))
+    with pytest.raises(StoreError, match=r"not a kvmple night state \(steps\.fetch\.status: "):
+        load(tmp_path)
+
+
+def test_saved_state_keeps_its_stored_form(tmp_path: Path) -> None:
+    """state.json as written before the state was validated on reading loads, and is written
+    back with the same keys and values (each step's seconds included)."""
+    stored = {
+        "config": "job",
+        "night": "n1",
+        "config_path": "/etc/job.yaml",
+        "config_sha256": "ab" * 32,
+        "host": "lab-1",
+        "created": 100.0,
+        "steps": {
+            "fetch": {
+                "status": "done",
+                "started": 100.0,
+                "ended": 102.5,
+                "detail": "abc",
+                "hint": "",
+                "exit_code": 0,
+                "outputs": {"first_started": 100.0, "commit": "c" * 40, "tree": "/src"},
+                "attempts": 1,
+                "seconds": 2.5,
+            }
+        },
+        "verdict": None,
+        "exit_code": None,
+        "summary": "",
+        "finished": None,
+    }
+    (tmp_path / "state.json").write_text(json.dumps(stored))
+    state = load(tmp_path)
+    assert state is not None and state.step("fetch").first_started == 100.0
+    assert state.to_json() == stored
+    save(state, tmp_path)
+    assert json.loads((tmp_path / "state.json").read_text()) == stored
 
 
 def test_night_ids() -> None:
@@ -159,6 +209,7 @@ def test_markdown_summary_names_verdict_steps_and_details() -> None:
         "ref": "main",
         "commit": "a" * 40,
         "subject": "a | b",
+        "source": "/srv/linux",
     }
     text = render_markdown(state, "### comparison table\n")
     assert "**Verdict: no change** (exit code 0)" in text

@@ -291,3 +291,21 @@ def test_readiness_wait_against_a_real_sshd(sshd: Sshd, tmp_path: Path) -> None:
         wait_ssh(
             nobody, deadline=time.monotonic() + 30, alive=alive, timed_out=timed_out, stop=stop
         )
+
+
+def test_interactive_ssh_pins_the_host_keys_and_the_installation_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kvmple import remote
+
+    calls: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(remote.os, "execvp", lambda f, argv: calls.append((f, list(argv))))
+    known = tmp_path / "known_hosts"
+    remote.exec_interactive_ssh(
+        port=40022, user="root", key="/k/id", host_keys=("ssh-ed25519 AAA",), known_hosts=known
+    )
+    assert known.read_text() == "[127.0.0.1]:40022 ssh-ed25519 AAA\n"
+    ((program, argv),) = calls
+    assert program == "ssh" and argv[-1] == "root@127.0.0.1"
+    assert "StrictHostKeyChecking=yes" in argv and f"UserKnownHostsFile={known}" in argv
+    assert argv[argv.index("-i") + 1] == "/k/id" and argv[argv.index("-p") + 1] == "40022"

@@ -102,9 +102,9 @@ def test_urls_and_bad_stores(tmp_path: Path) -> None:
 
 
 def test_migrations_upgrade_and_refuse_newer(url: str) -> None:
-    from kvmple.results.store import _connect
+    from kvmple.results.db import connect
 
-    store = Store(_connect(url))
+    store = Store(connect(url))
     store.migrate(upto=1)
     assert store.schema_version() == 1
     store.close()
@@ -212,3 +212,37 @@ def test_record_validation() -> None:
                 "ended": 1,
             }
         )
+
+
+def test_resume_after_a_kernel_install_only_without_runs(url: str) -> None:
+    """A campaign registered before `kernel install --campaign` resumes on the new kernel
+    (nothing measured yet, the host facts are re-recorded); one with runs does not."""
+    from kvmple.campaign.playbook import parse_playbook
+    from kvmple.campaign.runner import _resume
+    from kvmple.errors import CampaignError
+
+    text = Path("playbooks/lab-smoke.yaml").read_text()
+    loaded = parse_playbook(text, "lab-smoke")
+    meta, runs = synthetic_campaign("c-k", runs_per_cell=1)
+    facts = {"hostname": "lab", "kernel_release": "6.1.0-28-amd64", "accelerator": "kvm"}
+    meta = meta.model_copy(
+        update={
+            "playbook_text": text,
+            "playbook_hash": loaded.sha256,
+            "host": facts,
+            "status": "interrupted",
+        }
+    )
+    new = {**facts, "kernel_release": "6.1.158-kvmple-lab"}
+
+    class Host:
+        def __init__(self, facts: dict[str, str]) -> None:
+            self.facts = facts
+
+    with open_store(url) as store:
+        store.create_campaign(meta)
+        resumed, _ = _resume(store, "c-k", Host(new))  # type: ignore[arg-type]
+        assert resumed.host == new and store.campaign("c-k").host == new
+        store.add_run(runs[0])
+        with pytest.raises(CampaignError, match="would mix runs"):
+            _resume(store, "c-k", Host(facts))  # type: ignore[arg-type]

@@ -90,10 +90,10 @@ def test_a_store_that_stays_locked_names_the_file_and_the_wait(tmp_path: Path) -
     holder.execute("CREATE TABLE t (x)")
     holder.execute("BEGIN EXCLUSIVE")  # rollback journal: nobody can switch it to WAL now
     try:
-        from kvmple.results import store as store_mod
+        from kvmple.results import db as db_mod
 
         with pytest.raises(StoreError, match=r"held\.sqlite.* stayed locked for [0-9.]+ s"):
-            store_mod._Sqlite(path, busy_timeout=0.5)
+            db_mod.Sqlite(path, busy_timeout=0.5)
     finally:
         holder.execute("ROLLBACK")
         holder.close()

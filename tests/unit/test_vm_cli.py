@@ -90,3 +90,11 @@ def test_vm_down_stops_detached_guests_but_not_live_runs(
         assert main(["vm", "down", "det"]) == 2  # gone now: unknown name
         lv.destroy("kvmple-t-live")
     registry.forget(live)
+
+
+def test_ssh_command_separator_is_only_the_leading_double_dash() -> None:
+    from kvmple.vm.guestssh import command_argv
+
+    assert command_argv(None) == [] and command_argv(["--"]) == []
+    assert command_argv(["--", "grep", "--", "-x", "f"]) == ["grep", "--", "-x", "f"]
+    assert command_argv(["nproc"]) == ["nproc"]

@@ -106,3 +106,37 @@ def test_pin_count_mismatch_is_an_error() -> None:
 def test_bad_port() -> None:
     with pytest.raises(ValueError):
         domain_xml(make_spec(), overlay=OVERLAY, console_log=CONSOLE, ssh_port=0)
+
+
+def test_named_cpu_model_requires_its_features(tmp_path: Path) -> None:
+    """A lab host: TCG with qemu64 + emulated AMD-V; libvirt must not compare with the host."""
+    spec = make_spec(accelerator="tcg", cpu_model="qemu64", cpu_features=("svm", "npt"))
+    xml = domain_xml(spec, overlay=OVERLAY, console_log=CONSOLE, ssh_port=2222)
+    validate(xml, tmp_path)
+    cpu = ET.fromstring(xml).find("cpu")
+    assert cpu is not None
+    assert (cpu.get("mode"), cpu.get("match"), cpu.get("check")) == ("custom", "exact", "none")
+    assert cpu.findtext("model") == "qemu64"
+    assert [(f.get("policy"), f.get("name")) for f in cpu.findall("feature")] == [
+        ("require", "svm"),
+        ("require", "npt"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"cpu_features": ("svm",)},
+        {"cpu_model": "qemu64;rm"},
+        {"cpu_model": "qemu64", "cpu_features": ("s v m",)},
+    ],
+)
+def test_bad_cpu_model_or_features_refused(overrides: dict[str, object]) -> None:
+    from kvmple.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        make_spec(**overrides)
+
+
+def test_a_measured_guest_is_destroyed_on_reboot() -> None:
+    assert render().findtext("on_reboot") == "destroy"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -93,3 +94,21 @@ def test_corrupt_record_is_a_store_error() -> None:
     registry.record_path("kvmple-t-bad").write_text("{not json")
     with pytest.raises(StoreError, match=r"kvmple-t-bad\.json is unreadable"):
         registry.all_records()
+
+
+def test_stored_record_form_reads_back_and_mistyped_keys_are_named() -> None:
+    """A record file as kvmple wrote it (host_keys a list; before host keys existed, no
+    host_keys at all) loads; a mistyped key is a StoreError naming it."""
+    record = make_record("kvmple-t-old")
+    stored = record.to_json()
+    assert stored["host_keys"] == ["ssh-ed25519 AAAA"]
+    registry.record_path(record.domain).write_text(json.dumps(stored))
+    assert registry.load(record.domain) == record
+    older = {k: v for k, v in stored.items() if k != "host_keys"}
+    registry.record_path(record.domain).write_text(json.dumps(older))
+    loaded = registry.load(record.domain)
+    assert loaded is not None and loaded.host_keys == ()
+    registry.record_path(record.domain).write_text(json.dumps({**stored, "ssh_port": "ssh"}))
+    with pytest.raises(StoreError, match=r"kvmple-t-old\.json is unreadable: ssh_port: "):
+        registry.load(record.domain)
+    registry.record_path(record.domain).unlink()

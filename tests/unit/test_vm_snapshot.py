@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from kvmple.errors import GuestError
+from kvmple.events import Recorder, Sink, discard
 from kvmple.vm import registry, saveimage, snapcache, snapshot
 from kvmple.vm.libvirt_backend import Libvirt, connect
 from kvmple.vm.lifecycle import _Boot, boot_guests
@@ -196,11 +197,14 @@ def image(tmp_path: Path) -> FileImage:
 
 
 def _boot(
-    image: FileImage, role: str = "a", readiness: dict[str, snapshot.Readiness] | None = None
+    image: FileImage,
+    role: str = "a",
+    readiness: dict[str, snapshot.Readiness] | None = None,
+    sink: Sink = discard,
 ) -> dict[str, object]:
     spec = make_spec(role=role, image=image)
     with boot_guests(
-        [spec], uri=TEST_URI, ready_timeout=5, snapshots=True, readiness=readiness
+        [spec], uri=TEST_URI, ready_timeout=5, snapshots=True, readiness=readiness, sink=sink
     ) as guests:
         (guest,) = guests
         recorded = guest.readback["boot"]
@@ -248,15 +252,16 @@ def test_truncated_snapshot_is_discarded_and_the_guest_boots_cold(
     lv: Libvirt,
     image: FileImage,
     fake_qemu: dict[str, list[str]],
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     _boot(image, "a")
     (entry,) = snapcache.entries()
     entry.memory.write_bytes(entry.memory.read_bytes()[:-100])  # the header still parses
-    boot = _boot(image, "b")
+    events = Recorder()
+    boot = _boot(image, "b", sink=events)
     assert boot["mode"] == "cold" and boot["snapshot"] is None
     assert snapcache.entries() == []
-    err = capsys.readouterr().err
+    (err,) = events.messages()  # one line
+    assert err.startswith("warning: ")
     assert f"snapshot {entry.key[:12]}" in err and "truncated" in err and "booting b cold" in err
     _nothing_left(lv)
 
@@ -316,7 +321,6 @@ def test_a_snapshot_from_another_qemu_is_discarded(
     lv: Libvirt,
     image: FileImage,
     fake_qemu: dict[str, list[str]],
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     _boot(image, "a")
     (entry,) = snapcache.entries()
@@ -326,8 +330,10 @@ def test_a_snapshot_from_another_qemu_is_discarded(
     data["key"] = snapcache.key_of(data["fields"])
     meta.write_text(json.dumps(data))
     entry.directory.rename(entry.directory.with_name(data["key"]))
-    boot = _boot(image, "b")  # saves a new one for this QEMU, drops the old one
+    events = Recorder()
+    boot = _boot(image, "b", sink=events)  # saves a new one for this QEMU, drops the old one
     assert boot["saved_by_this_boot"] is True
     assert [e.key for e in snapcache.entries()] == [boot["snapshot"]]
-    assert f"snapshot {data['key'][:12]} (qemu 6002000" in capsys.readouterr().err
+    (err,) = events.messages()
+    assert f"snapshot {data['key'][:12]} (qemu 6002000" in err
     _nothing_left(lv)

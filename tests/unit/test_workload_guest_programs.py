@@ -1,69 +1,50 @@
-"""The guest programs' pure parts, loaded from kvmple/guest/ exactly as shipped.
+"""The guest programs' pure parts, run here on the host (kvmple_guest is plain Python).
 
 (Their AMQP and process behaviour is exercised against a real RabbitMQ in
-tests/real/test_workloads_real.py.)
+tests/real/test_workloads_real.py; the shipped layout in test_guest_shipping.py.)
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.machinery
-import importlib.util
 import io
+import json
+import os
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 import kvmple
+from kvmple.errors import WorkloadError
+from kvmple.executor import LocalExecutor
+from kvmple.guest.kvmple_guest import perftest, perftest_cpu, protocol, spin
+from kvmple.guest.kvmple_guest.perftest_amqp import RunFailed
+from kvmple.guest.kvmple_guest.perftest_controller import summarize
+from kvmple.guest.kvmple_guest.perftest_options import build_parser
+from kvmple.guest.kvmple_guest.perftest_report import (
+    g,
+    machine_line,
+    machine_record,
+    print_averages,
+    print_iteration,
+)
 from kvmple.run import run
-from kvmple.workloads.perftest_output import parse_qpid_full, parse_qpid_summary
-from kvmple.workloads.programs import PROGRAMS, guest_dir
+from kvmple.workloads.perftest_output import machine_record as host_machine_record
+from kvmple.workloads.perftest_output import parse_perftest, parse_qpid_full, parse_qpid_summary
+from kvmple.workloads.programs import guest_dir
+from kvmple.workloads.spin import SpinLoops, load_status
 
 
-def load(name: str) -> ModuleType:
-    path = guest_dir() / name
-    loader = importlib.machinery.SourceFileLoader(name.replace("-", "_"), str(path))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-perftest = load("kvmple-perftest")
-spin = load("kvmple-spin")
-
-
-@pytest.mark.parametrize("name", PROGRAMS)
-def test_programs_are_versioned_with_kvmple(name: str) -> None:
-    assert load(name).VERSION == kvmple.__version__
-
-
-@pytest.mark.parametrize("name", PROGRAMS)
-def test_programs_use_only_stdlib_and_amqp(name: str) -> None:
-    """The guest has python3 + python3-amqp only: no kvmple, no third-party imports."""
-    source = (guest_dir() / name).read_text()
-    assert source.startswith("#!/usr/bin/python3\n")
-    allowed = set(sys.stdlib_module_names) | {"amqp"}
-    import ast
-
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            names = [alias.name.split(".")[0] for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            names = [(node.module or "").split(".")[0]]
-        else:
-            continue
-        assert set(names) <= allowed, f"{name} imports {names}"
+def test_programs_are_versioned_with_kvmple() -> None:
+    assert protocol.VERSION == kvmple.__version__
 
 
 def opts(**overrides: Any) -> argparse.Namespace:
-    parsed = perftest.build_parser().parse_args([])
+    parsed = build_parser().parse_args([])
     for key, value in overrides.items():
         setattr(parsed, key, value)
     return parsed
@@ -114,7 +95,7 @@ def test_perftest_command_line_exit_code_and_one_line() -> None:
     ],
 )
 def test_numbers_print_like_cpp_ostream(value: float, text: str) -> None:
-    assert perftest.g(value) == text
+    assert g(value) == text
 
 
 def _seen(count: int, received: list[int]) -> bytes:
@@ -137,8 +118,13 @@ def test_summarize_shared_mode_splits_across_subscribers() -> None:
         0: _sub({"0": _seen(10, [0, 2, 4, 6, 8])}, 5),
         1: _sub({"0": _seen(10, [1, 3, 5, 7, 9])}, 5, last=3.0),
     }
-    it = perftest.summarize(
-        opts(count=10, size=16, nsubs=2), 1.0, PUBS, subs, {0: "q0", 1: "q0"}, CPU
+    it = summarize(
+        opts(count=10, size=16, nsubs=2),
+        1.0,
+        PUBS,
+        subs,
+        sub_queue={0: "q0", 1: "q0"},
+        cpu_split=CPU,
     )
     assert it["transfers"] == 20
     assert it["seconds"] == 2.0  # last message of the slowest subscriber - start
@@ -161,20 +147,32 @@ def test_summarize_fails_on_lost_or_duplicated_messages(
     received: list[list[int]], problem: str
 ) -> None:
     subs = {i: _sub({"0": _seen(10, r)}, len(r)) for i, r in enumerate(received)}
-    with pytest.raises(perftest.RunFailed, match=problem):
-        perftest.summarize(opts(count=10, nsubs=2), 1.0, PUBS, subs, {0: "q0", 1: "q0"}, CPU)
+    with pytest.raises(RunFailed, match=problem):
+        summarize(
+            opts(count=10, nsubs=2), 1.0, PUBS, subs, sub_queue={0: "q0", 1: "q0"}, cpu_split=CPU
+        )
 
 
 def test_summarize_fanout_needs_every_message_at_every_subscriber() -> None:
     full = _seen(10, list(range(10)))
     subs = {0: _sub({"0": full}, 10), 1: _sub({"0": _seen(10, list(range(9)))}, 9)}
-    with pytest.raises(perftest.RunFailed, match="1 lost"):
-        perftest.summarize(
-            opts(count=10, nsubs=2, mode="fanout"), 1.0, PUBS, subs, {0: "x", 1: "x"}, CPU
+    with pytest.raises(RunFailed, match="1 lost"):
+        summarize(
+            opts(count=10, nsubs=2, mode="fanout"),
+            1.0,
+            PUBS,
+            subs,
+            sub_queue={0: "x", 1: "x"},
+            cpu_split=CPU,
         )
     subs[1] = _sub({"0": full}, 10)
-    it = perftest.summarize(
-        opts(count=10, nsubs=2, mode="fanout"), 1.0, PUBS, subs, {0: "x", 1: "x"}, CPU
+    it = summarize(
+        opts(count=10, nsubs=2, mode="fanout"),
+        1.0,
+        PUBS,
+        subs,
+        sub_queue={0: "x", 1: "x"},
+        cpu_split=CPU,
     )
     assert it["transfers"] == 30  # 10 sent + 2 x 10 received
 
@@ -182,8 +180,8 @@ def test_summarize_fanout_needs_every_message_at_every_subscriber() -> None:
 def test_summarize_counts_unexpected_messages() -> None:
     sub = _sub({"0": _seen(10, list(range(10)))}, 10)
     sub["unexpected"] = 2
-    with pytest.raises(perftest.RunFailed, match="2 unexpected"):
-        perftest.summarize(opts(count=10), 1.0, PUBS, {0: sub}, {0: "q0"}, CPU)
+    with pytest.raises(RunFailed, match="2 unexpected"):
+        summarize(opts(count=10), 1.0, PUBS, {0: sub}, sub_queue={0: "q0"}, cpu_split=CPU)
 
 
 def test_printed_report_parses_as_qpid_perftest_output(capsys: pytest.CaptureFixture[str]) -> None:
@@ -198,16 +196,16 @@ def test_printed_report_parses_as_qpid_perftest_output(capsys: pytest.CaptureFix
         "transfers_per_sec": 26335.7,
         "mbytes_per_sec": 0.401852,
     }
-    perftest.print_iteration(opts(size=16), it)
-    perftest.print_iteration(opts(size=16), it)
-    perftest.print_averages([it, it])
+    print_iteration(opts(size=16), it)
+    print_iteration(opts(size=16), it)
+    print_averages([it, it])
     report = parse_qpid_full(capsys.readouterr().out)
     assert len(report.iterations) == 2
     assert report.iterations[0].pub_rates == (14098.9, 13001.2)
     assert report.iterations[0].transfers == 40000 and report.iterations[0].size == 16
     assert report.averages is not None and report.averages.transfers_per_sec == 26335.7
 
-    perftest.print_iteration(opts(size=16, summary=True), it)
+    print_iteration(opts(size=16, summary=True), it)
     summary = parse_qpid_summary(capsys.readouterr().out)
     assert summary.iterations[0].pubs_per_sec == 13550.0  # %g: 6 significant digits
     assert summary.iterations[0].transfers_per_sec == 26335.7
@@ -236,7 +234,7 @@ def test_spin_never_counts_a_reused_pid(tmp_path: Path) -> None:
 
 def test_cpu_window_splits_capacity_between_clients_and_the_rest() -> None:
     """Fractions of (online CPUs x wall time): a busy client shows up, and they sum to 1."""
-    window = perftest.CpuWindow([])
+    window = perftest_cpu.CpuWindow([])
     end = time.monotonic() + 0.3
     cpu_end = time.process_time() + 0.3
     # This process is the "client": its CPU time must be counted. Spin until it really had
@@ -253,3 +251,75 @@ def test_cpu_window_splits_capacity_between_clients_and_the_rest() -> None:
     assert 0.999 <= total <= 1.1
     for key in ("broker", "clients", "other", "idle"):
         assert 0.0 <= split[key] <= 1.0
+
+
+# --- the protocol, both ends: what the guest side prints, the host side reads -----------------
+
+
+def _iteration() -> Any:
+    subs = {0: _sub({"0": _seen(10, list(range(10)))}, 10)}
+    cpu = perftest_cpu.CpuWindow([]).finish()
+    it = summarize(opts(count=10, size=16), 1.0, PUBS, subs, sub_queue={0: "q0"}, cpu_split=cpu)
+    it.update(setup_s=0.5, go_wait_s=0.25, drain_s=0.1)
+    return it
+
+
+def test_machine_line_is_read_by_the_host_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    it = _iteration()
+    record = machine_record(opts(count=10, size=16), "kvmple", [it, it])
+    record["phases_s"] = {"declare_s": 0.1}
+    print_iteration(opts(size=16), it)
+    machine_line(record)
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1].startswith(protocol.RESULT_TAG + " {")
+    report = parse_perftest(out)
+    assert report.source == protocol.PERFTEST and len(report.iterations) == 2
+    assert report.iterations[0].transfers_per_sec == it["transfers_per_sec"]
+    assert report.iterations[0].size == 16 and report.params is not None
+    assert report.params["count"] == 10
+    cpu = report.iterations[0].cpu
+    assert cpu is not None and cpu.ncpu == it["cpu"]["ncpu"]
+    assert host_machine_record(out) == json.loads(json.dumps(record))
+
+
+def test_another_record_format_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    record = machine_record(opts(), "kvmple", [_iteration()])
+    record["format"] = protocol.RECORD_FORMAT + 1
+    machine_line(record)
+    with pytest.raises(WorkloadError, match="format 2 is not supported"):
+        parse_perftest(capsys.readouterr().out)
+
+
+def test_failure_line_is_what_the_host_looks_for(capsys: pytest.CaptureFixture[str]) -> None:
+    assert perftest.main(["--external", "--timeout=5"]) == protocol.PerftestExit.FAILED
+    err = capsys.readouterr().err
+    assert err.startswith(protocol.ERROR_PREFIX + " --external needs a command")
+    with pytest.raises(WorkloadError, match="the perftest run failed"):
+        parse_perftest(err)
+
+
+def test_spin_status_is_read_by_the_host(tmp_path: Path) -> None:
+    """This test process stands in for a loop: alive, pinned as it is, its CPU counted."""
+    me = os.getpid()
+    start = spin.start_time(me)
+    assert start is not None
+    loop: protocol.SpinLoop = {"pid": me, "cpu": min(os.sched_getaffinity(0)), "start": start}
+    fields = spin.stat_fields(me)
+    assert fields is not None
+    report = spin.loops_report([loop], {me: int(fields[11]) + int(fields[12])}, {}, 0.0)
+    status = load_status("spin", json.loads(json.dumps(report)))
+    assert [(lp.pid, lp.running) for lp in status.loops] == [(me, True)]
+    assert status.loops[0].affinity == tuple(sorted(os.sched_getaffinity(me)))
+    gone = spin.loops_report([{**loop, "start": start - 1}], {me: 0}, {}, 0.0)
+    assert not load_status("spin", gone).loops[0].running
+
+
+def test_spin_hold_speaks_with_the_host_driver(tmp_path: Path) -> None:
+    """The host's HeldLoops drives the real program through its words (zero loops)."""
+    loops = SpinLoops(bin_dir=str(guest_dir()), state_file=str(tmp_path / "spin.json"))
+    with loops.held(LocalExecutor(), {"count": 0}, timeout=60) as held:
+        held.start()
+        status = held.stop()
+    assert status.loops == () and status.sample_s >= 0
+    called_off = loops.held(LocalExecutor(), {"count": 0}, timeout=60)
+    assert called_off.stop().loops == ()  # never started: "off" instead of "start"

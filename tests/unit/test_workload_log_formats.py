@@ -216,3 +216,13 @@ def test_rabbitmq_legacy_metrics_keep_min_avg_max_with_the_unit() -> None:
     assert report["transfers_per_sec"] == 17990
     assert report["samples"][0]["min_avg_max_latency"] == (310, 2004, 9870, "µs")
     assert report["samples"][0]["consumer_latency"] is None
+
+
+def test_a_forced_format_that_does_not_fit_is_an_input_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "perftest.log"
+    shutil.copy(CASE / "perftest.log", log)
+    assert cli.main(["workload", "parse", "amqp-perftest", str(log), "--format", "qpid"]) == 3
+    err = capsys.readouterr().err
+    assert "no qpid-perftest report found (looked for 'Total N transfers of S bytes" in err

@@ -1,4 +1,5 @@
-"""Human-readable description of a plan (what ``kvmple run --dry-run`` prints)."""
+"""Human-readable description of a plan (what ``kvmple run --dry-run`` prints): rich
+renderables, hence in commands/ (the only place that draws)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,37 @@
+"""What the lab benches share: the kvmple CLI run as a child, and the test image cache."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+
+def use_test_cache() -> None:
+    """The images and key the lab tier built (tests/lab), unless the caller chose others."""
+    os.environ.setdefault("KVMPLE_CACHE_DIR", "/var/cache/kvmple-tests")
+    os.environ.setdefault("KVMPLE_KEY_DIR", "/var/cache/kvmple-tests/ssh")
+
+
+def kvmple(*args: str, timeout: float = 1800.0) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Run `kvmple ARGS`; (seconds it took, its result). Exits the bench if it fails."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "kvmple.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        sys.exit(f"kvmple {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return time.perf_counter() - start, done
+
+
+def exit_reason_names(kvm_exit_format: str) -> dict[int, str]:
+    """Exit code -> name, from a kernel's events/kvm/kvm_exit/format (its __print_symbolic
+    table: SVM_EXIT_REASONS / VMX_EXIT_REASONS in arch/x86/include/uapi/asm/)."""
+    pairs = re.findall(r'\{\s*(0x[0-9a-fA-F]+|\d+),\s*"(\w+)"\s*\}', kvm_exit_format)
+    return {int(code, 0): name for code, name in pairs}
