@@ -11,11 +11,9 @@ cached disk (the cached one is never written), the guest's own SSH port and vCPU
 After a restore, before anything is measured (``settle``):
 
 - clock: the guest slept while saved, so CLOCK_REALTIME lags the host by the time in the
-  cache. It is stepped to the host's over SSH by one guest process (``settle``): it reports
-  its clock, steps by the host's answer (clock_settime, relative to its own clock), reports
-  again; the offset left is recorded. A first version ran ``date -s @<host time + half a
-  round trip>``: at load 20 here it left the guest 4.6 s behind (command start-up under TCG
-  is most of a round trip). CLOCK_MONOTONIC never jumps: the guest did not run while saved.
+  cache. One guest process steps it (``settle``: clock_settime by the host's answer,
+  relative to its own clock; ``date -s @<host time + half a round trip>`` left it 4.6 s
+  behind at load 20). CLOCK_MONOTONIC never jumps: the guest did not run while saved.
 - randomness: the domain has a VM generation ID (``<genid/>``); libvirt 9.0 gives a restored
   domain a new one (measured: the live genid differs from the one in the image), and
   Linux 6.1's vmgenid driver (CONFIG_VMGENID=y in Debian 12) then reseeds the guest's CRNG
@@ -301,10 +299,12 @@ class Policy:
     use: bool = True
 
 
-def wanted(uri: str) -> bool:
-    """The default: snapshots on qemu:///system (save/restore of real QEMU processes),
-    unless KVMPLE_COLD_BOOT=1 (what --cold-boot sets)."""
-    return uri == "qemu:///system" and os.environ.get("KVMPLE_COLD_BOOT", "") not in ("1", "yes")
+def wanted(uri: str, specs: Sequence[VMSpec] = ()) -> bool:
+    """The default: snapshots on qemu:///system unless KVMPLE_COLD_BOOT=1 (--cold-boot) or
+    a guest of ``specs`` offers svm/vmx (a lab host: its save/restore is untested here)."""
+    nested = any({"svm", "vmx"} & set(spec.cpu_features) for spec in specs)
+    cold = os.environ.get("KVMPLE_COLD_BOOT", "") in ("1", "yes")
+    return uri == "qemu:///system" and not cold and not nested
 
 
 def _ready(boot: _Boot, guest: Guest, readiness: Readiness) -> None:

@@ -12,6 +12,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -337,3 +338,16 @@ def test_a_snapshot_from_another_qemu_is_discarded(
     (err,) = events.messages()
     assert f"snapshot {data['key'][:12]} (qemu 6002000" in err
     _nothing_left(lv)
+
+
+def test_default_is_snapshots_on_the_system_uri_but_not_for_lab_hosts(
+    monkeypatch: pytest.MonkeyPatch, image: FileImage
+) -> None:
+    monkeypatch.delenv("KVMPLE_COLD_BOOT", raising=False)
+    plain = make_spec(role="a", image=image)
+    lab = replace(plain, cpu_model="EPYC", cpu_features=("svm", "npt"))
+    assert snapshot.wanted("qemu:///system", [plain])
+    assert not snapshot.wanted("test:///default", [plain])
+    assert not snapshot.wanted("qemu:///system", [plain, lab])  # nested: untested, cold
+    monkeypatch.setenv("KVMPLE_COLD_BOOT", "1")  # what --cold-boot sets
+    assert not snapshot.wanted("qemu:///system", [plain])
