@@ -351,3 +351,15 @@ def test_default_is_snapshots_on_the_system_uri_but_not_for_lab_hosts(
     assert not snapshot.wanted("qemu:///system", [plain, lab])  # nested: untested, cold
     monkeypatch.setenv("KVMPLE_COLD_BOOT", "1")  # what --cold-boot sets
     assert not snapshot.wanted("qemu:///system", [plain])
+
+
+def test_cold_boot_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from kvmple.cli import build_parser, main
+
+    monkeypatch.setenv("KVMPLE_COLD_BOOT", "0")  # recorded: restored after the test
+    parser = build_parser()
+    assert parser.parse_args(["vm", "up", "a=debian12-amqp", "--cold-boot"]).cold_boot
+    assert not parser.parse_args(["vm", "up", "a=debian12-amqp"]).cold_boot
+    # kvmple run --cold-boot reaches every boot of the campaign through the environment
+    assert main(["run", "--cold-boot", str(tmp_path / "missing.yaml")]) != 0
+    assert os.environ.get("KVMPLE_COLD_BOOT") == "1"
