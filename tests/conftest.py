@@ -20,6 +20,10 @@ def _kvmple_dirs(
     base = tmp_path_factory.mktemp("kvmple-home")
     for name in ("CACHE", "STATE", "DATA"):
         monkeypatch.setenv(f"KVMPLE_{name}_DIR", str(base / name.lower()))
+    # an inherited KVMPLE_KEY_DIR (a shell that exported the shared cache's) would let unit
+    # tests rewrite that key: test_key_readable_by_others_is_refused chmods it to 644, which
+    # is how the shared key was found at mode 644 twice. The default is under the state dir.
+    monkeypatch.delenv("KVMPLE_KEY_DIR", raising=False)
     # the library draws nothing (it emits kvmple.events); this keeps the CLI's progress
     # displays out of the output that real/lab tests run through the CLI and parse
     monkeypatch.setenv("KVMPLE_NO_PROGRESS", "1")

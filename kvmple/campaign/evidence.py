@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from kvmple.errors import HostError
 
@@ -230,28 +230,34 @@ def exit_evidence_source(
     return ExitCounter(tracefs=tracefs, module=kvm_module)
 
 
+@dataclass
+class Window:
+    """Host evidence over one timed window, filled in when :func:`collect`'s ``with`` body
+    ends: ``seconds`` its wall time, ``host_cpu`` the pinned CPUs' shares (cpu_shares),
+    ``kvm_exits`` the exit counts or why they are unavailable (a string)."""
+
+    seconds: float | None = None
+    host_cpu: dict[str, JsonValue] | None = None
+    kvm_exits: CountedExits | str | None = None
+
+
 @contextlib.contextmanager
 def collect(
     cpus: frozenset[int],
     exits: ExitCounter | str,
     proc: Path = Path("/proc"),
-) -> Iterator[dict[str, Any]]:
-    """Collect evidence over the ``with`` body; the yielded dict is filled in on exit:
-    window_seconds, host_cpu (cpu_shares), kvm_exits (CountedExits or {"unavailable": why}).
-    Still dict[str, Any]: campaign/frame.py reads it with .get/.pop (typing it needs that
-    file changed)."""
-    evidence: dict[str, Any] = {}
+) -> Iterator[Window]:
+    """Collect evidence over the ``with`` body; the yielded :class:`Window` is filled in on
+    exit (EventsLost from the exit counter when the kernel dropped events)."""
+    window = Window()
     before = read_cpu_times(proc)
     start = time.monotonic()
     stack = contextlib.ExitStack()
     counter = stack.enter_context(exits) if isinstance(exits, ExitCounter) else None
     try:
-        yield evidence
+        yield window
     finally:
-        evidence["window_seconds"] = round(time.monotonic() - start, 3)
-        evidence["host_cpu"] = cpu_shares(before, read_cpu_times(proc), cpus)
-        if counter is not None:
-            evidence["kvm_exits"] = counter.counts()
-        else:
-            evidence["kvm_exits"] = {"unavailable": exits}
+        window.seconds = round(time.monotonic() - start, 3)
+        window.host_cpu = cpu_shares(before, read_cpu_times(proc), cpus)
+        window.kvm_exits = counter.counts() if counter is not None else str(exits)
         stack.close()

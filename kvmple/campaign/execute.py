@@ -13,15 +13,16 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+
+from pydantic import JsonValue
 
 from kvmple import events
 from kvmple.campaign import quiet
-from kvmple.campaign.frame import Attempt, measure_run
+from kvmple.campaign.frame import Attempt, BlockWorkloads, measure_run
 from kvmple.campaign.model import CampaignOutcome, HostFacts
 from kvmple.campaign.plan import UNAVAILABLE, Block, Plan, PlannedRun
 from kvmple.campaign.playbook import Playbook
-from kvmple.campaign.provenance import run_provenance
+from kvmple.campaign.provenance import BlockFacts, run_provenance
 from kvmple.campaign.readiness import readiness_for
 from kvmple.errors import CampaignError, GuestError, WorkloadError
 from kvmple.events import Note, Progress, Sink, Warn
@@ -29,12 +30,14 @@ from kvmple.host import knobs, pvknobs, vmknobs
 from kvmple.host.seam import real_seam
 from kvmple.image import Image, resolve
 from kvmple.results import CampaignMeta, RunRecord, Store
+from kvmple.results.provenance import KnobReadBack
 from kvmple.results.records import CellValue
 from kvmple.results.stats import enough_runs
 from kvmple.vm import gc, registry
 from kvmple.vm.lifecycle import Guest, boot_guests
 from kvmple.vm.spec import VMSpec, domain_name
 from kvmple.workloads import get_workload
+from kvmple.workloads.base import json_ready
 
 log = logging.getLogger("kvmple.campaign")
 
@@ -155,13 +158,13 @@ def _settings(block: Block) -> list[tuple[str, str]]:
 
 
 @contextlib.contextmanager
-def _knobs(ctx: _Context, block: Block) -> Iterator[dict[str, Any]]:
+def _knobs(ctx: _Context, block: Block) -> Iterator[dict[str, KnobReadBack]]:
     """Apply the block's host knob settings; yield the values read back."""
-    read_back: dict[str, Any] = {}
+    read_back: dict[str, KnobReadBack] = {}
     settings = []
     for knob, value in block.knobs:
         if value == UNAVAILABLE:
-            reason = ctx.meta.notes.get("unavailable", {}).get(knob, "unavailable")
+            reason = ctx.meta.unavailable().get(knob, "unavailable")
             read_back[knob] = {"unavailable": reason}
         else:
             settings.append((knob, value))
@@ -179,19 +182,23 @@ def _announcer(sink: Sink) -> Callable[[knobs.Knob, str], None]:
     return announce
 
 
-def _wait_for_quiet(ctx: _Context, cpus: frozenset[int], own_pids: Sequence[int]) -> dict[str, Any]:
+def _wait_for_quiet(
+    ctx: _Context, cpus: frozenset[int], own_pids: Sequence[int]
+) -> quiet.Quietness:
+    """The first reading within the playbook's quiet policy, or the last one (warned) when
+    the policy only warns or its wait ran out."""
     policy = ctx.playbook.quiet
     deadline = time.monotonic() + policy.wait_max
     while True:
         reading = quiet.measure(cpus, own_pids, window=1.0)
         if reading.foreign_cpus <= policy.max_foreign_load:
-            return {"foreign_cpus": reading.foreign_cpus, "quiet": True}
+            return reading
         if policy.action == "warn" or time.monotonic() >= deadline:
             ctx.sink(
                 Warn(f"host not quiet: {reading.describe()} (limit {policy.max_foreign_load})")
             )
             log.warning("host not quiet: %s", reading.describe())
-            return {"foreign_cpus": reading.foreign_cpus, "quiet": False}
+            return reading
         ctx.sink(Progress(status=f"waiting for quiet: {reading.describe()}"))
         time.sleep(2)
 
@@ -257,16 +264,16 @@ def _boot_and_run(ctx: _Context, index: int, block: Block) -> None:
             ),
             time.monotonic() - booted,
         )
-        block_facts = {
-            "knobs": knobs,
-            "affinity": {
+        block_facts = BlockFacts(
+            knobs=knobs,
+            affinity={
                 role: {str(k): list(v) for k, v in g.affinity().items()}
                 for role, g in by_role.items()
             },
-            "threads": {role: g.readback.get("vcpu_threads") for role, g in by_role.items()},
+            threads={role: _vcpu_threads(g) for role, g in by_role.items()},
             # restored from which booted snapshot, or booted cold (kvmple.vm.snapshot)
-            "boot": {role: g.readback.get("boot") for role, g in by_role.items()},
-        }
+            boot={role: _boot_origin(g) for role, g in by_role.items()},
+        )
         # Failed attempts go to the back of the queue and are retried with the same guests
         # (at most MAX_ATTEMPTS per run: _one_run raises past that).
         queue = [(pos, r) for pos, r in enumerate(block.runs) if r.key not in ctx.done]
@@ -290,7 +297,21 @@ def _boot_and_run(ctx: _Context, index: int, block: Block) -> None:
                 queue.append((position, run))
 
 
-def _per_vm_read_back(block: Block, guests: Sequence[Guest]) -> dict[str, Any]:
+def _boot_origin(guest: Guest) -> JsonValue:
+    """How the guest started (readback["boot"]: restored from which snapshot, or cold)."""
+    boot = guest.readback.get("boot")
+    return json_ready(boot) if isinstance(boot, dict) else None
+
+
+def _vcpu_threads(guest: Guest) -> JsonValue:
+    """vCPU -> thread id as read back at boot (None: not read back)."""
+    threads = guest.readback.get("vcpu_threads")
+    if not isinstance(threads, dict):
+        return None
+    return {str(vcpu): tid for vcpu, tid in threads.items() if isinstance(tid, int)}
+
+
+def _per_vm_read_back(block: Block, guests: Sequence[Guest]) -> dict[str, KnobReadBack]:
     """Per-VM knob settings read back from each guest's QEMU command line and, for PV
     features, from inside each guest (HostError when a guest differs from its label)."""
     per_vm = vmknobs.check_guests(_settings(block), [g.name for g in guests])
@@ -301,12 +322,14 @@ def _per_vm_read_back(block: Block, guests: Sequence[Guest]) -> dict[str, Any]:
     }
 
 
-def _prepare(ctx: _Context, guests: dict[str, Guest]) -> dict[str, Any]:
-    """The workloads by role. Their ``prepare`` (guest programs shipped, broker answering)
-    already ran inside boot_guests as each guest's readiness (kvmple.campaign.readiness),
-    before a booted snapshot was saved or after one was restored: not run a second time."""
+def _prepare(ctx: _Context, guests: dict[str, Guest]) -> BlockWorkloads:
+    """Each guest's workload, checked for its role (CampaignError). Their ``prepare`` (guest
+    programs shipped, broker answering) already ran inside boot_guests as each guest's
+    readiness (kvmple.campaign.readiness), before a booted snapshot was saved or after one
+    was restored: not run a second time."""
     del guests  # ready already
-    return {role: get_workload(spec.name) for role, spec in ctx.playbook.workloads.items()}
+    found = {role: get_workload(spec.name) for role, spec in ctx.playbook.workloads.items()}
+    return BlockWorkloads.of(found, ctx.playbook.measured_role)
 
 
 def _precise_enough(ctx: _Context, run: PlannedRun) -> bool:
@@ -327,8 +350,8 @@ def _one_run(
     position: int,
     run: PlannedRun,
     guests: dict[str, Guest],
-    workloads: dict[str, Any],
-    block_facts: dict[str, Any],
+    workloads: BlockWorkloads,
+    block_facts: BlockFacts,
     shared: frozenset[int],
 ) -> bool:
     """Run once and store the record; True when it succeeded, False when it failed and may

@@ -8,10 +8,11 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+
+from pydantic import JsonValue
 
 from kvmple.campaign import evidence, kvmevidence, quiet
 from kvmple.campaign.model import HostFacts
@@ -20,6 +21,8 @@ from kvmple.campaign.playbook import Playbook
 from kvmple.errors import CampaignError, GuestError, WorkloadError
 from kvmple.results.evidence import ConfounderFinding, RunEvidence, Unavailable
 from kvmple.vm.lifecycle import Guest
+from kvmple.workloads import HeldLoad, LoadStatus, LoadWorkload, MeasuredWorkload, Workload
+from kvmple.workloads.base import ExcInfo
 
 log = logging.getLogger("kvmple.campaign")
 
@@ -41,6 +44,33 @@ class PhaseClock:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + spent, 3)
 
 
+@dataclass(frozen=True)
+class BlockWorkloads:
+    """A block's workloads, prepared in their guests: the measured one (in the playbook's
+    measured role) and the load workloads by guest role, in playbook order."""
+
+    measured: MeasuredWorkload
+    loads: Mapping[str, LoadWorkload] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, workloads: Mapping[str, Workload], measured_role: str) -> BlockWorkloads:
+        """Narrow the registry's workloads by role; CampaignError when the measured role's
+        workload measures nothing or another role's is not a load (no figures were stored)."""
+        measured = workloads[measured_role]
+        others = {role: w for role, w in workloads.items() if role != measured_role}
+        loads = {role: w for role, w in others.items() if isinstance(w, LoadWorkload)}
+        wrong = [f"{role}: {w.name}" for role, w in others.items() if role not in loads]
+        if not isinstance(measured, MeasuredWorkload) or wrong:
+            if not isinstance(measured, MeasuredWorkload):
+                wrong.insert(0, f"{measured_role}: {measured.name}")
+            raise CampaignError(
+                f"workloads of the wrong kind for their guest: {', '.join(wrong)}",
+                hint="the measured guest runs a measured workload, the others load workloads "
+                "(`kvmple workload list` shows each kind)",
+            )
+        return cls(measured, loads)
+
+
 class RunFrame:
     """What surrounds one run's timed window: the quietness check (taken while the measured
     workload's clients start: their CPU time is QEMU's and ours, not foreign), the load
@@ -55,7 +85,7 @@ class RunFrame:
         run: PlannedRun,
         *,
         guests: dict[str, Guest],
-        workloads: dict[str, Any],
+        workloads: BlockWorkloads,
         shared: frozenset[int],
     ) -> None:
         self.run = run
@@ -67,13 +97,16 @@ class RunFrame:
             unavailable="the window never opened"
         )
         self.clock = PhaseClock()
-        self.evidence: dict[str, Any] = {"phases_s": self.clock.seconds}
+        self.quiet_before: quiet.Quietness | None = None
+        self.load_status: dict[str, LoadStatus] = {}  # guest role -> how its load ran
+        self.window: evidence.Window | None = None  # host evidence over the timed window
+        self.guest_cpu: JsonValue = None  # the measured guest's CPU split (stored if any)
         self.loads_started = False
         self.loads_stopped = False
         self.load_problems: list[str] = []
         self._held = contextlib.ExitStack()  # every load stopped on leaving the frame
         self._timed = contextlib.ExitStack()  # ends evidence collection
-        self._collected: list[dict[str, Any]] = []  # filled in when _timed closes
+        self._collected: list[evidence.Window] = []  # filled in when _timed closes
         own = [*qemu_pids(guests), os.getpid()]
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvmple-quiet")
         self._quiet = pool.submit(quiet.measure, shared, own, window=0.5)
@@ -81,12 +114,11 @@ class RunFrame:
         # The loads' programs start now, in parallel with the measured workload's start-up,
         # so before_window only has to give them the word.
         limit = playbook.timeouts.run + 60
-        self._loads: dict[str, tuple[Any, Any]] = {}
+        self._loads: dict[str, tuple[LoadWorkload, HeldLoad]] = {}
         try:
-            for role, workload in workloads.items():
-                if role != playbook.measured_role:
-                    held = workload.held(guests[role].executor, run.params_for(role), timeout=limit)
-                    self._loads[role] = (workload, self._held.enter_context(held))
+            for role, workload in workloads.loads.items():
+                held = workload.held(guests[role].executor, run.params_for(role), timeout=limit)
+                self._loads[role] = (workload, self._held.enter_context(held))
         except BaseException:
             self._held.close()
             raise
@@ -94,8 +126,7 @@ class RunFrame:
     def start_loads(self) -> None:
         """before_window: note the quietness, start the loads, start evidence."""
         with self.clock.phase("quiet_wait"):
-            quietness = self._quiet.result()
-        self.evidence["quiet_before"] = {"foreign_cpus": quietness.foreign_cpus}
+            self.quiet_before = self._quiet.result()
         with self.clock.phase("kvm_evidence"):
             self._confounders = kvmevidence.find_confounders()
             self.yields.start()
@@ -114,16 +145,31 @@ class RunFrame:
             for role, (workload, held) in self._loads.items():
                 with self.clock.phase("load_stop"):
                     status = held.stop()
-                self.evidence.setdefault("load", {})[role] = status.to_json()
+                self.load_status[role] = status
                 found = workload.problems(status, self.run.params_for(role))
                 self.load_problems += [f"{role}: {problem}" for problem in found]
-        for found in self._collected:
-            exits = found.pop("kvm_exits", {"unavailable": "the window never closed"})
-            self.kvm = kvmevidence.run_evidence(
-                exits.get("unavailable", exits), self.yields.finish(), self._confounders
-            )
-            self.evidence.update(found)
+        for window in self._collected:
+            exits = "the window never closed" if window.kvm_exits is None else window.kvm_exits
+            self.kvm = kvmevidence.run_evidence(exits, self.yields.finish(), self._confounders)
+            self.window = window
         self._collected.clear()
+
+    def evidence(self) -> dict[str, JsonValue]:
+        """The stored ``RunRecord.evidence``: phases_s (phase -> seconds), quiet_before
+        ({"foreign_cpus": CPUs}), load (role -> LoadStatus JSON), window_seconds, host_cpu
+        (evidence.cpu_shares) and guest_cpu, each only once it is known (the exit counts
+        are stored typed, in ``RunRecord.kvm``)."""
+        found: dict[str, JsonValue] = {"phases_s": {**self.clock.seconds}}
+        if self.quiet_before is not None:
+            found["quiet_before"] = {"foreign_cpus": self.quiet_before.foreign_cpus}
+        if self.load_status:
+            found["load"] = {role: s.to_json() for role, s in self.load_status.items()}
+        if self.window is not None and self.window.seconds is not None:
+            found["window_seconds"] = self.window.seconds
+            found["host_cpu"] = self.window.host_cpu
+        if self.guest_cpu is not None:
+            found["guest_cpu"] = self.guest_cpu
+        return found
 
     def check_loads(self) -> None:
         """A run whose load did not run as asked over its window has no valid figures."""
@@ -137,7 +183,7 @@ class RunFrame:
     def __enter__(self) -> RunFrame:
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: *ExcInfo) -> None:
         try:
             self.stop_loads()
         except (WorkloadError, GuestError) as error:
@@ -170,7 +216,7 @@ class Attempt:
     figures: dict[str, float] = field(default_factory=dict)
     raw: str = ""
     window: float = 0.0
-    evidence: dict[str, Any] = field(default_factory=dict)
+    evidence: dict[str, JsonValue] = field(default_factory=dict)
     kvm: RunEvidence | None = None  # None: the window never opened
     guest_error: GuestError | None = None
 
@@ -181,16 +227,16 @@ def measure_run(
     run: PlannedRun,
     *,
     guests: dict[str, Guest],
-    workloads: dict[str, Any],
+    workloads: BlockWorkloads,
     shared: frozenset[int],
 ) -> Attempt:
     """The measured workload's window inside its frame (loads, evidence); a WorkloadError
     or GuestError becomes a failed attempt (after the workload's clean-up)."""
     measured_role = playbook.measured_role
-    measured = workloads[measured_role]
+    measured = workloads.measured
     executor = guests[measured_role].executor
     frame = RunFrame(host, playbook, run, guests=guests, workloads=workloads, shared=shared)
-    outcome = Attempt(evidence=frame.evidence)
+    outcome = Attempt()
     try:
         with frame:
             with frame.clock.phase("measure_call"):
@@ -212,7 +258,7 @@ def measure_run(
         outcome.raw = measurement.raw_output
         outcome.window = measurement.window_s
         if measurement.cpu is not None:
-            frame.evidence["guest_cpu"] = measurement.to_json()["cpu"]
+            frame.guest_cpu = measurement.to_json()["cpu"]
         outcome.status = "ok"
     except WorkloadError as exc:
         outcome.reason = exc.message
@@ -224,4 +270,5 @@ def measure_run(
         outcome.reason = exc.message
         outcome.guest_error = exc
     outcome.kvm = frame.kvm  # failed attempts keep theirs too
+    outcome.evidence = frame.evidence()
     return outcome

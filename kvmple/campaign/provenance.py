@@ -4,7 +4,9 @@ stored with it (results pool runs whose provenance keys match; see kvmple.result
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+
+from pydantic import JsonValue
 
 from kvmple import __version__
 from kvmple.campaign.model import HostFacts
@@ -17,8 +19,23 @@ from kvmple.results.provenance import (
     HostProvenance,
     ImageProvenance,
     KernelProvenance,
+    KnobReadBack,
     RunProvenance,
 )
+
+
+@dataclass(frozen=True)
+class BlockFacts:
+    """What a block's guests and host knobs read back once booted, stored with each of its
+    runs: ``knobs`` knob -> :data:`KnobReadBack` (in the block's knob order), ``affinity``
+    guest role -> vCPU -> host CPUs, ``threads`` guest role -> vCPU -> thread id (None:
+    not read back)."""
+
+    knobs: dict[str, KnobReadBack]
+    affinity: dict[str, dict[str, list[int]]]
+    threads: dict[str, JsonValue]
+    # guest role -> how it started (kvmple.vm.snapshot: restored from which key, or cold)
+    boot: dict[str, JsonValue] | None = None
 
 
 def guest_facts(host: HostFacts, playbook: Playbook) -> dict[str, GuestProvenance]:
@@ -44,8 +61,7 @@ def run_provenance(
     images: Mapping[str, Image],
     run: PlannedRun,
     *,
-    # made by campaign/execute.py (knobs, affinity, threads, boot); RunProvenance validates them
-    block_facts: Mapping[str, Any],
+    block_facts: BlockFacts,
     block_index: int,
     position: int,
     attempt: int,
@@ -65,7 +81,7 @@ def run_provenance(
         kernel=KernelProvenance(
             kernel_release=facts.get("kernel_release"), cmdline=facts.get("cmdline")
         ),
-        knobs=block_facts["knobs"],
+        knobs=block_facts.knobs,
         guest=guest_facts(host, playbook),
         image={
             role: ImageProvenance(
@@ -73,15 +89,18 @@ def run_provenance(
             )
             for role, img in images.items()
         },
-        affinity=block_facts["affinity"],
-        vcpu_threads=block_facts["threads"],
-        boot=block_facts.get("boot"),
+        affinity=block_facts.affinity,
+        vcpu_threads=block_facts.threads,
+        boot=block_facts.boot,
         kvmple_version=__version__,
         playbook_hash=meta.playbook_hash,
         seed=playbook.order.seed,
         block=block_index,
         position=position,
         attempt=attempt,
-        params={role: run.params_for(role) for role in playbook.workloads},
+        params={
+            role: {key: value for key, value in run.params_for(role).items()}
+            for role in playbook.workloads
+        },
         overcommit=run.overcommit,
     )

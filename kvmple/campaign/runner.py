@@ -18,7 +18,6 @@ import socket
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 from kvmple import __version__, events, paths
 from kvmple.campaign.execute import execute
@@ -33,8 +32,9 @@ from kvmple.host.doctor import diagnose
 from kvmple.host.seam import real_seam
 from kvmple.host.topology import read_mem_available_mib
 from kvmple.results import CampaignMeta, Store, open_store
+from kvmple.results.records import CellValue
 from kvmple.results.report import default_report_path, load_analysis, render, write_report
-from kvmple.workloads import get_workload
+from kvmple.workloads import measured_workload
 
 __all__ = ["CampaignOptions", "CampaignOutcome", "campaign_report", "run_campaign"]
 
@@ -169,7 +169,7 @@ def run_campaign(
     with open_store(options.db_url) as store:
         if resume_id is not None:
             meta, loaded = _resume(store, resume_id, host)
-            unavailable = dict(meta.notes.get("unavailable", {}))
+            unavailable = meta.unavailable()
         else:
             assert loaded is not None
             unavailable = _unavailable_factors(loaded.playbook, host, options.allow_unavailable)
@@ -227,9 +227,9 @@ def _new_campaign(
 ) -> CampaignMeta:
     playbook = loaded.playbook
 
-    measured = get_workload(playbook.workloads[playbook.measured_role].name)
+    measured = measured_workload(playbook.workloads[playbook.measured_role].name)
     unit = next((m.unit for m in measured.metrics if m.name == measured.primary), "")
-    axes: dict[str, list[Any]] = {}
+    axes: dict[str, list[CellValue]] = {}
     for factor in playbook.factors:
         axes[factor.knob] = [UNAVAILABLE] if factor.knob in unavailable else list(factor.values)
     for name, axis in playbook.axes.items():
@@ -241,14 +241,14 @@ def _new_campaign(
         playbook_text=loaded.text,
         created=time.time(),
         status="running",
-        host=host.facts,
+        host={**host.facts},
         kvmple_version=__version__,
         seed=playbook.order.seed,
         axes=axes,
         primary_metric=measured.primary,
         metric_unit=unit,
         notes={
-            "unavailable": unavailable,
+            "unavailable": {**unavailable},
             "source": loaded.source,
             "reference": playbook.reference,
         },

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvmple import paths, ui
 from kvmple.errors import CampaignError, UsageError
+
+if TYPE_CHECKING:
+    from kvmple.fleet.inventory import Inventory
 
 EPILOG = """\
 Each host runs 'kvmple run PLAYBOOK --db URL' over SSH (pinned host keys) on its own
@@ -48,7 +51,7 @@ def _say(text: str) -> None:
     ui.out.print(text, markup=False, highlight=False)
 
 
-def _chosen(inventory: Any, names: list[str] | None) -> list[str]:
+def _chosen(inventory: Inventory, names: list[str] | None) -> list[str]:
     for name in names or []:
         if name not in inventory.hosts:
             raise UsageError(

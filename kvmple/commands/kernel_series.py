@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kvmple import ui
 from kvmple.commands.series_view import benchmark_lines, knob_lines
+
+if TYPE_CHECKING:
+    from kvmple.kernel.seriesinput import OpenedSeries
 
 
 def _say(text: str) -> None:
@@ -25,7 +28,7 @@ def series_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def open_input(name: str, args: argparse.Namespace) -> Any:
+def open_input(name: str, args: argparse.Namespace) -> OpenedSeries:
     from kvmple.kernel.seriesinput import open_series
 
     return open_series(name, git_range=args.range, revision=args.revision)

@@ -21,9 +21,12 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kvmple.lab.protocol import RESULT_MARK, STEP_MARK
+
+if TYPE_CHECKING:
+    from kvmple.campaign.evidence import ExitCounter
 
 SPIN_SECONDS = 1.0  # of guest time: Bochs's clock advances with its instruction count
 
@@ -32,7 +35,7 @@ def _mark(step: str) -> None:
     print(f"{STEP_MARK} {step} t={time.monotonic():.1f}", flush=True)
 
 
-def run_cli(argv: list[str]) -> dict[str, Any]:
+def run_cli(argv: list[str]) -> dict[str, object]:
     """One ``kvmple ...`` command in this process: its exit code and its output."""
     from kvmple import ui
     from kvmple.cli import main  # the user-facing command, registered alone (see build_parser)
@@ -55,7 +58,7 @@ def read_back() -> dict[str, int]:
     return dict(ple.read_knobs(real_seam()).values)
 
 
-def count_pause(seconds: float = SPIN_SECONDS, holder: bool = False) -> dict[str, Any]:
+def count_pause(seconds: float = SPIN_SECONDS, holder: bool = False) -> dict[str, object]:
     """The PAUSE-loop guest for ``seconds`` under kvmple's exit counter (``holder``: with a
     second, busy vCPU that the spinner's PLE exits can yield to)."""
     from kvmple.campaign.evidence import ExitCounter
@@ -68,16 +71,16 @@ def count_pause(seconds: float = SPIN_SECONDS, holder: bool = False) -> dict[str
     return {"spin": spin.to_json(), "counts": counts, "hist": raw}
 
 
-def _hist_text(counter: Any, event: str) -> str:
+def _hist_text(counter: ExitCounter, event: str) -> str:
     path = counter.instance / "events" / "kvm" / event / "hist"
     with contextlib.suppress(OSError):
         return str(path.read_text())
     return ""
 
 
-def _setting(name: str, step: dict[str, Any] | None, holder: bool = False) -> dict[str, Any]:
+def _setting(name: str, step: dict[str, object] | None, holder: bool = False) -> dict[str, object]:
     _mark(f"setting {name}")
-    entry: dict[str, Any] = {"setting": name, "command": step}
+    entry: dict[str, object] = {"setting": name, "command": step}
     try:
         entry["ple"] = read_back()
         entry.update(count_pause(holder=holder))
@@ -86,28 +89,30 @@ def _setting(name: str, step: dict[str, Any] | None, holder: bool = False) -> di
     return entry
 
 
-def verify() -> dict[str, Any]:
+def verify() -> dict[str, object]:
     """The reduced verification: status; counts with PLE on; off; counts; on; counts; restore."""
-    doc: dict[str, Any] = {
+    steps: list[dict[str, object]] = []  # filled in below, in the document's key order
+    settings: list[dict[str, object]] = []
+    doc: dict[str, object] = {
         "kernel": platform.release(),
         "emulated": "Bochs (VT-x with PLE); figures are not hardware figures",
         "vmx_ple_flag": _vmx_has_ple(),
-        "steps": [],
-        "settings": [],
+        "steps": steps,
+        "settings": settings,
     }
     _mark("status")
-    doc["steps"].append(run_cli(["ple", "status", "--json"]))
+    steps.append(run_cli(["ple", "status", "--json"]))
     doc["initial"] = read_back()
-    doc["settings"].append(_setting("on (module defaults)", None))
+    settings.append(_setting("on (module defaults)", None))
     for action in ("off", "on"):
         _mark(f"ple {action}")
         step = run_cli(["ple", action])
-        doc["steps"].append(step)
-        doc["settings"].append(_setting(action, step))
+        steps.append(step)
+        settings.append(_setting(action, step))
     # recorded, not judged: whether kvm_vcpu_on_spin -> yield_to finds the preempted holder
     doc["yield"] = _setting("on, 2 vCPUs (one holding)", None, holder=True)
     _mark("restore")
-    doc["steps"].append(run_cli(["ple", "restore"]))
+    steps.append(run_cli(["ple", "restore"]))
     doc["final"] = read_back()
     return doc
 

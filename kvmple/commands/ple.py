@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvmple import ui
+
+if TYPE_CHECKING:
+    from kvmple.host.seam import HostSeam
 
 EPILOG = """\
 status   show the loaded module's PLE parameters (kvm_intel ple_*, kvm_amd pause_filter_*)
@@ -74,7 +77,7 @@ def _ple(args: argparse.Namespace) -> int:
     return 0
 
 
-def make_seam() -> Any:
+def make_seam() -> HostSeam:
     """The host seam this command acts on (tests replace this factory with a fake host)."""
     from kvmple.host.seam import real_seam
 
@@ -85,7 +88,7 @@ def _values(values: dict[str, int]) -> str:
     return " ".join(f"{k}={v}" for k, v in values.items())
 
 
-def _status(seam: Any, as_json: bool) -> int:
+def _status(seam: HostSeam, as_json: bool) -> int:
     from kvmple.host import ple, ple_state
 
     decision = ple.decide_ple(seam)

@@ -6,10 +6,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvmple import ui
 from kvmple.errors import UsageError
+
+if TYPE_CHECKING:
+    from kvmple.campaign.playbook import Playbook
 
 
 def register(sub: Any) -> None:
@@ -48,7 +51,7 @@ def register(sub: Any) -> None:
     parser.set_defaults(handler=_run)
 
 
-def _say_what_this_host_provides(playbook: Any, campaigns: int = 1) -> None:
+def _say_what_this_host_provides(playbook: Playbook, campaigns: int = 1) -> None:
     """After a dry run: would this host run the plan as written? (cached doctor, no boot)
     Lists every requirement the host does not meet; ``campaigns``: one per workload."""
     from kvmple.campaign.hostfit import host_fit

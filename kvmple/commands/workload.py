@@ -16,14 +16,23 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import JsonValue
 
 from kvmple import ui
 from kvmple.errors import InputError, UsageError, WorkloadError
 from kvmple.executor import LocalExecutor
-from kvmple.workloads import WORKLOADS, get_workload, parse_params
+from kvmple.workloads import (
+    WORKLOADS,
+    MeasuredWorkload,
+    Metric,
+    Workload,
+    get_workload,
+    parse_params,
+)
 from kvmple.workloads.hackbench import parse_hackbench
 from kvmple.workloads.perftest_output import FORMATS, RESULT_TAG, parse_any
 from kvmple.workloads.programs import guest_dir
+from kvmple.workloads.spin import SpinLoops
 
 PARSERS = ("amqp-perftest", "hackbench")
 
@@ -71,30 +80,38 @@ def register(sub: Any) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    rows = []
-    for name in sorted(WORKLOADS):
-        workload = get_workload(name)
-        metrics = [
-            {"name": m.name, "unit": m.unit, "higher_is_better": m.higher_is_better}
-            for m in getattr(workload, "metrics", ())
-        ]
-        params = sorted(workload.params_model.model_fields)
-        rows.append({"name": name, "kind": workload.kind, "metrics": metrics, "params": params})
+    listed = [(name, get_workload(name)) for name in sorted(WORKLOADS)]
     if args.json:
+        rows = [
+            {
+                "name": name,
+                "kind": workload.kind,
+                "metrics": [
+                    {"name": m.name, "unit": m.unit, "higher_is_better": m.higher_is_better}
+                    for m in _metrics(workload)
+                ],
+                "params": sorted(workload.params_model.model_fields),
+            }
+            for name, workload in listed
+        ]
         ui.out.print(json.dumps(rows, indent=2), markup=False)
         return 0
-    for row in rows:
+    for name, workload in listed:
         described = (
             ", ".join(
-                f"{m['name']} [{m['unit']}, {'higher' if m['higher_is_better'] else 'lower'} "
-                "is better]"
-                for m in row["metrics"]
+                f"{m.name} [{m.unit}, {'higher' if m.higher_is_better else 'lower'} is better]"
+                for m in _metrics(workload)
             )
             or "(load: keeps vCPUs busy)"
         )
-        ui.out.print(f"{row['name']:<14} {row['kind']:<8} {described}", markup=False)
-        ui.out.print(f"{'':<24}params: {', '.join(row['params'])}", markup=False)
+        ui.out.print(f"{name:<14} {workload.kind:<8} {described}", markup=False)
+        params = ", ".join(sorted(workload.params_model.model_fields))
+        ui.out.print(f"{'':<24}params: {params}", markup=False)
     return 0
+
+
+def _metrics(workload: Workload) -> tuple[Metric, ...]:
+    return workload.metrics if isinstance(workload, MeasuredWorkload) else ()
 
 
 def _read(path: Path) -> str:
@@ -111,7 +128,7 @@ def _read(path: Path) -> str:
 def _parse(args: argparse.Namespace) -> int:
     text = _read(args.file)
     where = str(args.file)
-    data: dict[str, Any]
+    data: dict[str, JsonValue]
     if args.workload == "hackbench":
         if args.format != "auto":
             raise UsageError("--format applies to amqp-perftest logs only")
@@ -129,8 +146,8 @@ def _parse(args: argparse.Namespace) -> int:
     return 0
 
 
-def _params(pairs: list[str]) -> dict[str, Any]:
-    params: dict[str, Any] = {}
+def _params(pairs: list[str]) -> dict[str, JsonValue]:
+    params: dict[str, JsonValue] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
@@ -150,13 +167,15 @@ def _run(args: argparse.Namespace) -> int:
     workload = get_workload(args.workload, bin_dir=str(guest_dir()))
     params = parse_params(workload.params_model, raw, where=f"-p for {args.workload}")
     workload.prepare(executor, timeout=min(args.timeout, 120), params=params)
-    if workload.kind == "load":
+    if isinstance(workload, SpinLoops):  # the load workload: held here, then read back
         with workload.running(executor, params) as status:
             time.sleep(max(0.0, args.seconds))
             final = workload.status(executor)
         data = {"verified": status.to_json(), "before_stop": final.to_json()}
         ui.out.print(json.dumps(data, indent=2), markup=False)
         return 0
+    if not isinstance(workload, MeasuredWorkload):
+        raise UsageError(f"workload {args.workload} has no figures to measure here")
     try:
         measurement = workload.measure(executor, params, timeout=args.timeout)
     finally:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -34,7 +34,7 @@ def _key_lines(
             _key_lines(item, (*path, index), out)
 
 
-def _parse(text: str, source: str) -> tuple[Any, dict[tuple[str | int, ...], int]]:
+def _parse(text: str, source: str) -> tuple[object, dict[tuple[str | int, ...], int]]:
     try:
         loader = _LineLoader(text)
         try:

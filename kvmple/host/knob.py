@@ -8,15 +8,18 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from kvmple.host.seam import HostSeam
+
+if TYPE_CHECKING:  # the lab host runs the host layer without pydantic (lab/bochs_media.py)
+    from pydantic import JsonValue
 
 
 class KnobReading(Protocol):
     """What a knob reads back from the host (stored as run provenance via ``to_json``)."""
 
-    def to_json(self) -> dict[str, object]: ...
+    def to_json(self) -> dict[str, JsonValue]: ...
 
 
 class Knob(ABC):
@@ -88,10 +91,10 @@ class VmSetting:
     knob: str
     setting: str | None
     guests: tuple[tuple[str, str], ...] = ()
-    in_guest: tuple[tuple[str, dict[str, object]], ...] = ()
+    in_guest: tuple[tuple[str, dict[str, JsonValue]], ...] = ()
 
-    def to_json(self) -> dict[str, object]:
-        data: dict[str, object] = {"per_vm": True, "value": self.setting}
+    def to_json(self) -> dict[str, JsonValue]:
+        data: dict[str, JsonValue] = {"per_vm": True, "value": self.setting}
         if self.guests:
             data["guests"] = dict(self.guests)
         if self.in_guest:

@@ -18,12 +18,16 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from kvmple.errors import HostError
 from kvmple.host import paramtypes, ple
 from kvmple.host.knob import Knob
 from kvmple.host.kvmmodule import read_module
 from kvmple.host.seam import HostSeam
+
+if TYPE_CHECKING:  # the lab host runs the host layer without pydantic (lab/bochs_media.py)
+    from pydantic import JsonValue
 
 KVM_MODULES = ("kvm", "kvm_intel", "kvm_amd")
 MODULE_PARAM = re.compile(r"^(kvm|kvm_intel|kvm_amd)\.([a-z0-9_]+)$")
@@ -57,7 +61,7 @@ class ParamReading:
     value: str
     writable: bool
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> dict[str, JsonValue]:
         return {"value": self.value, "path": f"/sys/{self.path}", "writable": self.writable}
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from kvmple.errors import HostError, KvmpleError, UsageError
 from kvmple.host import ple_state
@@ -23,6 +23,9 @@ from kvmple.host.cpuinfo import read_cpuinfo
 from kvmple.host.kvmmodule import KvmModule, PleModuleSpec, find_kvm_module
 from kvmple.host.machine import read_machine
 from kvmple.host.seam import HostSeam
+
+if TYPE_CHECKING:  # the lab host runs the host layer without pydantic (lab/bochs_media.py)
+    from pydantic import JsonValue
 
 Mode = Literal["on", "off"]
 
@@ -42,13 +45,13 @@ class PleKnobs:
     def enabled(self) -> bool:
         return self.values.get(self.spec.switch, 0) != 0
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> dict[str, JsonValue]:
         return {
             "module": self.module,
             "enabled": self.enabled,
             "switch": self.spec.switch,
             "values": dict(self.values),
-            "defaults": self.spec.defaults(),
+            "defaults": {**self.spec.defaults()},
         }
 
 

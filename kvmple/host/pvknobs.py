@@ -26,11 +26,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from kvmple.errors import HostError
 from kvmple.executor import Executor
 from kvmple.host.knob import VmKnob, VmSetting
 from kvmple.host.seam import HostSeam
+
+if TYPE_CHECKING:  # the lab host runs the host layer without pydantic (lab/bochs_media.py)
+    from pydantic import JsonValue
 
 CPU_TYPE = "x86_64-cpu"  # QEMU's abstract x86-64 CPU type: -global reaches every model
 KVM_SIGNATURE = ("4b4d564b", "564b4d56", "0000004d")  # "KVMKVMKVM\0\0\0" in EBX, ECX, EDX
@@ -173,7 +177,7 @@ def check_in_guests(
     found: dict[str, VmSetting] = {}
     for name, value in wanted:
         knob = PV_KNOBS[name]
-        per_guest: list[tuple[str, dict[str, object]]] = []  # domain -> its read-back
+        per_guest: list[tuple[str, dict[str, JsonValue]]] = []  # domain -> its read-back
         for guest, reading in seen.items():
             state, evidence = knob.decide(guest, reading)
             if state != value:
@@ -182,7 +186,7 @@ def check_in_guests(
                     "would be labelled falsely",
                     hint="a feature the host's KVM lacks (older host kernel) reads back off",
                 )
-            record: dict[str, object] = {
+            record: dict[str, JsonValue] = {
                 "value": state,
                 "evidence": evidence,
                 "log": list(reading.log),

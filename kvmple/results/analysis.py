@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+
+from pydantic import JsonValue
 
 from kvmple.errors import StoreError
 from kvmple.results.cells import Cell, check_pooling, group_cells
@@ -118,7 +119,7 @@ def _row_label(row: str) -> str:
     return {"off": "no PLE", "on": "PLE", "unavailable": "PLE unavailable"}[row]
 
 
-def _flatten(prefix: str, value: Any, out: dict[str, list[Any]]) -> None:
+def _flatten(prefix: str, value: JsonValue, out: dict[str, list[JsonValue]]) -> None:
     if isinstance(value, dict):
         for k, v in value.items():
             _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
@@ -128,7 +129,7 @@ def _flatten(prefix: str, value: Any, out: dict[str, list[Any]]) -> None:
 
 def summarise_evidence(runs: Sequence[RunRecord]) -> dict[str, str]:
     """Evidence counters per cell: numbers as the mean per run, text as its distinct values."""
-    seen: dict[str, list[Any]] = {}
+    seen: dict[str, list[JsonValue]] = {}
     for run in runs:
         _flatten("", run.evidence, seen)
     summary = {}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from kvmple.errors import StoreError
 from kvmple.results.provenance import CAMPAIGN_KEYS, POOL_KEYS
@@ -104,7 +103,7 @@ def _fingerprint(run: RunRecord, keys: Sequence[str]) -> str:
     return json.dumps({k: run.provenance.get(k) for k in keys}, sort_keys=True, default=str)
 
 
-def _short(value: Any, limit: int = 60) -> str:
+def _short(value: object, limit: int = 60) -> str:
     text = json.dumps(value, sort_keys=True, default=str)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Any
 
 from kvmple.results.analysis import CampaignAnalysis
 from kvmple.results.compare import CampaignComparison
@@ -14,7 +13,7 @@ from kvmple.results.records import RECORD_VERSION
 from kvmple.results.stats import CellStats, Comparison, runs_needed
 
 
-def _stats(s: CellStats | None) -> dict[str, Any] | None:
+def _stats(s: CellStats | None) -> dict[str, object] | None:
     if s is None:
         return None
     data = asdict(s)
@@ -26,7 +25,7 @@ def _runs_needed(s: CellStats | None, change: float) -> int | None:
     return None if s is None or s.cv is None else runs_needed(s.cv, change, n_limit=10_000)
 
 
-def _comparison(c: Comparison | None) -> dict[str, Any] | None:
+def _comparison(c: Comparison | None) -> dict[str, object] | None:
     if c is None:
         return None
     return {
@@ -44,7 +43,7 @@ def _comparison(c: Comparison | None) -> dict[str, Any] | None:
     }
 
 
-def analysis_dict(a: CampaignAnalysis) -> dict[str, Any]:
+def analysis_dict(a: CampaignAnalysis) -> dict[str, object]:
     return {
         "kind": "kvmple-report",
         "version": RECORD_VERSION,
@@ -91,7 +90,7 @@ def analysis_dict(a: CampaignAnalysis) -> dict[str, Any]:
     }
 
 
-def comparison_dict(cc: CampaignComparison) -> dict[str, Any]:
+def comparison_dict(cc: CampaignComparison) -> dict[str, object]:
     return {
         "kind": "kvmple-compare",
         "version": RECORD_VERSION,
@@ -109,6 +108,6 @@ def comparison_dict(cc: CampaignComparison) -> dict[str, Any]:
     }
 
 
-def dumps(data: dict[str, Any]) -> str:
+def dumps(data: dict[str, object]) -> str:
     # allow_nan=False: a NaN that slipped through is a bug, never output
     return json.dumps(data, indent=2, allow_nan=False, default=str) + "\n"

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+KnobReadBack = dict[str, JsonValue] | None
+"""One knob as a block ran with it: its setting and the state read back (the knob's reading,
+``to_json``), ``{"unavailable": why}``, or None (not read back)."""
 
 
 def _pool(description: str, *, campaign: bool) -> Any:
@@ -63,7 +67,7 @@ class RunProvenance(BaseModel):
 
     host: HostProvenance = _pool("the host that ran it", campaign=True)
     kernel: KernelProvenance = _pool("the host kernel", campaign=True)
-    knobs: dict[str, Any] = _pool(
+    knobs: dict[str, KnobReadBack] = _pool(
         "knob -> value read back, or {'unavailable': why}", campaign=False
     )
     guest: dict[str, GuestProvenance] = _pool("guest role -> configuration", campaign=True)
@@ -71,10 +75,12 @@ class RunProvenance(BaseModel):
     affinity: dict[str, dict[str, list[int]]] = _pool(
         "guest role -> vCPU -> host CPUs read back", campaign=False
     )
-    vcpu_threads: dict[str, Any] = Field(description="guest role -> vCPU thread ids read back")
+    vcpu_threads: dict[str, JsonValue] = Field(
+        description="guest role -> vCPU -> thread id read back (None: not read back)"
+    )
     # not a pooling key: a restored guest and a cold-booted one measure the same cell (the
     # equivalence test of tests/real/test_snapshot_real.py checks that they do)
-    boot: dict[str, Any] | None = Field(
+    boot: dict[str, JsonValue] | None = Field(
         default=None,
         description="guest role -> {'mode': 'restored'|'cold', 'snapshot': key or None, ...} "
         "(kvmple.vm.snapshot); None in runs stored before snapshots",
@@ -85,10 +91,10 @@ class RunProvenance(BaseModel):
     block: int = Field(ge=0, description="knob block index in the plan")
     position: int = Field(ge=0, description="position inside the block")
     attempt: int = Field(ge=1)
-    params: dict[str, dict[str, Any]] = Field(description="guest role -> workload parameters")
+    params: dict[str, dict[str, JsonValue]] = Field(description="guest role -> workload parameters")
     overcommit: float
 
-    def to_record(self) -> dict[str, Any]:
+    def to_record(self) -> dict[str, JsonValue]:
         """The JSON form stored in ``RunRecord.provenance``."""
         return self.model_dump(mode="json")
 

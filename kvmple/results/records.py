@@ -6,9 +6,9 @@ JSON-serialisable, so a store row, an export file and an import all share one sh
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from kvmple.results.evidence import RunEvidence
 
@@ -31,7 +31,7 @@ class CampaignMeta(BaseModel):
     playbook_text: str = Field(description="the playbook exactly as run")
     created: float = Field(description="creation time, seconds since the epoch")
     status: CampaignStatus = Field(description="running|interrupted|complete|failed")
-    host: dict[str, Any] = Field(
+    host: dict[str, JsonValue] = Field(
         default_factory=dict,
         description="cpu model, kernel release, cmdline, doctor verdict, accelerator, hostname",
     )
@@ -42,10 +42,18 @@ class CampaignMeta(BaseModel):
     )
     primary_metric: str = Field(description="figure the reports are about, e.g. transfers_per_sec")
     metric_unit: str = Field(default="", description="unit of the primary metric")
-    notes: dict[str, Any] = Field(
+    notes: dict[str, JsonValue] = Field(
         default_factory=dict,
         description="free-form notes, e.g. {'unavailable': {'ple': 'TCG host has no PLE'}}",
     )
+
+    def unavailable(self) -> dict[str, str]:
+        """``notes["unavailable"]``: knob -> why this host could not provide it (empty when
+        none was; a value that is not text is shown as stored)."""
+        found = self.notes.get("unavailable")
+        if not isinstance(found, dict):
+            return {}
+        return {knob: why if isinstance(why, str) else str(why) for knob, why in found.items()}
 
 
 class RunRecord(BaseModel):
@@ -64,11 +72,11 @@ class RunRecord(BaseModel):
     started: float = Field(description="start time, seconds since the epoch")
     ended: float = Field(description="end time, seconds since the epoch")
     measure_seconds: float = Field(default=0.0, ge=0, description="measurement window length")
-    provenance: dict[str, Any] = Field(
+    provenance: dict[str, JsonValue] = Field(
         default_factory=dict,
         description="host, kernel, knobs read back, vCPU affinity read back, image manifest",
     )
-    evidence: dict[str, Any] = Field(
+    evidence: dict[str, JsonValue] = Field(
         default_factory=dict,
         description="host CPU shares, phase times, loads, quietness of the window",
     )

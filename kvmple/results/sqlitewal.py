@@ -7,9 +7,11 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from kvmple.errors import StoreError
+
+T = TypeVar("T")
 
 
 def _locked(exc: BaseException) -> bool:
@@ -49,7 +51,7 @@ def switch_to_wal(conn: sqlite3.Connection, path: Path, budget: float) -> None:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _retry(step: Callable[[], Any], path: Path, start: float, budget: float) -> Any:
+def _retry(step: Callable[[], T], path: Path, start: float, budget: float) -> T:
     while True:
         try:
             return step()

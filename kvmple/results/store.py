@@ -12,12 +12,12 @@ whole or not at all, so a crash mid-write or two concurrent campaigns never corr
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import JsonValue, ValidationError
 
 from kvmple.errors import StoreError
 from kvmple.results.db import (
@@ -166,10 +166,10 @@ class Store:
         with self._write(f"setting the status of campaign {campaign_id}"):
             self._db.execute("UPDATE campaigns SET status = ? WHERE id = ?", (status, campaign_id))
 
-    def set_host(self, campaign_id: str, host: dict[str, Any]) -> CampaignMeta:
+    def set_host(self, campaign_id: str, host: Mapping[str, JsonValue]) -> CampaignMeta:
         """Record new host facts for a campaign (only one without runs: kvmple run --resume
         after a kernel install between its registration and its first run)."""
-        meta = self.campaign(campaign_id).model_copy(update={"host": host})
+        meta = self.campaign(campaign_id).model_copy(update={"host": dict(host)})
         with self._write(f"updating the host of campaign {campaign_id}"):
             self._db.execute(
                 "UPDATE campaigns SET record = ? WHERE id = ?",

@@ -8,12 +8,12 @@ import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kvmple.errors import UsageError
-from kvmple.results.records import RECORD_VERSION, CampaignMeta, RunRecord
+from kvmple.results.records import RECORD_VERSION, CampaignMeta, CellValue, RunRecord
 from kvmple.results.store import Store
 
 EXPORT_KIND: Literal["kvmple-results"] = "kvmple-results"
@@ -45,10 +45,10 @@ def export_json(store: Store, refs: Sequence[str]) -> str:
 
 
 def export_csv(store: Store, refs: Sequence[str]) -> str:
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, CellValue]] = []
     for meta in _selected(store, refs):
         for run in store.runs(meta.id):
-            row: dict[str, Any] = {
+            row: dict[str, CellValue] = {
                 "campaign_id": run.campaign_id,
                 "campaign_name": meta.name,
                 "run_key": run.run_key,

@@ -8,7 +8,6 @@ the image recipe's ``guest_programs``).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -33,7 +32,8 @@ from kvmple.workloads.sysbench import SysbenchMutex, SysbenchThreads
 
 Workload = MeasuredWorkload | LoadWorkload
 
-WORKLOADS: dict[str, Callable[..., Any]] = {
+# name -> the workload's class (called with options such as ``bin_dir=``)
+WORKLOADS: dict[str, Callable[..., Workload]] = {
     AmqpPerftest.name: AmqpPerftest,
     Dbench.name: Dbench,
     Hackbench.name: Hackbench,
@@ -43,7 +43,7 @@ WORKLOADS: dict[str, Callable[..., Any]] = {
 }
 
 
-def check_params(name: str, params: Mapping[str, Any]) -> None:
+def check_params(name: str, params: Mapping[str, object]) -> None:
     """ValueError naming the first key of ``params`` that workload ``name`` refuses (an
     unknown parameter or a bad value), with the parameters it has; for playbook validation
     (a KeyError for an unknown workload: check the name first)."""
@@ -61,8 +61,10 @@ def check_params(name: str, params: Mapping[str, Any]) -> None:
         ) from None
 
 
-def get_workload(name: str, **options: Any) -> Any:
-    """A new workload object by registry name (options: e.g. ``bin_dir=``)."""
+def get_workload(name: str, **options: str) -> Workload:
+    """A new workload object by registry name (options: e.g. ``bin_dir=``); ConfigError for
+    an unknown name. Narrow it with ``isinstance`` (the protocols are runtime-checkable) or
+    ask for the kind needed with :func:`measured_workload`."""
     try:
         factory = WORKLOADS[name]
     except KeyError:
@@ -70,6 +72,18 @@ def get_workload(name: str, **options: Any) -> Any:
             f"unknown workload {name!r}", hint=f"known workloads: {', '.join(sorted(WORKLOADS))}"
         ) from None
     return factory(**options)
+
+
+def measured_workload(name: str, **options: str) -> MeasuredWorkload:
+    """A new measured workload by registry name; ConfigError for an unknown name or a load
+    workload (e.g. spin), which has no figures to measure."""
+    workload = get_workload(name, **options)
+    if not isinstance(workload, MeasuredWorkload):
+        raise ConfigError(
+            f"workload {name!r} is a load workload: it has no figures to measure",
+            hint="`kvmple workload list` shows each workload's kind",
+        )
+    return workload
 
 
 __all__ = [
@@ -98,5 +112,6 @@ __all__ = [
     "check_params",
     "ensure_programs",
     "get_workload",
+    "measured_workload",
     "parse_params",
 ]

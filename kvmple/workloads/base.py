@@ -20,13 +20,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
+from types import TracebackType
+from typing import ClassVar, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, JsonValue, TypeAdapter, ValidationError
 
 from kvmple.config.jsonfile import first_error
 from kvmple.errors import ConfigError
 from kvmple.executor import Executor
+
+# what a context manager's __exit__ receives (type, value, traceback; all None without one)
+ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
 
 # A workload's ``params:``: the playbook's mapping (JSON/YAML values), or its validated model.
 Params = Mapping[str, JsonValue] | BaseModel
@@ -105,7 +109,7 @@ class Measurement:
         if self.cpu is not None:
             data["cpu"]["broker_vcpus"] = round(self.cpu.broker_vcpus, 4)
             data["cpu"]["clients_vcpus"] = round(self.cpu.clients_vcpus, 4)
-        return data
+        return json_ready(data)
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,24 @@ class LoadStatus:
     sample_s: float
 
     def to_json(self) -> dict[str, JsonValue]:
-        return asdict(self)
+        return json_ready(asdict(self))
+
+
+def json_ready(data: Mapping[str, object]) -> dict[str, JsonValue]:
+    """``asdict``'s output as JSON values: its tuples become lists (the stored records'
+    JsonValue fields refuse tuples; json.dumps wrote them as lists anyway). TypeError for a
+    value JSON has no form for."""
+    return {key: _json_value(value) for key, value in data.items()}
+
+
+def _json_value(value: object) -> JsonValue:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, tuple | list):
+        return [_json_value(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _json_value(item) for key, item in value.items()}
+    raise TypeError(f"no JSON form for {type(value).__name__}: {value!r}")
 
 
 P = TypeVar("P", bound=BaseModel)
@@ -211,7 +232,7 @@ class HeldLoad(Protocol):
 
     def __enter__(self) -> HeldLoad: ...
 
-    def __exit__(self, *exc_info: Any) -> None: ...
+    def __exit__(self, *exc_info: *ExcInfo) -> None: ...
 
 
 @runtime_checkable

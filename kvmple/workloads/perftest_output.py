@@ -36,9 +36,11 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
+from pydantic import JsonValue
+
 from kvmple.errors import InputError, WorkloadError
 from kvmple.guest.kvmple_guest import protocol
-from kvmple.workloads.base import CpuSplit
+from kvmple.workloads.base import CpuSplit, json_ready
 from kvmple.workloads.rabbitmq_perftest import (
     SOURCES as RABBITMQ_FORMATS,
 )
@@ -100,17 +102,17 @@ class PerftestReport:
     iterations: tuple[PerftestIteration, ...]
     averages: PerftestIteration | None = None  # as printed by the tool (iterations > 1)
     warnings: tuple[str, ...] = ()
-    params: dict[str, Any] | None = None
+    params: dict[str, JsonValue] | None = None
 
     @property
     def transfers_per_sec(self) -> float:
         """Mean over iterations of the total transfers/sec."""
         return sum(it.transfers_per_sec for it in self.iterations) / len(self.iterations)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, JsonValue]:
         data = asdict(self)
         data["transfers_per_sec"] = self.transfers_per_sec
-        return data
+        return json_ready(data)
 
 
 def _number(text: str, what: str, where: str) -> float:
@@ -314,7 +316,7 @@ def parse_kvmple(text: str, where: str = "perftest output") -> PerftestReport:
         raise WorkloadError(f"{where}: {RESULT_TAG} line lacks a field: {exc}") from None
     if not iterations:
         raise WorkloadError(f"{where}: {RESULT_TAG} line has no iterations")
-    params = cast(dict[str, Any] | None, record.get("params"))
+    params = cast(dict[str, JsonValue] | None, record.get("params"))
     return PerftestReport(protocol.PERFTEST, tuple(iterations), params=params)
 
 

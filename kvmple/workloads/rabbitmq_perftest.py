@@ -26,9 +26,11 @@ import csv
 import io
 import re
 from dataclasses import asdict, dataclass
-from typing import Any
+
+from pydantic import JsonValue
 
 from kvmple.errors import WorkloadError
+from kvmple.workloads.base import json_ready
 
 SOURCES = {
     "rabbitmq": "rabbitmq-perf-test",
@@ -96,10 +98,10 @@ class RabbitPerfTestReport:
         total = [(s.sent_per_sec or 0.0) + (s.received_per_sec or 0.0) for s in self.samples]
         return sum(total) / len(total)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, JsonValue]:
         data = asdict(self)
         data["transfers_per_sec"] = self.transfers_per_sec
-        return data
+        return json_ready(data)
 
 
 def _latency(match: re.Match[str] | None, first: int = 1) -> Latency | None:

@@ -16,16 +16,19 @@ from typing import Any
 import pytest
 
 from kvmple.campaign import execute
+from kvmple.campaign.frame import BlockWorkloads
 from kvmple.campaign.kvmevidence import TCG_NO_KVM
 from kvmple.campaign.model import CampaignOutcome, HostFacts
 from kvmple.campaign.plan import build_plan
 from kvmple.campaign.playbook import load_playbook
-from kvmple.errors import WorkloadError
+from kvmple.campaign.provenance import BlockFacts
+from kvmple.errors import CampaignError, WorkloadError
 from kvmple.events import Recorder
 from kvmple.executor import LocalExecutor
 from kvmple.image.artifact import ImageManifest
 from kvmple.results import CampaignMeta, RunRecord, open_store
 from kvmple.results.evidence import Unavailable
+from kvmple.workloads import get_workload
 
 SMOKE = Path(__file__).resolve().parents[2] / "playbooks" / "smoke.yaml"
 
@@ -143,10 +146,10 @@ def _attempt(ctx: Any, run: Any, workload: Any = None, load: Any = None) -> bool
     guests = {
         role: SimpleNamespace(executor=LocalExecutor(), readback={}) for role in ctx.playbook.guests
     }
-    workloads = {ctx.playbook.measured_role: workload or AlwaysFails()}
-    if load is not None:
-        workloads["spin"] = load
-    facts = {"knobs": {}, "affinity": {}, "threads": {}}
+    workloads = BlockWorkloads(
+        measured=workload or AlwaysFails(), loads={} if load is None else {"spin": load}
+    )
+    facts = BlockFacts(knobs={}, affinity={}, threads={})
     return bool(
         execute._one_run(
             ctx,
@@ -260,6 +263,14 @@ def test_the_load_runs_only_around_the_timed_window(tmp_path: Path, fails: bool)
         record = next(r for r in store.runs(meta.id) if r.status == "ok")
         assert {"load_start", "load_stop"} <= set(record.evidence["phases_s"])
         assert record.evidence["load"]["spin"] == {"loops": []}
+        # the stored evidence keeps the keys (and their order) it had as a free dict
+        assert list(record.evidence) == [
+            "phases_s",
+            "quiet_before",
+            "load",
+            "window_seconds",
+            "host_cpu",
+        ]
 
 
 def test_a_load_that_did_not_run_as_asked_fails_the_run(tmp_path: Path) -> None:
@@ -280,3 +291,13 @@ def test_a_load_that_did_not_run_as_asked_fails_the_run(tmp_path: Path) -> None:
     )
     assert failed.evidence["load"]["spin"] == {"loops": []}  # what it did is kept
     assert events[-2:] == ["load released", "clean-up"]
+
+
+def test_workloads_of_the_wrong_kind_for_their_guest_are_refused() -> None:
+    """A load workload cannot be measured, a measured one cannot be held as a load: the
+    block names the guests instead of failing inside a run."""
+    spin, hackbench = get_workload("spin"), get_workload("hackbench")
+    block = BlockWorkloads.of({"amqp": hackbench, "spin": spin}, "amqp")
+    assert block.measured is hackbench and dict(block.loads) == {"spin": spin}
+    with pytest.raises(CampaignError, match=r"wrong kind for their guest: amqp: spin, spin: hack"):
+        BlockWorkloads.of({"amqp": spin, "spin": hackbench}, "amqp")

@@ -125,13 +125,14 @@ def test_exit_counter_against_fake_tracefs(tmp_path: Path) -> None:
             assert not (events / "kvm_exit/enable").exists()  # the lossy buffer stays off
             (events / "kvm_exit/hist").write_text(HIST_EXIT)
             (events / "kvm_ple_window_update/hist").write_text(HIST_PLE)
-    kvm_exits = evidence["kvm_exits"]
+    kvm_exits = evidence.kvm_exits
+    assert isinstance(kvm_exits, dict)
     assert kvm_exits["pause_exits"] == 24 + 3
     assert kvm_exits["ple_window_updates"] == 29
     assert kvm_exits["exits_by_reason"] == {"1": 5, "40": 27}
     assert kvm_exits["pause_exits_by_thread"] == {"212": 24, "213": 3}
     assert not counter.instance.exists()
-    assert evidence["host_cpu"]["cpus"] == [0]
+    assert evidence.host_cpu is not None and evidence.host_cpu["cpus"] == [0]
 
 
 def test_dropped_events_fail_the_count(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from kvmple.campaign.model import HostFacts
 from kvmple.campaign.plan import build_plan
 from kvmple.campaign.playbook import load_playbook
-from kvmple.campaign.provenance import run_provenance
+from kvmple.campaign.provenance import BlockFacts, run_provenance
 from kvmple.image.artifact import ImageManifest
 from kvmple.results import CampaignMeta
 from kvmple.results.cells import CAMPAIGN_KEYS, POOL_KEYS
@@ -63,12 +63,12 @@ def _provenance(**facts: object) -> RunProvenance:
         key="k1",
         manifest=ImageManifest(name="debian12-amqp", key="k1", kernel_release="6.1"),
     )
-    block_facts = {
-        "knobs": {"ple": {"unavailable": "TCG"}},
-        "affinity": {role: {"0": [0], "1": [1]} for role in playbook.guests},
-        "threads": {role: [11, 12] for role in playbook.guests},
-        "boot": {role: {"mode": "cold", "snapshot": None} for role in playbook.guests},
-    }
+    block_facts = BlockFacts(
+        knobs={"ple": {"unavailable": "TCG"}},
+        affinity={role: {"0": [0], "1": [1]} for role in playbook.guests},
+        threads={role: [11, 12] for role in playbook.guests},
+        boot={role: {"mode": "cold", "snapshot": None} for role in playbook.guests},
+    )
     return run_provenance(
         host,
         playbook,

@@ -214,7 +214,7 @@ def test_rabbitmq_legacy_metrics_keep_min_avg_max_with_the_unit() -> None:
     )
     report = parse_any(text).to_json()
     assert report["transfers_per_sec"] == 17990
-    assert report["samples"][0]["min_avg_max_latency"] == (310, 2004, 9870, "µs")
+    assert report["samples"][0]["min_avg_max_latency"] == [310, 2004, 9870, "µs"]  # JSON form
     assert report["samples"][0]["consumer_latency"] is None
 
 

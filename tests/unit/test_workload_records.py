@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 from pydantic import ValidationError
 
 from kvmple.errors import WorkloadError
+from kvmple.results.records import RunRecord
 from kvmple.workloads.base import CpuSplit, LoopStatus, Measurement
 from kvmple.workloads.spin import load_status
 
@@ -57,3 +59,23 @@ def test_cpu_split_reads_its_stored_form() -> None:
     assert CpuSplit.from_json(stored["cpu"]) == split
     with pytest.raises(ValidationError, match="ncpu"):
         CpuSplit.from_json({k: v for k, v in stored["cpu"].items() if k != "ncpu"})
+
+
+def test_json_forms_are_json_values_a_run_record_stores_as_before() -> None:
+    """The load status and measurement JSON hold lists, not asdict's tuples: RunRecord's
+    JsonValue fields refuse tuples; the stored text is what json.dumps wrote of the tuples."""
+    status = load_status("spin", json.loads(json.dumps(_STATUS)))
+    measurement = Measurement(
+        workload="w", params={"n": 2}, figures={"x": 1.0}, primary="x", window_s=1.0,
+        raw_output="", iterations=({"x": 1.0},), notes=("a note",),
+    )  # fmt: skip
+    load, measured = status.to_json(), measurement.to_json()
+    assert isinstance(load["loops"], list) and isinstance(measured["notes"], list)
+    assert load["loops"][0]["affinity"] == [1]  # type: ignore[index,call-overload]
+    record = RunRecord(
+        campaign_id="c", run_key="k", cell={}, run_index=0, status="ok", started=0.0,
+        ended=1.0, evidence={"load": {"spin": load}, "measurement": measured},
+    )  # fmt: skip
+    stored = json.loads(record.model_dump_json())["evidence"]
+    assert stored == json.loads(json.dumps({"load": {"spin": asdict(status)}, "measurement": {
+        **asdict(measurement), "value": 1.0}}))  # fmt: skip
