@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 
 import paramiko
+from paramiko.common import MSG_CHANNEL_REQUEST
 
 from kvmple.errors import CommandError, CommandTimeout, GuestError
 from kvmple.pump import Answer, Capture, Sink, Stream, pump
@@ -49,6 +50,27 @@ class LoginRefused(GuestError):
 
 class Unreachable(GuestError):
     """SSH did not answer (yet): connection refused, reset, or no SSH banner."""
+
+
+class CommandKilled(GuestError):
+    """The remote command died of a signal: sshd sent "exit-signal", no exit status."""
+
+
+_EXIT_SIGNAL = "_kvmple_exit_signal"  # the channel attribute holding what sshd reported
+
+
+def _channel_request(channel: paramiko.Channel, message: paramiko.Message) -> None:
+    """paramiko's channel-request handler plus "exit-signal" (RFC 4254 section 6.10), which
+    paramiko 3-5 refuses silently: sshd sends it instead of "exit-status" when the command was
+    killed by a signal (OpenSSH session.c, session_exit_message). Kept on the channel."""
+    mark = message.packet.tell()
+    if message.get_text() == "exit-signal":
+        message.get_boolean()  # want-reply: FALSE for exit-signal
+        name, core = message.get_text(), message.get_boolean()  # OpenSSH's message is ""
+        setattr(channel, _EXIT_SIGNAL, f"SIG{name}" + (" (core dumped)" if core else ""))
+        return
+    message.packet.seek(mark)
+    paramiko.Channel._handle_request(channel, message)  # type: ignore[attr-defined]
 
 
 def _host_label(host: str, port: int) -> str:
@@ -165,6 +187,10 @@ class SSHExecutor:
         transport = client.get_transport()
         if transport is not None:
             transport.set_keepalive(15)
+            # paramiko's own override point: the class's handler table, per instance
+            table = dict(transport._channel_handler_table)  # type: ignore[attr-defined]
+            table[MSG_CHANNEL_REQUEST] = _channel_request
+            transport._channel_handler_table = table  # type: ignore[attr-defined]
         return client
 
     def _transport(self) -> paramiko.Transport:
@@ -279,6 +305,11 @@ class SSHExecutor:
             ) from exc
         finally:
             channel.close()
+        if status == -1 and (signal := getattr(channel, _EXIT_SIGNAL, None)) is not None:
+            raise CommandKilled(
+                f"{self.name}: {shlex.join(args)} was killed by {signal} (sshd's exit-signal)",
+                hint="something in the guest signalled it: see the guest's journal",
+            )
         if status == -1:
             raise GuestError(
                 f"{self.name}: {shlex.join(args)} ended without an exit status (connection lost)",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,14 @@ import pytest
 from kvmple.errors import CommandError, CommandTimeout, GuestError
 from kvmple.executor import Executor
 from kvmple.keys import installation_key
-from kvmple.remote import HostKeyMismatch, LoginRefused, SSHExecutor, Unreachable, free_port
+from kvmple.remote import (
+    CommandKilled,
+    HostKeyMismatch,
+    LoginRefused,
+    SSHExecutor,
+    Unreachable,
+    free_port,
+)
 from kvmple.run import background, run
 from tests.support import need_program, need_root
 
@@ -182,6 +189,24 @@ def test_stream_replies_go_to_stdin_and_a_failing_callback_closes_it(sshd: Sshd)
         while _running(marker) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not _running(marker), "the command still waits for a word on stdin"
+        assert ex.run(["true"], timeout=30).ok
+
+
+def test_a_command_killed_by_a_signal_is_reported_with_the_signal(sshd: Sshd) -> None:
+    """OpenSSH sends "exit-signal" (no "exit-status") for a command a signal killed; paramiko
+    drops that request, so without kvmple's handler this read as a lost connection."""
+    with sshd.executor() as ex:
+        calls: list[tuple[str, Callable[[], object]]] = [
+            ("SIGTERM", lambda: ex.run(["sh", "-c", "kill -TERM $$"], timeout=30, check=False)),
+            ("SIGHUP", lambda: ex.stream(["sh", "-c", "echo up; kill -HUP $$"], print, 30)),
+        ]
+        for signal, call in calls:
+            with pytest.raises(CommandKilled) as killed:
+                call()
+            assert f"was killed by {signal} (sshd's exit-signal)" in str(killed.value)
+            assert "connection lost" not in str(killed.value)
+        # the same connection still reports ordinary exit statuses
+        assert ex.run(["sh", "-c", "exit 3"], timeout=30, check=False).returncode == 3
         assert ex.run(["true"], timeout=30).ok
 
 
