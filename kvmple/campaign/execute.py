@@ -23,6 +23,7 @@ from kvmple.campaign.model import CampaignOutcome, HostFacts
 from kvmple.campaign.plan import UNAVAILABLE, Block, Plan, PlannedRun
 from kvmple.campaign.playbook import Playbook
 from kvmple.campaign.provenance import BlockFacts, run_provenance
+from kvmple.campaign.readiness import readiness_for
 from kvmple.errors import CampaignError, GuestError, WorkloadError
 from kvmple.events import Note, Progress, Sink, Warn
 from kvmple.host import knobs, pvknobs, vmknobs
@@ -35,7 +36,8 @@ from kvmple.results.stats import enough_runs
 from kvmple.vm import gc, registry
 from kvmple.vm.lifecycle import Guest, boot_guests
 from kvmple.vm.spec import VMSpec, domain_name
-from kvmple.workloads import ensure_programs, get_workload
+from kvmple.workloads import get_workload
+from kvmple.workloads.base import json_ready
 
 log = logging.getLogger("kvmple.campaign")
 
@@ -240,6 +242,9 @@ def _boot_and_run(ctx: _Context, index: int, block: Block) -> None:
                 ready_timeout=playbook.timeouts.boot,
                 keep_smt_siblings=keep_smt,
                 sink=ctx.sink,
+                readiness=readiness_for(
+                    playbook.workloads, prepare_timeout=playbook.timeouts.prepare
+                ),
             )
         )
         ctx.outcome.boots += 1
@@ -266,6 +271,8 @@ def _boot_and_run(ctx: _Context, index: int, block: Block) -> None:
                 for role, g in by_role.items()
             },
             threads={role: _vcpu_threads(g) for role, g in by_role.items()},
+            # restored from which booted snapshot, or booted cold (kvmple.vm.snapshot)
+            boot={role: _boot_origin(g) for role, g in by_role.items()},
         )
         # Failed attempts go to the back of the queue and are retried with the same guests
         # (at most MAX_ATTEMPTS per run: _one_run raises past that).
@@ -290,6 +297,12 @@ def _boot_and_run(ctx: _Context, index: int, block: Block) -> None:
                 queue.append((position, run))
 
 
+def _boot_origin(guest: Guest) -> JsonValue:
+    """How the guest started (readback["boot"]: restored from which snapshot, or cold)."""
+    boot = guest.readback.get("boot")
+    return json_ready(boot) if isinstance(boot, dict) else None
+
+
 def _vcpu_threads(guest: Guest) -> JsonValue:
     """vCPU -> thread id as read back at boot (None: not read back)."""
     threads = guest.readback.get("vcpu_threads")
@@ -310,17 +323,13 @@ def _per_vm_read_back(block: Block, guests: Sequence[Guest]) -> dict[str, KnobRe
 
 
 def _prepare(ctx: _Context, guests: dict[str, Guest]) -> BlockWorkloads:
-    """Each guest's workload, checked for its role (CampaignError), then prepared in it."""
+    """Each guest's workload, checked for its role (CampaignError). Their ``prepare`` (guest
+    programs shipped, broker answering) already ran inside boot_guests as each guest's
+    readiness (kvmple.campaign.readiness), before a booted snapshot was saved or after one
+    was restored: not run a second time."""
+    del guests  # ready already
     found = {role: get_workload(spec.name) for role, spec in ctx.playbook.workloads.items()}
-    workloads = BlockWorkloads.of(found, ctx.playbook.measured_role)
-    for role, spec in ctx.playbook.workloads.items():
-        executor = guests[role].executor
-        ctx.sink(Progress(label=f"preparing {spec.name} in {role}"))
-        ensure_programs(executor)
-        found[role].prepare(
-            executor, timeout=ctx.playbook.timeouts.prepare, params=dict(spec.params)
-        )
-    return workloads
+    return BlockWorkloads.of(found, ctx.playbook.measured_role)
 
 
 def _precise_enough(ctx: _Context, run: PlannedRun) -> bool:

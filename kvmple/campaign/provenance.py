@@ -34,6 +34,8 @@ class BlockFacts:
     knobs: dict[str, KnobReadBack]
     affinity: dict[str, dict[str, list[int]]]
     threads: dict[str, JsonValue]
+    # guest role -> how it started (kvmple.vm.snapshot: restored from which key, or cold)
+    boot: dict[str, JsonValue] | None = None
 
 
 def guest_facts(host: HostFacts, playbook: Playbook) -> dict[str, GuestProvenance]:
@@ -89,6 +91,7 @@ def run_provenance(
         },
         affinity=block_facts.affinity,
         vcpu_threads=block_facts.threads,
+        boot=block_facts.boot,
         kvmple_version=__version__,
         playbook_hash=meta.playbook_hash,
         seed=playbook.order.seed,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 from kvmple import ui
 from kvmple.image import build, find_recipe
@@ -26,12 +28,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p_build.add_argument("--json", action="store_true", help="print the image as JSON")
     p_build.set_defaults(handler=_build)
 
-    p_list = image_sub.add_parser("list", help="list cached images")
+    p_list = image_sub.add_parser("list", help="list cached images and booted snapshots")
     p_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p_list.set_defaults(handler=_list)
 
-    p_rm = image_sub.add_parser("rm", help="remove cached images")
-    p_rm.add_argument("ref", nargs="+", help="image name, cache directory name or key prefix")
+    p_rm = image_sub.add_parser("rm", help="remove cached images or booted snapshots")
+    p_rm.add_argument(
+        "ref",
+        nargs="+",
+        help="image name, cache directory name or key prefix; a snapshot key prefix "
+        "(>= 6 hex digits, see 'image list'); or 'snapshots' for all snapshots",
+    )
     p_rm.set_defaults(handler=_rm)
 
     p_check = image_sub.add_parser(
@@ -63,9 +70,12 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from kvmple.vm import snapcache
+
     found = entries()
+    snapshots = snapcache.entries()
     if args.json:
-        rows = [
+        rows: list[dict[str, object]] = [
             {
                 **(e.image.to_json() if e.image else {}),
                 "directory": str(e.directory),
@@ -74,8 +84,10 @@ def _list(args: argparse.Namespace) -> int:
             }
             for e in found
         ]
+        rows += [{"snapshot": True, **snapcache.describe(e)} for e in snapshots]
         ui.out.print_json(json.dumps(rows))
         return 0
+    _list_snapshots(snapshots)
     if not found:
         ui.note(f"no cached images in {images_dir()}")
         return 0
@@ -101,6 +113,27 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list_snapshots(snapshots: list[Any]) -> None:
+    """Booted snapshots (kvmple.vm.snapcache), most recently used first, after the images."""
+    from kvmple.vm import snapcache
+
+    total = sum(e.size_bytes for e in snapshots)
+    ui.note(
+        f"{len(snapshots)} booted snapshot(s), {_size(total)} of {_size(snapcache.cap_bytes())} "
+        f"(KVMPLE_SNAPSHOT_CAP_MIB) in {snapcache.snapshots_dir()}"
+    )
+    for e in snapshots:
+        f = e.fields
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
+        ui.out.print(
+            f"snapshot {e.key[:12]}  {f.get('image')} {f.get('vcpus')} vCPU "
+            f"{f.get('memory_mib')} MiB {f.get('accelerator')} ready={f.get('readiness')}  "
+            f"{_size(e.size_bytes)}  used {used}  cmdline: {f.get('cmdline')}",
+            markup=False,
+            crop=False,
+        )
+
+
 def _or_unknown(value: str | int | None) -> str:
     return "?" if value is None else str(value)
 
@@ -110,7 +143,14 @@ def _size(size: int) -> str:
 
 
 def _rm(args: argparse.Namespace) -> int:
+    from kvmple.vm import snapcache
+
     for ref in args.ref:
+        keys = [e.key for e in snapcache.entries()]
+        if ref == "snapshots" or (len(ref) >= 6 and any(k.startswith(ref) for k in keys)):
+            for key in snapcache.remove(ref):
+                ui.note(f"removed snapshot {key}")
+            continue
         for directory in remove(ref):
             ui.note(f"removed {directory}")
     return 0

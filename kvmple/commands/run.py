@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,11 @@ def register(sub: Any) -> None:
         action="store_true",
         help="print each campaign's outcome as one JSON line on stdout (docs/run-json.md) "
         "instead of the report; the summary lines go to stderr",
+    )
+    parser.add_argument(
+        "--cold-boot",
+        action="store_true",
+        help="boot every guest for real instead of restoring booted snapshots (and save none)",
     )
     parser.set_defaults(handler=_run)
 
@@ -90,6 +96,8 @@ def _run(args: argparse.Namespace) -> int:
     from kvmple.campaign.playbook import load_playbook, variants
     from kvmple.commands.plan_view import describe_plan
 
+    if args.cold_boot:  # read by kvmple.vm.snapshot.wanted wherever the campaign boots
+        os.environ["KVMPLE_COLD_BOOT"] = "1"
     if args.resume and args.playbook:
         raise UsageError("give either a PLAYBOOK or --resume ID, not both")
     if not args.resume and not args.playbook:

@@ -53,6 +53,11 @@ def register(sub: Any) -> None:
     up.add_argument("--ready-timeout", type=float, default=240.0, metavar="SECONDS")
     up.add_argument("--keep-smt-siblings", action="store_true", help="refuse split SMT cores")
     up.add_argument("--detach", action="store_true", help="leave the guests running and exit")
+    up.add_argument(
+        "--cold-boot",
+        action="store_true",
+        help="boot for real instead of restoring a booted snapshot (and save none)",
+    )
     up.add_argument("--uri", default="qemu:///system", help=argparse.SUPPRESS)
     up.set_defaults(handler=_up)
 
@@ -154,15 +159,25 @@ def _up(args: argparse.Namespace) -> int:
         uri=args.uri,
         ready_timeout=args.ready_timeout,
         keep_smt_siblings=args.keep_smt_siblings,
+        snapshots=False if args.cold_boot else None,
         sink=ui.Renderer(),
     ) as guests:
         table = Table(title=f"ready after {time.monotonic() - start:.1f} s")
-        for column in ("guest", "ssh", "vCPU -> host CPUs (read back)", "console"):
+        for column in ("guest", "ssh", "vCPU -> host CPUs (read back)", "boot", "console"):
             table.add_column(column)
         for guest in guests:
             affinity = " ".join(f"{v}:{','.join(map(str, c))}" for v, c in guest.affinity().items())
+            boot = guest.readback.get("boot")
+            boot = boot if isinstance(boot, dict) else {}
+            origin = str(boot.get("mode", "?"))
+            if boot.get("snapshot"):
+                origin += f" {str(boot['snapshot'])[:12]}"
             table.add_row(
-                guest.name, f"127.0.0.1:{guest.ssh_port}", affinity, str(guest.console_log)
+                guest.name,
+                f"127.0.0.1:{guest.ssh_port}",
+                affinity,
+                origin,
+                str(guest.console_log),
             )
         ui.err.print(table)
         print("ready " + " ".join(g.name for g in guests), flush=True)

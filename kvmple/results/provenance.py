@@ -78,6 +78,13 @@ class RunProvenance(BaseModel):
     vcpu_threads: dict[str, JsonValue] = Field(
         description="guest role -> vCPU -> thread id read back (None: not read back)"
     )
+    # not a pooling key: a restored guest and a cold-booted one measure the same cell (the
+    # equivalence test of tests/real/test_snapshot_real.py checks that they do)
+    boot: dict[str, JsonValue] | None = Field(
+        default=None,
+        description="guest role -> {'mode': 'restored'|'cold', 'snapshot': key or None, ...} "
+        "(kvmple.vm.snapshot); None in runs stored before snapshots",
+    )
     kvmple_version: str
     playbook_hash: str
     seed: int | None = None

@@ -15,6 +15,7 @@ Choices, and why:
 - QEMU runs as root for these domains with ``relabel='no'`` (static DAC label): the shared,
   read-only base image and the user's cache under /root are then never chowned by libvirt,
   and overlays under the (0700) state directory stay reachable.
+- ``<genid/>``: so guests restored from one booted snapshot do not share RNG state.
 - No balloon, serial console to a file, virtio disk (a per-VM qcow2 overlay) and virtio NIC.
 """
 
@@ -68,6 +69,9 @@ def domain_xml(spec: VMSpec, *, overlay: Path, console_log: Path, ssh_port: int)
         )
     domain = ET.Element("domain", {"type": "kvm" if spec.accelerator == "kvm" else "qemu"})
     _sub(domain, "name", spec.domain_name)
+    # A VM generation ID: libvirt gives a restored domain a new one, and the guest kernel
+    # (Linux >= 5.18 vmgenid driver) reseeds its RNG when it changes (kvmple.vm.snapshot).
+    _sub(domain, "genid")
     _sub(domain, "title", f"kvmple {spec.campaign_id} {spec.role}")
     metadata = _sub(domain, "metadata")
     owner = ET.SubElement(metadata, f"{{{KVMPLE_NS}}}guest")

@@ -52,6 +52,7 @@ class _Domain(Protocol):
     def XMLDesc(self, flags: int = 0) -> str: ...
     # ([(vcpu number, state, cpu time ns, host cpu)], [per vCPU: allowed flag per host CPU])
     def vcpus(self) -> tuple[list[tuple[int, int, int, int]], list[tuple[bool, ...]]]: ...
+    def saveFlags(self, to: str, dxml: str | None = None, flags: int = 0) -> int: ...
 
 
 class _Connection(Protocol):
@@ -62,6 +63,9 @@ class _Connection(Protocol):
     def createXML(self, xmlDesc: str, flags: int = 0) -> _Domain: ...
     def defineXML(self, xml: str) -> _Domain: ...
     def listAllDomains(self, flags: int = 0) -> list[_Domain]: ...
+    def restoreFlags(self, frm: str, dxml: str | None = None, flags: int = 0) -> int: ...
+    def getLibVersion(self) -> int: ...
+    def getVersion(self) -> int: ...
 
 
 class Libvirt:
@@ -165,6 +169,34 @@ class Libvirt:
         if dom is None:
             raise GuestError(f"guest {name} is gone ({self.uri})")
         return str(dom.XMLDesc(0))
+
+    def save(self, name: str, path: str) -> None:
+        """Save the running ``name``'s memory and device state to ``path`` (virDomainSaveFlags);
+        the domain stops. GuestError when libvirt or QEMU fail (e.g. disk full)."""
+        dom = self._lookup(name)
+        if dom is None:
+            raise GuestError(f"guest {name} is gone ({self.uri})")
+        try:
+            dom.saveFlags(path, None, 0)
+        except libvirt.libvirtError as exc:
+            raise GuestError(f"saving guest {name} to {path}: {_message(exc)}") from exc
+
+    def restore(self, path: str, name: str) -> None:
+        """Start the guest saved in ``path`` running (virDomainRestoreFlags): its domain XML is
+        the one in the image's header. GuestError when libvirt or QEMU refuse it."""
+        try:
+            self._conn.restoreFlags(path, None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+        except libvirt.libvirtError as exc:
+            raise GuestError(f"restoring guest {name} from {path}: {_message(exc)}") from exc
+
+    def versions(self) -> dict[str, int]:
+        """libvirt's and the hypervisor's (QEMU's) versions as libvirt encodes them
+        (major * 1,000,000 + minor * 1,000 + release)."""
+        try:
+            libvirt_version = int(self._conn.getLibVersion())
+            return {"libvirt": libvirt_version, "qemu": int(self._conn.getVersion())}
+        except libvirt.libvirtError as exc:
+            raise HostError(f"libvirt ({self.uri}): reading versions: {_message(exc)}") from exc
 
     def define(self, xml: str) -> str:
         """Define a persistent domain (tests of gc use this to plant leftovers)."""

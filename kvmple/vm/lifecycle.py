@@ -16,7 +16,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -34,8 +34,7 @@ from kvmple.events import Sink, Warn
 from kvmple.host.kvmprobe import usable_accelerator
 from kvmple.keys import installation_key
 from kvmple.remote import SSHExecutor, free_port
-from kvmple.run import run
-from kvmple.vm import reaper, registry
+from kvmple.vm import reaper, registry, snapshot
 from kvmple.vm.domxml import domain_xml
 from kvmple.vm.libvirt_backend import Libvirt, connect
 from kvmple.vm.pinning import check_pinning, compare_affinity, read_host_cpus, summarize
@@ -104,11 +103,13 @@ class Guest:
                 f"guest {self.name}: affinity from the kernel {from_kernel} differs from "
                 f"libvirt's {from_libvirt}"
             )
-        self.readback = {
-            "qemu_pid": pid,
-            "vcpu_threads": {str(k): v for k, v in tids.items()},
-            "vcpu_affinity": {str(k): list(v) for k, v in from_kernel.items()},
-        }
+        self.readback.update(  # update: "boot" (how the guest was started) stays
+            {
+                "qemu_pid": pid,
+                "vcpu_threads": {str(k): v for k, v in tids.items()},
+                "vcpu_affinity": {str(k): list(v) for k, v in from_kernel.items()},
+            }
+        )
         return from_kernel
 
 
@@ -160,8 +161,16 @@ def _fits(wave: Sequence[VMSpec]) -> bool:
 class _Boot:
     """The state of one boot_guests call, shared by its worker threads."""
 
-    def __init__(self, lv: Libvirt, ready_timeout: float) -> None:
+    def __init__(
+        self,
+        lv: Libvirt,
+        ready_timeout: float,
+        policy: snapshot.Policy | None = None,
+        sink: Sink = events.discard,
+    ) -> None:
         self.lv = lv
+        self.sink = sink
+        self.policy = policy or snapshot.Policy({}, use=False)
         self.ready_timeout = ready_timeout
         self.t0 = time.monotonic()
         self.key = installation_key().private
@@ -171,9 +180,25 @@ class _Boot:
         self.created: set[str] = set()  # domains this boot created: the only ones it destroys
         self.executors: list[SSHExecutor] = []
 
-    def start(self, spec: VMSpec) -> Guest:
-        run_dir = registry.guests_dir() / spec.domain_name
-        record = registry.GuestRecord(
+    def bring_up(self, spec: VMSpec) -> Guest:
+        """Start ``spec``'s guest and wait until it is ready: from a booted snapshot when the
+        policy allows, else cold (kvmple.vm.snapshot.bring_up)."""
+        return snapshot.bring_up(self, spec, self.policy)
+
+    def drop(self, guest: Guest) -> None:
+        """Stop and forget one guest of this boot (a failed restore before a cold boot)."""
+        guest.executor.close()
+        if guest.name in self.created:
+            self.lv.destroy(guest.name)
+        with self.lock:
+            self.created.discard(guest.name)
+            self.records = [r for r in self.records if r.domain != guest.name]
+            self.executors = [e for e in self.executors if e is not guest.executor]
+        registry.forget(guest.record)
+        reaper.disown(guest.name)
+
+    def _record(self, spec: VMSpec, run_dir: Path) -> registry.GuestRecord:
+        return registry.GuestRecord(
             domain=spec.domain_name,
             uri=self.lv.uri,
             role=spec.role,
@@ -189,6 +214,17 @@ class _Boot:
             detached=False,
             created=time.time(),
         )
+
+    def start(
+        self,
+        spec: VMSpec,
+        *,
+        backing: Path | None = None,
+        launch: Callable[[str, Path], None] | None = None,
+    ) -> Guest:
+        """Claim; overlay on ``backing`` (default: the image); ``launch`` or createXML it."""
+        run_dir = registry.guests_dir() / spec.domain_name
+        record = self._record(spec, run_dir)
         reaper.ensure()  # from here on, this process dying by any signal reaps the guest
         registry.claim(record)  # raises if the name is taken: then it is not ours to clean
         with self.lock:
@@ -197,12 +233,7 @@ class _Boot:
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
         overlay = run_dir / "overlay.qcow2"
-        run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-             str(Path(spec.image.qcow2).resolve()), str(overlay)],
-            timeout=60,
-            what=f"creating the overlay of {spec.domain_name}",
-        )  # fmt: skip
+        snapshot.make_overlay(Path(backing or spec.image.qcow2), overlay)
         console = run_dir / "console.log"
         for attempt in range(_PORT_ATTEMPTS):
             if self.stop.is_set():
@@ -217,7 +248,7 @@ class _Boot:
                 )
             reaper.own(spec.domain_name, self.lv.uri)
             try:
-                self.lv.create(xml, spec.domain_name)
+                (launch or (lambda x, _: self.lv.create(x, spec.domain_name)))(xml, run_dir)
                 with self.lock:
                     self.created.add(spec.domain_name)
                 break
@@ -348,6 +379,8 @@ def boot_guests(
     uri: str = SYSTEM_URI,
     ready_timeout: float,
     keep_smt_siblings: bool = False,
+    snapshots: bool | None = None,
+    readiness: Mapping[str, snapshot.Readiness] | None = None,
     sink: Sink = events.discard,
 ) -> Iterator[list[Guest]]:
     """Start ``specs`` (in parallel where they do not overcommit the host CPUs: boot_waves),
@@ -356,19 +389,27 @@ def boot_guests(
     On exit, whatever the reason, every guest is destroyed and its files and record removed
     (except guests passed to ``detach``). A clean-up that fails while another error is
     raised is a Warn to ``sink`` (the first error wins); otherwise it raises GuestError.
+
+    ``snapshots``: start guests from booted snapshots (kvmple.vm.snapshot); None means yes
+    on qemu:///system unless KVMPLE_COLD_BOOT=1 or a guest offers svm/vmx (snapshot.wanted).
+    ``readiness`` (by role) says what a guest must reach beyond SSH before it counts as
+    ready (and before it is saved); each guest's ``readback["boot"]`` says whether it was
+    restored or booted cold, and from which key.
     """
     _check_specs(specs, keep_smt_siblings=keep_smt_siblings)
     with connect(uri) as lv:
-        boot = _Boot(lv, ready_timeout)
+        use = snapshot.wanted(uri, specs) if snapshots is None else snapshots
+        policy = snapshot.Policy(dict(readiness or {}), use=use)
+        boot = _Boot(lv, ready_timeout, policy, sink)
         guests: list[Guest] = []
         try:
             with ThreadPoolExecutor(len(specs), thread_name_prefix="kvmple-boot") as pool:
                 try:
-                    for wave in boot_waves(specs):
-                        started = [f.result() for f in [pool.submit(boot.start, s) for s in wave]]
-                        guests.extend(started)
-                        for future in [pool.submit(boot.wait_ready, g) for g in started]:
-                            future.result()
+                    # restored guests do not boot: all of them start at once
+                    parallel = snapshot.all_cached(lv, specs, boot.policy)
+                    for wave in [list(specs)] if parallel else boot_waves(specs):
+                        futures = [pool.submit(boot.bring_up, s) for s in wave]
+                        guests.extend(f.result() for f in futures)
                 except BaseException:
                     boot.stop.set()  # let the other workers give up quickly
                     raise

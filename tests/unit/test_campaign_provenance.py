@@ -27,6 +27,7 @@ STORED_KEYS = [  # the record's keys before it was typed: stored runs keep this 
     "image",
     "affinity",
     "vcpu_threads",
+    "boot",  # added with booted snapshots (None in runs stored before them)
     "kvmple_version",
     "playbook_hash",
     "seed",
@@ -66,6 +67,7 @@ def _provenance(**facts: object) -> RunProvenance:
         knobs={"ple": {"unavailable": "TCG"}},
         affinity={role: {"0": [0], "1": [1]} for role in playbook.guests},
         threads={role: [11, 12] for role in playbook.guests},
+        boot={role: {"mode": "cold", "snapshot": None} for role in playbook.guests},
     )
     return run_provenance(
         host,
@@ -92,7 +94,11 @@ def test_stored_form_keeps_its_keys_and_reads_back() -> None:
         "key": "k1",
         "kernel_release": "6.1",
     }
+    assert stored["boot"]["spin"] == {"mode": "cold", "snapshot": None}
     assert RunProvenance.model_validate(stored) == provenance
+    # a run stored before booted snapshots (no "boot") still reads back
+    old = {k: v for k, v in stored.items() if k != "boot"}
+    assert RunProvenance.model_validate(old).boot is None
 
 
 def test_a_fact_of_the_wrong_shape_is_refused() -> None:

@@ -56,3 +56,24 @@ def test_rm(capsys: pytest.CaptureFixture[str]) -> None:
     assert not directory.exists()
     assert cli.main(["image", "rm", "alpha"]) == 2
     assert "no cached image matches 'alpha'" in capsys.readouterr().err
+
+
+def test_list_and_rm_booted_snapshots(capsys: pytest.CaptureFixture[str]) -> None:
+    from kvmple.vm import snapcache
+
+    key = "ab12cd" + "0" * 58
+    stage = snapcache.staging(key)
+    (stage / snapcache.MEMORY).write_bytes(b"m" * 1000)
+    (stage / snapcache.DISK).write_bytes(b"d")
+    fields = {"image": "debian12-amqp", "vcpus": 2, "memory_mib": 1536, "readiness": "ssh+broker"}
+    snapcache.publish(stage, key, fields)
+    assert cli.main(["image", "list"]) == 0
+    out = capsys.readouterr()
+    assert "1 booted snapshot(s)" in out.err
+    assert "snapshot ab12cd000000  debian12-amqp 2 vCPU 1536 MiB" in out.out
+    assert cli.main(["image", "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["key"] for r in rows if r.get("snapshot")] == [key]
+    assert cli.main(["image", "rm", "ab12cd"]) == 0
+    assert f"removed snapshot {key}" in capsys.readouterr().err
+    assert snapcache.entries() == []
