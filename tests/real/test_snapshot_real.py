@@ -9,16 +9,14 @@ run on a machine saves them (one cold boot per key), later runs restore them.
 
 from __future__ import annotations
 
-import os
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 from kvmple.campaign.readiness import level_of
-from kvmple.image import Image, resolve
+from kvmple.image import Image
 from kvmple.results.stats import compare
 from kvmple.run import run
 from kvmple.vm import registry, snapcache
@@ -26,7 +24,6 @@ from kvmple.vm.lifecycle import Guest, boot_guests
 from kvmple.vm.snapshot import Readiness
 from kvmple.vm.spec import VMSpec
 from kvmple.workloads import AmqpPerftest, ensure_programs
-from tests.support import need, need_program, need_root
 
 pytestmark = pytest.mark.real
 
@@ -34,19 +31,6 @@ URI = "qemu:///system"
 READY_TIMEOUT = 900.0  # a cold boot with RabbitMQ took 6+ min at load 20 on this 2-core host
 MESSAGES = 3000  # per run: a ~2 s window under TCG
 RUNS = 6  # per side, alternating cold and restored so host-load drift hits both alike
-
-
-@pytest.fixture
-def image(shared_cache: Path) -> Image:
-    need_root()
-    need_program("qemu-img")
-    need_program("virsh")
-    need(
-        run(["virsh", "-c", URI, "uri"], timeout=30, check=False).ok,
-        "libvirtd does not answer on qemu:///system (scripts/setup-host.sh starts it)",
-    )
-    need(len(os.sched_getaffinity(0)) >= 2, "needs host CPUs 0 and 1")
-    return resolve("debian12-amqp")
 
 
 def _spec(image: Image, role: str, pins: tuple[tuple[int, ...], ...], memory: int) -> VMSpec:

@@ -18,13 +18,12 @@ from pathlib import Path
 import pytest
 
 from kvmple.errors import GuestError
-from kvmple.image import Image, resolve
+from kvmple.image import Image
 from kvmple.run import run
 from kvmple.vm import lifecycle, registry
 from kvmple.vm.libvirt_backend import connect
 from kvmple.vm.lifecycle import boot_guests
 from kvmple.vm.spec import VMSpec
-from tests.support import need, need_program, need_root
 
 pytestmark = pytest.mark.real
 
@@ -34,19 +33,6 @@ PINS = ((0,), (1,))
 # `vm up` resolves the image itself: a cache hit takes ~1 s, but a recipe edited since the
 # fixture resolved it means a rebuild (minutes) before any domain exists.
 WAIT_FOR_DOMAINS = 600.0  # vCPU0 -> host CPU 0, vCPU1 -> host CPU 1, in both guests
-
-
-@pytest.fixture
-def image(shared_cache: Path) -> Image:
-    need_root()
-    need_program("qemu-img")
-    need_program("virsh")
-    need(
-        run(["virsh", "-c", URI, "uri"], timeout=30, check=False).ok,
-        "libvirtd does not answer on qemu:///system (scripts/setup-host.sh starts it)",
-    )
-    need(len(os.sched_getaffinity(0)) >= 2, "needs host CPUs 0 and 1")
-    return resolve("debian12-amqp")
 
 
 def domains() -> set[str]:
