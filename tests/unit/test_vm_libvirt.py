@@ -8,17 +8,16 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from kvmple.errors import GuestError, HostError
-from kvmple.run import run
 from kvmple.vm import gc, registry
 from kvmple.vm.domxml import domain_xml
 from kvmple.vm.libvirt_backend import Libvirt, connect
 from kvmple.vm.lifecycle import boot_guests
+from tests.fixtures.fake_image import FileImage
 from tests.unit.test_vm_registry import dead_pid, make_record
 from tests.unit.test_vm_spec import make_spec
 
@@ -32,28 +31,6 @@ def lv() -> Iterator[Libvirt]:
         yield conn
         for name in conn.names("kvmple-"):
             conn.destroy(name)
-
-
-@dataclass(frozen=True)
-class FileImage:
-    name: str
-    qcow2: Path
-    kernel: Path
-    initrd: Path
-    cmdline: str = "root=/dev/vda console=ttyS0"
-    ssh_user: str = "root"
-    host_keys: tuple[str, ...] = (
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHqfD0mSp4VC3mBzq9Lr0g8Kx7W0X6t1u5h0H0mD2L5s",
-    )
-
-
-@pytest.fixture
-def image(tmp_path: Path) -> FileImage:
-    base = tmp_path / "base.qcow2"
-    run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "16M"], timeout=30)
-    (tmp_path / "vmlinuz").write_bytes(b"not a kernel")
-    (tmp_path / "initrd.img").write_bytes(b"not an initrd")
-    return FileImage("fake", base, tmp_path / "vmlinuz", tmp_path / "initrd.img")
 
 
 def _xml(role: str = "a") -> str:
