@@ -22,7 +22,8 @@ from kvmple.events import Recorder, Sink, discard
 from kvmple.vm import registry, saveimage, snapcache, snapshot
 from kvmple.vm.libvirt_backend import Libvirt, connect
 from kvmple.vm.lifecycle import _Boot, boot_guests
-from tests.unit.test_vm_libvirt import FileImage, _xml
+from tests.fixtures.fake_image import FileImage
+from tests.unit.test_vm_libvirt import _xml
 from tests.unit.test_vm_spec import make_spec
 
 TEST_URI = "test:///default"
@@ -186,17 +187,6 @@ def fake_qemu(monkeypatch: pytest.MonkeyPatch, lv: Libvirt) -> dict[str, list[st
     return calls
 
 
-@pytest.fixture
-def image(tmp_path: Path) -> FileImage:
-    from kvmple.run import run
-
-    base = tmp_path / "base.qcow2"
-    run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "16M"], timeout=30)
-    (tmp_path / "vmlinuz").write_bytes(b"k")
-    (tmp_path / "initrd.img").write_bytes(b"i")
-    return FileImage("fake", base, tmp_path / "vmlinuz", tmp_path / "initrd.img")
-
-
 def _boot(
     image: FileImage,
     role: str = "a",
@@ -312,10 +302,10 @@ def test_a_restore_that_hangs_is_stopped(lv: Libvirt, image: FileImage) -> None:
             released.set()
             return True
 
-    start = time.monotonic()
     with pytest.raises(snapshot.RestoreFailed, match=r"did not finish within 0\.5s"):
         snapshot._restore_within(HangingLibvirt(), Path("/x"), "kvmple-c1-a", 0.5)  # type: ignore[arg-type]
-    assert time.monotonic() - start < 10
+    # the hang was broken by destroying the half-restored domain, not by waiting it out
+    assert released.is_set()
 
 
 def test_a_snapshot_from_another_qemu_is_discarded(
