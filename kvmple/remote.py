@@ -15,7 +15,6 @@ process group ends the command and its children.
 from __future__ import annotations
 
 import logging
-import os
 import shlex
 import socket
 import threading
@@ -32,6 +31,7 @@ from kvmple.pump import Answer, Capture, Sink, Stream, pump
 from kvmple.run import Result, failure
 
 _IDLE_POLL = 0.01
+_SESSION_PAUSES = (2.0, 5.0)  # seconds before the 2nd and 3rd try to open a session
 
 # paramiko's transport thread logs every refused handshake (a booting guest refuses many) as
 # an ERROR with a traceback; kvmple reports failures itself, as one line with a hint.
@@ -274,13 +274,7 @@ class SSHExecutor:
         command = f"echo $$; exec {shlex.join(full)}"
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
-        try:
-            channel = self._transport().open_session(timeout=30)
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise GuestError(
-                f"{self.name}: SSH connection lost before running {shlex.join(args)}: {exc}",
-                hint="the guest may have crashed: see its console log",
-            ) from exc
+        channel = self._session(args)
         try:
             channel.exec_command(command)
             if input is not None:
@@ -319,6 +313,30 @@ class SSHExecutor:
         if check and not result.ok:
             raise failure(result, what)
         return result
+
+    def _session(self, args: tuple[str, ...]) -> paramiko.Channel:
+        """A channel for one command, on a new connection if the old one died. The command
+        has not started when this fails, so a failure is tried again (_SESSION_PAUSES): a
+        guest that has just booted or is busy booting nested guests drops the odd
+        handshake ("No existing session") or does not open a channel within 30 s ("Timeout
+        opening channel"); both were seen on a lab host right after a kexec. A wrong host
+        key or a refused login is raised at once."""
+        last: Exception | None = None
+        for pause in (0.0, *_SESSION_PAUSES):
+            time.sleep(pause)
+            try:
+                return self._transport().open_session(timeout=30)
+            except (HostKeyMismatch, LoginRefused):
+                raise
+            except (OSError, EOFError, paramiko.SSHException, GuestError) as exc:
+                last = exc
+        if isinstance(last, GuestError):  # Unreachable: it says why, as it always has
+            raise last
+        raise GuestError(
+            f"{self.name}: SSH connection lost before running {shlex.join(args)} "
+            f"({len(_SESSION_PAUSES) + 1} tries): {last}",
+            hint="the guest may have crashed: see its console log",
+        ) from last
 
     def _kill(self, pid: int | None) -> None:
         """Kill a timed-out command's process group in the guest (best effort)."""
@@ -422,28 +440,3 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def exec_interactive_ssh(
-    *, port: int, user: str, key: str, host_keys: Sequence[str], known_hosts: Path
-) -> None:
-    """Replace this process with an interactive OpenSSH session to 127.0.0.1:``port``.
-
-    paramiko has no terminal handling, so an interactive login hands the terminal to
-    ``ssh`` (ssh(1)), held to the same policy as :class:`SSHExecutor`: the installation key
-    only, the guest's pinned host keys written to ``known_hosts``, strict checking. Returns
-    only if exec fails (OSError).
-    """
-    label = f"[127.0.0.1]:{port}"
-    known_hosts.write_text("".join(f"{label} {host_key}\n" for host_key in host_keys))
-    argv = [
-        "ssh",
-        "-o", "IdentitiesOnly=yes",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", f"UserKnownHostsFile={known_hosts}",
-        "-o", "GlobalKnownHostsFile=/dev/null",
-        "-i", key,
-        "-p", str(port),
-        f"{user}@127.0.0.1",
-    ]  # fmt: skip
-    os.execvp("ssh", argv)

@@ -3,10 +3,11 @@ guest kvmple recorded, with its installation key and pinned host keys (kvmple.re
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from kvmple.remote import SSHExecutor, exec_interactive_ssh
+from kvmple.remote import SSHExecutor
 from kvmple.run import Result
 from kvmple.vm.registry import GuestRecord
 
@@ -48,3 +49,28 @@ def login(record: GuestRecord) -> None:
         host_keys=record.host_keys,
         known_hosts=Path(record.run_dir) / "known_hosts",
     )
+
+
+def exec_interactive_ssh(
+    *, port: int, user: str, key: str, host_keys: Sequence[str], known_hosts: Path
+) -> None:
+    """Replace this process with an interactive OpenSSH session to 127.0.0.1:``port``.
+
+    paramiko has no terminal handling, so an interactive login hands the terminal to
+    ``ssh`` (ssh(1)), held to the same policy as :class:`SSHExecutor`: the installation key
+    only, the guest's pinned host keys written to ``known_hosts``, strict checking. Returns
+    only if exec fails (OSError).
+    """
+    label = f"[127.0.0.1]:{port}"
+    known_hosts.write_text("".join(f"{label} {host_key}\n" for host_key in host_keys))
+    argv = [
+        "ssh",
+        "-o", "IdentitiesOnly=yes",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={known_hosts}",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-i", key,
+        "-p", str(port),
+        f"{user}@127.0.0.1",
+    ]  # fmt: skip
+    os.execvp("ssh", argv)

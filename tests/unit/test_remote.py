@@ -7,6 +7,7 @@ installation key authorized; nothing is mocked.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -258,6 +259,66 @@ def test_nobody_listening_is_unreachable(sshd: Sshd) -> None:
         ex.connect(timeout=3)
 
 
+class _DroppingForward:
+    """A TCP forward on 127.0.0.1 to sshd that accepts and at once closes its first ``drop``
+    connections, as QEMU's user-mode port forward does while the guest's sshd is not
+    listening (the handshake then fails before any command starts)."""
+
+    def __init__(self, target: int, drop: int) -> None:
+        self.target, self.drop, self.accepted = target, drop, 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            self.accepted += 1
+            if self.accepted <= self.drop:
+                conn.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            for src, dst in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=_pipe, args=(src, dst), daemon=True).start()
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+@pytest.mark.parametrize(("drop", "accepted"), [(1, 2), (2, 3), (99, 3)])
+def test_a_dropped_handshake_before_the_command_is_tried_again(
+    sshd: Sshd, monkeypatch: pytest.MonkeyPatch, drop: int, accepted: int
+) -> None:
+    """The command has not started when the connection fails, so run() tries 3 times; the
+    third failure is raised as the connection's own error (Unreachable)."""
+    from kvmple import remote
+
+    monkeypatch.setattr(remote, "_SESSION_PAUSES", (0.1, 0.1))
+    forward = _DroppingForward(sshd.port, drop)
+    try:
+        ex = SSHExecutor(
+            "127.0.0.1", forward.port, "root", sshd.key, [sshd.host_key_line], "forwarded"
+        )
+        with ex:
+            if drop < accepted:
+                assert ex.run(["echo", "ran"], timeout=30).stdout == "ran\n"
+            else:
+                with pytest.raises(Unreachable, match="SSH not answering"):
+                    ex.run(["echo", "ran"], timeout=30)
+    finally:
+        forward.listener.close()
+    assert forward.accepted == accepted
+
+
 def test_argv_must_be_a_list(sshd: Sshd) -> None:
     with sshd.executor() as ex, pytest.raises(TypeError):
         ex.run("echo hi", timeout=5)  # type: ignore[arg-type]
@@ -321,12 +382,12 @@ def test_readiness_wait_against_a_real_sshd(sshd: Sshd, tmp_path: Path) -> None:
 def test_interactive_ssh_pins_the_host_keys_and_the_installation_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kvmple import remote
+    from kvmple.vm import guestssh
 
     calls: list[tuple[str, list[str]]] = []
-    monkeypatch.setattr(remote.os, "execvp", lambda f, argv: calls.append((f, list(argv))))
+    monkeypatch.setattr(guestssh.os, "execvp", lambda f, argv: calls.append((f, list(argv))))
     known = tmp_path / "known_hosts"
-    remote.exec_interactive_ssh(
+    guestssh.exec_interactive_ssh(
         port=40022, user="root", key="/k/id", host_keys=("ssh-ed25519 AAA",), known_hosts=known
     )
     assert known.read_text() == "[127.0.0.1]:40022 ssh-ed25519 AAA\n"
