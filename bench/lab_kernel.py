@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Benchmark of the lab host kernel cycle (issue 13): an amd lab host, the kvmple-built lab
+kernel (kvmple.lab.kernel.amd_kernel, cached by content; boot-tested first if its image has
+no pass) installed with `kvmple lab install-kernel --campaign` and booted once by kexec, the
+campaign resumed by itself on it, then the same kernel made to panic (init=MISSING_INIT)
+falling back to the lab host's own kernel (exit 13).
+
+Prints the stage times: lab up, install (staged, kexec -> SSH back on the new kernel),
+resume (SSH back -> the resume unit done, and when the unit started after the boot by the
+lab host's own clock), fallback. The fallback runs here, not in CI: it would add ~6 min to
+the lab tier (measured on branch labkernel), over the 4 min CI can spare; only its console
+reading is unit-tested (tests/unit/test_lab_kernel.py). The campaign is lab-smoke cut to one
+run (PV sched yield off, no busy loop); the lab tier (tests/lab/test_lab_amd.py) resumes the
+whole of it.
+Emulated timings (QEMU TCG): never hardware figures.
+
+    .venv/bin/python bench/lab.py kernel      (as root; uses the shared test image cache)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from labcli import kvmple, use_test_cache
+
+NAME = "bench-kernel"
+TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
+MISSING_INIT = "/kvmple-missing-init"
+CUT_PLAYBOOK = """
+import yaml
+doc = yaml.safe_load(open("playbooks/lab-smoke.yaml"))
+doc["name"] = "bench-kernel"
+for factor in doc["factors"]:
+    if factor["knob"] == "pv.sched_yield":
+        factor["values"] = ["off"]
+doc["axes"]["spinners"]["values"] = [0]
+yaml.safe_dump(doc, open("playbooks/bench-kernel.yaml", "w"))
+"""
+
+
+def ssh(*command: str, timeout: float = 900.0) -> str:
+    _, done = kvmple("lab", "ssh", "--timeout", str(timeout), NAME, "--", *command,
+                     timeout=timeout + 60)  # fmt: skip
+    return done.stdout.strip()
+
+
+def lab_kernel() -> Path:
+    """The cached lab kernel's build directory, boot-tested (the install requires a pass)."""
+    from kvmple.kernel.bootpass import load_pass
+    from kvmple.lab.kernel import amd_kernel
+
+    start = time.perf_counter()
+    out, manifest = amd_kernel(TARBALL)
+    print(f"lab kernel {manifest.release} (0 s when cached):         "
+          f"{time.perf_counter() - start:7.1f} s")  # fmt: skip
+    passed = load_pass(out)
+    if passed is None or passed.image_sha256 != manifest.image_sha256:
+        gate_s, _ = kvmple("kernel", "boot-test", "--build", str(out))
+        print(f"boot-test gate:                                    {gate_s:7.1f} s")
+    return out
+
+
+def register() -> str:
+    """The cut campaign registered by a transient unit, stopped before its run ends."""
+    ssh("env", "-C", "/opt/kvmple", "/opt/kvmple/venv/bin/python3", "-c", CUT_PLAYBOOK)
+    ssh("systemd-run", "--unit", "kvmple-bench-register", "--working-directory=/opt/kvmple",
+        "/usr/local/bin/kvmple", "run", "playbooks/bench-kernel.yaml", "--allow-unavailable",
+        "--no-report")  # fmt: skip
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        listing = subprocess.run(  # exit 11 ("no results store") until the store exists
+            [sys.executable, "-m", "kvmple.cli", "lab", "ssh", NAME, "--", "kvmple", "results",
+             "list", "--json"], capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+        listed = json.loads(listing.stdout) if listing.returncode == 0 else []
+        found = [c["id"] for c in listed if c["name"] == "bench-kernel"]
+        if found:
+            ssh("systemctl", "stop", "kvmple-bench-register")
+            return str(found[0])
+        time.sleep(10)
+    sys.exit("the campaign was never registered")
+
+
+def wait_resumed(timeout: float = 3000.0) -> dict[str, str]:
+    props = "ActiveState,Result,ExecMainStartTimestampMonotonic,ExecMainExitTimestampMonotonic"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = ssh("systemctl", "show", "-p", props, "kvmple-resume.service")
+        state = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+        if state.get("ExecMainExitTimestampMonotonic", "0") != "0" and state.get("ActiveState") in (
+            "inactive",
+            "failed",
+        ):
+            return state
+        time.sleep(10)
+    sys.exit("the campaign did not resume within the timeout")
+
+
+def cycle(out: Path) -> None:
+    campaign_s = time.perf_counter()
+    campaign = register()
+    print(f"campaign {campaign} registered and stopped:           "
+          f"{time.perf_counter() - campaign_s:7.1f} s")  # fmt: skip
+    install_s, done = kvmple("lab", "install-kernel", NAME, "--build", str(out),
+                             "--campaign", campaign, "--json", timeout=2400)  # fmt: skip
+    result, _ = json.JSONDecoder().raw_decode(done.stdout.lstrip())  # then a summary line
+    print(f"install-kernel -> SSH on {result['running']}:   {install_s:7.1f} s")
+    print(f"  of which staged (bzImage, modules, records):     {result['staged_s']:7.1f} s")
+    print(f"  of which kexec -> back on SSH:                   {result['back_s']:7.1f} s")
+    resume_s = time.perf_counter()
+    state = wait_resumed()
+    print(f"resume: SSH back -> resumed campaign done:         "
+          f"{time.perf_counter() - resume_s:7.1f} s  ({state['Result']})")  # fmt: skip
+    started = int(state["ExecMainStartTimestampMonotonic"]) / 1e6
+    print(f"  resume unit started after the boot (its clock):  {started:7.1f} s")
+    fallback_s = time.perf_counter()
+    failed = subprocess.run(
+        [sys.executable, "-m", "kvmple.cli", "lab", "install-kernel", NAME, "--build", str(out),
+         "--append", f"init={MISSING_INIT}"],
+        capture_output=True, text=True, timeout=2400, check=False,
+    )  # fmt: skip
+    print(f"fallback (panicking kernel -> own kernel, exit {failed.returncode}): "
+          f"{time.perf_counter() - fallback_s:7.1f} s")  # fmt: skip
+    if failed.returncode != 13:
+        sys.exit(f"expected exit 13 (BootFallback), got {failed.returncode}: {failed.stderr}")
+    print(f"  running again: {ssh('uname', '-r')}")
+
+
+def main() -> None:
+    use_test_cache()
+    out = lab_kernel()
+    with tempfile.TemporaryDirectory(prefix="kvmple-bench-kernel-") as state:
+        os.environ["KVMPLE_STATE_DIR"] = state
+        print(f"host load average (1 min) at start: {os.getloadavg()[0]:.1f} on "
+              f"{os.cpu_count()} CPUs")  # fmt: skip
+        try:
+            up_s, _ = kvmple("lab", "up", "amd", "--name", NAME)
+            print(f"lab up amd (image cached) -> SSH + kvm_amd:        {up_s:7.1f} s")
+            cycle(out)
+        finally:
+            down_s, _ = kvmple("lab", "down", NAME, timeout=300)
+            print(f"lab down:                                          {down_s:7.1f} s")
+        print(f"host load average (1 min) at end: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
