@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Benchmark of the lab hosts, AMD part (issue 13): an emulated AMD-V host under QEMU TCG.
 
-Prints, for one run: seconds from `kvmple lab up amd` to SSH answering with kvm_amd loaded
-(goal <= 4 min on this 2-core host), `kvmple doctor` inside the lab host (it boots its KVM
+Prints, for one run: seconds from `kvmple lab up amd` to SSH answering with kvm_amd loaded,
+booted cold (goal <= 4 min on this 2-core host) and restored from its booted snapshot (goal
+<= 45 s), `kvmple doctor` inside the lab host (it boots its KVM
 probe under the real kvm_amd), the lab-smoke campaign inside (two nested KVM guests: each
 one's time to SSH, goal <= 4 min, from the campaign log), one kvm_amd reload with
 read-back, and `lab down`. The host
@@ -30,13 +31,13 @@ def main() -> None:
         print(f"host load average (1 min) at start: {os.getloadavg()[0]:.1f} on "
               f"{os.cpu_count()} CPUs")  # fmt: skip
         try:
-            up_s, up = kvmple("lab", "up", "amd", "--name", NAME, "--json")
-            ready, _ = json.JSONDecoder().raw_decode(up.stdout.lstrip())
-            print(f"lab up amd (CLI, image cached) -> SSH + kvm_amd:  {up_s:7.1f} s")
-            if ready:
-                print(
-                    f"  of which boot_guests start -> ready:             {ready['ready_s']:7.1f} s"
-                )
+            _up("lab up amd --cold-boot (a real boot)", "--cold-boot")
+            kvmple("lab", "down", NAME, timeout=300)
+            # the first default up of a snapshot key boots, saves and restores; the second
+            # restores what is saved: the figure the <= 45 s goal is about
+            _up("lab up amd (saves its snapshot if the key is new)")
+            kvmple("lab", "down", NAME, timeout=300)
+            _up("lab up amd (from its booted snapshot)")
             doctor_s, doctor = kvmple("lab", "ssh", NAME, "--", "kvmple", "doctor", "--json")
             doc = json.loads(doctor.stdout)
             print(f"kvmple doctor inside (KVM probe included):         {doctor_s:7.1f} s"
@@ -62,6 +63,15 @@ def main() -> None:
             down_s, _ = kvmple("lab", "down", NAME, timeout=300)
             print(f"lab down:                                          {down_s:7.1f} s")
         print(f"host load average (1 min) at end: {os.getloadavg()[0]:.1f}")
+
+
+def _up(label: str, *extra: str) -> None:
+    """`lab up amd` with ``extra``; prints the CLI's seconds and how the lab host started."""
+    seconds, up = kvmple("lab", "up", "amd", "--name", NAME, "--json", *extra)
+    host, _ = json.JSONDecoder().raw_decode(up.stdout.lstrip())
+    how = f"restored, snapshot {host['snapshot'][:12]}" if host.get("snapshot") else "cold"
+    print(f"{label + ' -> SSH + kvm_amd:':<64} {seconds:7.1f} s  ({how}; "
+          f"start -> ready {host['ready_s']:.1f} s)", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

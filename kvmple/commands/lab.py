@@ -21,6 +21,8 @@ UP_EPILOG = """\
 amd: QEMU TCG emulating an AMD-V machine (qemu64,+svm,+npt,+vgif,+svme-addr-chk). Inside,
 kvm_amd is real (/dev/kvm, libvirt type='kvm' guests) but there is no PLE: TCG has no pause
 filter. Emulated timings are not hardware timings. The lab host runs until 'kvmple lab down'.
+Its first boot saves the ready lab host (kvm_amd loaded, no guest running) as a booted
+snapshot; later ones restore it in seconds (--cold-boot boots for real).
 
 intel: Bochs emulating a VT-x CPU that has PLE (corei7_haswell_4770): a kernel kvmple builds
 (cached), busybox + Python + kvmple in an initramfs, a GRUB ISO. It has no network: once
@@ -54,6 +56,11 @@ def register(sub: Any) -> None:
         default=None,
         metavar="SECONDS",
         help="to SSH + kvm_amd (amd, default 900) or to kvm_intel loaded (intel, default 1800)",
+    )
+    up.add_argument(
+        "--cold-boot",
+        action="store_true",
+        help="(amd) boot it for real instead of restoring its booted snapshot",
     )
     up.add_argument("--json", action="store_true", help="print the lab host as JSON")
     up.set_defaults(handler=_up)
@@ -171,6 +178,7 @@ def _up(args: argparse.Namespace) -> int:
         memory_mib=args.memory,
         cpu_model=args.cpu_model or amd.CPU_MODEL,
         ready_timeout_s=args.ready_timeout or 900.0,
+        snapshots=False if args.cold_boot else None,
     )
     _refuse_taken_name(name)
     image = resolve(amd.RECIPE, sink=ui.Renderer())
@@ -178,7 +186,8 @@ def _up(args: argparse.Namespace) -> int:
     host = amd.up(options, image, sink=ui.Renderer())
     if args.json:
         ui.out.print_json(json.dumps(host.to_json()))
-    print(f"ready {host.name} after {host.ready_s:.0f} s (kvm_amd loaded)", flush=True)
+    how = f"restored from snapshot {host.snapshot[:12]}" if host.snapshot else "booted cold"
+    print(f"ready {host.name} after {host.ready_s:.0f} s (kvm_amd loaded; {how})", flush=True)
     return 0
 
 

@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from kvmple import events
 from kvmple.errors import GuestError, KvmpleError
@@ -45,7 +45,8 @@ KVM_READY_CHECK = ("test", "-c", "/dev/kvm", "-a", "-d", "/sys/module/kvm_amd")
 
 @dataclass(frozen=True)
 class AmdOptions:
-    """``lab up amd``'s choices. ``ready_timeout_s`` bounds start -> SSH + kvm_amd."""
+    """``lab up amd``'s choices. ``ready_timeout_s`` bounds start -> SSH + kvm_amd;
+    ``snapshots`` as boot_guests takes it (a restored lab host is ready in seconds)."""
 
     name: str = "amd"
     cpus: int = 2
@@ -53,6 +54,7 @@ class AmdOptions:
     cpu_model: str = CPU_MODEL
     cpu_features: tuple[str, ...] = CPU_FEATURES
     ready_timeout_s: float = 900.0
+    snapshots: bool | None = None  # None: kvmple.vm.snapshot.wanted (False: --cold-boot)
 
     @property
     def cpu(self) -> str:
@@ -134,10 +136,13 @@ def up(options: AmdOptions, image: GuestImage, *, sink: Sink = events.discard) -
 def _boot(options: AmdOptions, spec: VMSpec, image: GuestImage, wheel: Path, sink: Sink) -> LabHost:
     start = time.monotonic()
     try:
-        with boot_guests([spec], ready_timeout=options.ready_timeout_s, sink=sink) as (guest,):
+        with boot_guests(
+            [spec], ready_timeout=options.ready_timeout_s, snapshots=options.snapshots, sink=sink
+        ) as (guest,):
             wait_kvm(guest, start + options.ready_timeout_s)
             share_key(guest)
             install_kvmple(guest, wheel)
+            boot, key = _boot_mode(guest)
             host = LabHost(
                 name=options.name,
                 kind="amd",
@@ -148,12 +153,22 @@ def _boot(options: AmdOptions, spec: VMSpec, image: GuestImage, wheel: Path, sin
                 image=image.name,
                 created=time.time(),
                 ready_s=round(time.monotonic() - start, 1),
+                boot=boot,
+                snapshot=key,
             )
             save(guest.record, host)
             detach([guest])
             return host
     except GuestError as exc:
         raise _explain(exc, spec) from exc
+
+
+def _boot_mode(guest: Guest) -> tuple[Literal["cold", "restored"], str | None]:
+    """LabHost's ``boot`` and ``snapshot`` from what bring_up read back."""
+    boot = guest.readback.get("boot")
+    if isinstance(boot, dict) and boot.get("mode") == "restored":
+        return "restored", str(boot.get("snapshot"))
+    return "cold", None
 
 
 def _explain(exc: KvmpleError, spec: VMSpec) -> KvmpleError:

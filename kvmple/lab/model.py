@@ -35,7 +35,8 @@ class LabHost:
 
     ``cpus``/``memory_mib``: the emulated machine's size; ``cpu``: the QEMU CPU model with
     its features ("qemu64,+svm,+npt"); ``ready_s``: seconds from start to SSH answering with
-    the KVM module loaded; ``created``: Unix time.
+    the KVM module loaded; ``created``: Unix time; ``boot``: booted cold or restored from
+    the booted snapshot ``snapshot`` (its key, kvmple.vm.snapshot).
     """
 
     name: str
@@ -47,6 +48,8 @@ class LabHost:
     image: str
     created: float
     ready_s: float
+    boot: Literal["cold", "restored"] = "cold"
+    snapshot: str | None = None
 
     def to_json(self) -> dict[str, JsonValue]:
         """The ``lab.json`` object."""

@@ -391,14 +391,14 @@ def boot_guests(
     raised is a Warn to ``sink`` (the first error wins); otherwise it raises GuestError.
 
     ``snapshots``: start guests from booted snapshots (kvmple.vm.snapshot); None means yes
-    on qemu:///system unless KVMPLE_COLD_BOOT=1 or a guest offers svm/vmx (snapshot.wanted).
+    on qemu:///system unless KVMPLE_COLD_BOOT=1 (snapshot.wanted).
     ``readiness`` (by role) says what a guest must reach beyond SSH before it counts as
     ready (and before it is saved); each guest's ``readback["boot"]`` says whether it was
     restored or booted cold, and from which key.
     """
     _check_specs(specs, keep_smt_siblings=keep_smt_siblings)
     with connect(uri) as lv:
-        use = snapshot.wanted(uri, specs) if snapshots is None else snapshots
+        use = snapshot.wanted(uri) if snapshots is None else snapshots
         policy = snapshot.Policy(dict(readiness or {}), use=use)
         boot = _Boot(lv, ready_timeout, policy, sink)
         guests: list[Guest] = []

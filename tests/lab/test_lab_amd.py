@@ -1,7 +1,8 @@
 """Lab tier, AMD part: an emulated AMD-V host (QEMU TCG, qemu64,+svm,+npt) booted with
 `kvmple lab up amd`, and kvmple's own commands run inside it against a real kvm_amd.
 
-One lab host serves the module (booting one takes minutes under TCG): up -> doctor ->
+One lab host serves the module, restored from its booted snapshot (a cold boot takes
+minutes under TCG; the first run of a snapshot key boots, saves and restores): up -> doctor ->
 module reload (and its refusal while a VM runs) -> the lab-smoke campaign registered and
 stopped in its first run -> the kvmple-built lab kernel (tinyconfig + kvm_guest.config +
 kvmple-boot + kvmple-image + kvmple-lab-amd; built once and cached by content under
@@ -163,6 +164,9 @@ def test_lab_host_is_up_with_kvm_amd(lab: dict[str, str]) -> None:
     (row,) = [r for r in json.loads(listing.stdout) if r["name"] == NAME]
     assert (row["kind"], row["state"], row["cpus"]) == ("amd", "running", 2)
     assert "svm" in row["cpu"] and row["ssh_port"] > 0
+    # started from its booted snapshot (the first boot of the key saves it, then restores
+    # it): the rest of the module runs on a restored lab host, as users get by default
+    assert (row["boot"], len(row["snapshot"] or "")) == ("restored", 64), row
     cpu = ssh(lab, "grep", "-m1", "-o", "-w", "svm", "/proc/cpuinfo")
     assert cpu.stdout.strip() == "svm", cpu.stderr
     params = ssh(lab, "cat", "/sys/module/kvm_amd/parameters/npt")
@@ -357,7 +361,7 @@ def _assert_lab_smoke(exported: dict[str, Any]) -> None:
     ("extra", "expect"),
     [
         (("--cpu-model", "no-such-cpu"), "did not start"),
-        (("--ready-timeout", "15"), "did not answer SSH"),
+        (("--ready-timeout", "15", "--cold-boot"), "did not answer SSH"),
     ],
     ids=["cpu-model-rejected", "never-answers"],
 )

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from kvmple.errors import GuestError, HostError, UsageError
 from kvmple.host.vms import RunningVm
@@ -90,6 +91,29 @@ def test_lab_records_list_and_state(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     json.dumps(row)
     registry.forget(record)  # the lab record goes with the guest's run directory
     assert entries({"kvmple-lab-a"}) == []
+
+
+def test_the_lab_record_says_whether_the_lab_host_was_restored() -> None:
+    """lab.json carries how the lab host started; one written before snapshots (no "boot",
+    no "snapshot") still reads, as booted cold."""
+    old = LabHost("a", "amd", "kvmple-lab-a", 2, 3072, "qemu64,+svm", "img", 1.0, 99.0).to_json()
+    del old["boot"], old["snapshot"]
+    assert (LabHost.from_json(old).boot, LabHost.from_json(old).snapshot) == ("cold", None)
+    restored = LabHost.from_json({**old, "boot": "restored", "snapshot": "ab" * 32})
+    assert LabHost.from_json(json.loads(json.dumps(restored.to_json()))) == restored
+    with pytest.raises(ValidationError):
+        LabHost.from_json({**old, "boot": "warm"})
+
+
+def test_boot_mode_comes_from_what_bring_up_read_back() -> None:
+    class _Guest:
+        def __init__(self, boot: object) -> None:
+            self.readback = {"boot": boot}
+
+    restored = _Guest({"mode": "restored", "snapshot": "cd" * 32})
+    assert amd._boot_mode(restored) == ("restored", "cd" * 32)  # type: ignore[arg-type]
+    cold = _Guest({"mode": "cold", "snapshot": None, "note": "no space"})
+    assert amd._boot_mode(cold) == ("cold", None)  # type: ignore[arg-type]
 
 
 def test_lab_up_refuses_a_name_whose_domain_exists(

@@ -12,7 +12,6 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -330,17 +329,14 @@ def test_a_snapshot_from_another_qemu_is_discarded(
     _nothing_left(lv)
 
 
-def test_default_is_snapshots_on_the_system_uri_but_not_for_lab_hosts(
-    monkeypatch: pytest.MonkeyPatch, image: FileImage
+def test_default_is_snapshots_on_the_system_uri_unless_cold_boot(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("KVMPLE_COLD_BOOT", raising=False)
-    plain = make_spec(role="a", image=image)
-    lab = replace(plain, cpu_model="EPYC", cpu_features=("svm", "npt"))
-    assert snapshot.wanted("qemu:///system", [plain])
-    assert not snapshot.wanted("test:///default", [plain])
-    assert not snapshot.wanted("qemu:///system", [plain, lab])  # nested: untested, cold
+    assert snapshot.wanted("qemu:///system")
+    assert not snapshot.wanted("test:///default")
     monkeypatch.setenv("KVMPLE_COLD_BOOT", "1")  # what --cold-boot sets
-    assert not snapshot.wanted("qemu:///system", [plain])
+    assert not snapshot.wanted("qemu:///system")
 
 
 def test_cold_boot_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
