@@ -54,5 +54,6 @@ def readiness_for(
             level=level_of(spec.name),
             version=hashlib.sha256(version.encode()).hexdigest()[:16],
             check=check,
+            label=f"preparing {spec.name}",
         )
     return result

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kvmple.errors import StoreError, UsageError
+from kvmple.events import Sink, Warn
 from kvmple.paths import cache_dir
 
 MEMORY = "memory.save"
@@ -256,3 +257,22 @@ def check_writable() -> None:
     """StoreError when the snapshot directory cannot be written (read-only cache)."""
     if not os.access(snapshots_dir(), os.W_OK):
         raise StoreError(f"snapshot cache {snapshots_dir()} is not writable")
+
+
+_VERSIONED = ("qemu", "libvirt")
+
+
+def discard_other_versions(fields: Mapping[str, Any], sink: Sink) -> None:
+    """Snapshots of this very guest shape made by another QEMU or libvirt can never be
+    restored here (QEMU refuses a foreign migration stream): drop them, one line each."""
+    same = {k: v for k, v in fields.items() if k not in _VERSIONED}
+    for entry in entries():
+        other = entry.fields
+        if {k: other.get(k) for k in same} != same:
+            continue
+        if all(other.get(k) == fields[k] for k in _VERSIONED):
+            continue
+        if discard(entry.key):
+            was = ", ".join(f"{k} {other.get(k)}" for k in _VERSIONED)
+            now = ", ".join(f"{k} {fields[k]}" for k in _VERSIONED)
+            sink(Warn(f"snapshot {entry.key[:12]} ({was}) discarded: this host runs {now}"))

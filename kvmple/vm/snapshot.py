@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kvmple.errors import GuestError, KvmpleError
-from kvmple.events import Sink, Warn
+from kvmple.events import Progress, Warn
 from kvmple.run import run
 from kvmple.vm import reaper, registry, saveimage, snapcache, snapkey
 from kvmple.vm.domxml import QEMU_NS
@@ -63,12 +63,13 @@ class Readiness:
 
     ``level`` names it ("ssh", "ssh+broker"), ``version`` names what ``check`` relies on
     (e.g. the guest programs' digests); both are part of the snapshot key. ``check(executor,
-    timeout)`` raises a KvmpleError while the guest is not ready.
+    timeout)`` raises a KvmpleError while the guest is not ready; ``label`` is not in the key.
     """
 
     level: str = "ssh"
     version: str = ""
     check: Callable[[SSHExecutor, float], None] | None = None
+    label: str = ""  # what check does, shown as progress ("preparing amqp-perftest")
 
 
 SSH_ONLY = Readiness()
@@ -310,9 +311,17 @@ def wanted(uri: str) -> bool:
 def _ready(boot: _Boot, guest: Guest, readiness: Readiness) -> None:
     """SSH, then the readiness check; timings recorded on the guest."""
     boot.wait_ready(guest)
-    if readiness.check is not None:
-        readiness.check(guest.executor, boot.ready_timeout)
+    _check(boot, guest, readiness)
     guest.timings["ready_s"] = time.monotonic() - boot.t0
+
+
+def _check(boot: _Boot, guest: Guest, readiness: Readiness) -> None:
+    """The readiness check beyond SSH, announced as progress (it may take minutes)."""
+    if readiness.check is None:
+        return
+    if readiness.label:
+        boot.sink(Progress(label=f"{guest.spec.role}: {readiness.label}"))
+    readiness.check(guest.executor, boot.ready_timeout)
 
 
 def bring_up(boot: _Boot, spec: VMSpec, policy: Policy) -> Guest:
@@ -330,7 +339,7 @@ def bring_up(boot: _Boot, spec: VMSpec, policy: Policy) -> Guest:
         return guest
     fields = key_fields(spec, readiness, boot.lv.versions())
     key = snapcache.key_of(fields)
-    _discard_other_versions(fields, boot.sink)
+    snapcache.discard_other_versions(fields, boot.sink)
     saved_here = False
     entry = snapcache.lookup(key)
     if entry is None:
@@ -364,8 +373,7 @@ def bring_up(boot: _Boot, spec: VMSpec, policy: Policy) -> Guest:
         facts = settle(restored.executor)
         phases["settle_s"] = round(time.monotonic() - t, 2)
         t = time.monotonic()
-        if readiness.check is not None:
-            readiness.check(restored.executor, boot.ready_timeout)
+        _check(boot, restored, readiness)
         phases["readiness_s"] = round(time.monotonic() - t, 2)
         restored.timings["ready_s"] = time.monotonic() - boot.t0
     except KvmpleError as exc:
@@ -393,9 +401,6 @@ def bring_up(boot: _Boot, spec: VMSpec, policy: Policy) -> Guest:
     return guest
 
 
-_VERSIONED = ("qemu", "libvirt")
-
-
 def all_cached(lv: Libvirt, specs: Sequence[VMSpec], policy: Policy) -> bool:
     """True when every guest of ``specs`` would be restored: they can then start together
     (restored guests do not boot, so boot_waves' reason to serialise does not apply)."""
@@ -409,22 +414,6 @@ def all_cached(lv: Libvirt, specs: Sequence[VMSpec], policy: Policy) -> bool:
         is not None
         for spec in specs
     )
-
-
-def _discard_other_versions(fields: Mapping[str, Any], sink: Sink) -> None:
-    """Snapshots of this very guest shape made by another QEMU or libvirt can never be
-    restored here (QEMU refuses a foreign migration stream): drop them, one line each."""
-    same = {k: v for k, v in fields.items() if k not in _VERSIONED}
-    for entry in snapcache.entries():
-        other = entry.fields
-        if {k: other.get(k) for k in same} != same:
-            continue
-        if all(other.get(k) == fields[k] for k in _VERSIONED):
-            continue
-        if snapcache.discard(entry.key):
-            was = ", ".join(f"{k} {other.get(k)}" for k in _VERSIONED)
-            now = ", ".join(f"{k} {fields[k]}" for k in _VERSIONED)
-            sink(Warn(f"snapshot {entry.key[:12]} ({was}) discarded: this host runs {now}"))
 
 
 def _launcher(

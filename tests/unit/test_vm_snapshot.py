@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from kvmple.errors import GuestError
-from kvmple.events import Recorder, Sink, discard
+from kvmple.events import Progress, Recorder, Sink, discard
 from kvmple.vm import registry, saveimage, snapcache, snapshot
 from kvmple.vm.libvirt_backend import Libvirt, connect
 from kvmple.vm.lifecycle import _Boot, boot_guests
@@ -272,6 +272,22 @@ def test_a_failing_readiness_after_restore_boots_cold(
     boot = _boot(image, "b", readiness=ready)  # restored: check 3 fails -> cold (check 4)
     assert boot["mode"] == "cold"
     assert snapcache.entries() == []
+    _nothing_left(lv)
+
+
+def test_the_readiness_check_is_announced_as_progress_cold_and_restored(
+    lv: Libvirt, image: FileImage, fake_qemu: dict[str, list[str]]
+) -> None:
+    """A workload's prepare can take minutes: its label is shown before each check, on the
+    cold boot that saves the snapshot and on the restore after it."""
+    checks: list[str] = []
+    ready = {
+        "a": snapshot.Readiness("ssh+x", "v1", lambda ex, t: checks.append("x"), "preparing x")
+    }
+    events = Recorder()
+    assert _boot(image, "a", readiness=ready, sink=events)["mode"] == "restored"
+    labels = [e.label for e in events if isinstance(e, Progress)]
+    assert labels == ["a: preparing x", "a: preparing x"] and checks == ["x", "x"]
     _nothing_left(lv)
 
 
