@@ -110,6 +110,8 @@ class LabEntry:
             "ssh_port": self.record.ssh_port,
             "uptime_s": round(self.uptime_s(), 1),
             "ready_s": host.ready_s if host else None,
+            "boot": host.boot if host else None,
+            "snapshot": host.snapshot if host else None,
             "state": self.state,
         }
 

@@ -88,6 +88,7 @@ def test_lab_records_list_and_state(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     (entry,) = entries({"kvmple-lab-a"})
     row = entry.to_json()
     assert (row["state"], row["kind"], row["cpus"], row["ssh_port"]) == ("running", "amd", 2, 40022)
+    assert (row["boot"], row["snapshot"]) == ("cold", None)
     json.dumps(row)
     registry.forget(record)  # the lab record goes with the guest's run directory
     assert entries({"kvmple-lab-a"}) == []
