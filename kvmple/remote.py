@@ -27,10 +27,10 @@ import paramiko
 from paramiko.common import MSG_CHANNEL_REQUEST
 
 from kvmple.errors import CommandError, CommandTimeout, GuestError
-from kvmple.pump import Answer, Capture, Sink, Stream, pump
+from kvmple.pump import Answer, Capture, Sink, pump
 from kvmple.run import Result, failure
+from kvmple.sshchannel import ChannelTransport
 
-_IDLE_POLL = 0.01
 _SESSION_PAUSES = (2.0, 5.0)  # seconds before the 2nd and 3rd try to open a session
 
 # paramiko's transport thread logs every refused handshake (a booting guest refuses many) as
@@ -120,6 +120,7 @@ class SSHExecutor:
         self._name = name
         self._pinned = pinned_known_hosts(host, port, self.pinned_host_keys)  # fail early
         self._client: paramiko.SSHClient | None = None
+        self._retired: list[paramiko.SSHClient] = []  # see _retire
         self._lock = threading.Lock()
 
     @property
@@ -203,9 +204,9 @@ class SSHExecutor:
 
     def close(self) -> None:
         with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+            for client in [*self._retired, *([self._client] if self._client else [])]:
+                client.close()
+            self._client, self._retired = None, []
 
     def __enter__(self) -> SSHExecutor:
         return self
@@ -274,14 +275,14 @@ class SSHExecutor:
         command = f"echo $$; exec {shlex.join(full)}"
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
-        channel = self._session(args)
+        channel = self._session(args, deadline)
         try:
             channel.exec_command(command)
             if input is not None:
                 channel.sendall(input.encode())
             if on_line is None:
                 channel.shutdown_write()
-            transport = _Channel(channel)
+            transport = ChannelTransport(channel)
             capture = Capture()
             sinks: list[Sink] = [capture] if on_line is None else [capture, Answer(on_line)]
             if not pump(transport, sinks, deadline=deadline):
@@ -314,29 +315,36 @@ class SSHExecutor:
             raise failure(result, what)
         return result
 
-    def _session(self, args: tuple[str, ...]) -> paramiko.Channel:
-        """A channel for one command, on a new connection if the old one died. The command
-        has not started when this fails, so a failure is tried again (_SESSION_PAUSES): a
-        guest that has just booted or is busy booting nested guests drops the odd
-        handshake ("No existing session") or does not open a channel within 30 s ("Timeout
-        opening channel"); both were seen on a lab host right after a kexec. A wrong host
-        key or a refused login is raised at once."""
-        last: Exception | None = None
-        for pause in (0.0, *_SESSION_PAUSES):
-            time.sleep(pause)
+    def _session(self, args: tuple[str, ...], deadline: float | None) -> paramiko.Channel:
+        """A channel for one command. The command has not started when this fails, so a
+        dropped handshake ("No existing session") or a channel sshd does not open within
+        30 s ("Timeout opening channel"), both seen on a lab host right after a kexec, is
+        tried again (_SESSION_PAUSES) while ``deadline`` allows. Not tried again: a refused
+        connection (nothing listens), a wrong host key, a refused login."""
+        for pause in (*_SESSION_PAUSES, None):
             try:
-                return self._transport().open_session(timeout=30)
-            except (HostKeyMismatch, LoginRefused):
-                raise
+                return self._transport().open_session(timeout=_left(deadline, 30.0))
             except (OSError, EOFError, paramiko.SSHException, GuestError) as exc:
-                last = exc
-        if isinstance(last, GuestError):  # Unreachable: it says why, as it always has
-            raise last
+                error = exc
+            if isinstance(error, paramiko.SSHException):
+                self._retire()  # sshd may still confirm the open there: a stray session
+            if not _transient(error) or pause is None or _left(deadline, pause + 1) < pause + 1:
+                break
+            time.sleep(pause)
+        if isinstance(error, GuestError):  # Unreachable: it says why, as it always has
+            raise error
         raise GuestError(
-            f"{self.name}: SSH connection lost before running {shlex.join(args)} "
-            f"({len(_SESSION_PAUSES) + 1} tries): {last}",
+            f"{self.name}: SSH connection lost before running {shlex.join(args)}: {error}",
             hint="the guest may have crashed: see its console log",
-        ) from last
+        ) from error
+
+    def _retire(self) -> None:
+        """Open later sessions on a new connection; this one keeps serving the channels it
+        has (another thread's command) and is closed by close()."""
+        with self._lock:
+            if self._client is not None:
+                self._retired.append(self._client)
+                self._client = None
 
     def _kill(self, pid: int | None) -> None:
         """Kill a timed-out command's process group in the guest (best effort)."""
@@ -383,56 +391,19 @@ class SSHExecutor:
         return sftp
 
 
-class _Channel:
-    """An SSH channel as a :class:`kvmple.pump.Transport`. The remote shell prints its pid
-    first (``echo $$; exec ...``): that line is kept as ``pid``, not passed on as output."""
+def _left(deadline: float | None, most: float) -> float:
+    """Seconds until ``deadline`` (None: no deadline), at most ``most``."""
+    return most if deadline is None else max(0.0, min(most, deadline - time.monotonic()))
 
-    def __init__(self, channel: paramiko.Channel) -> None:
-        self.channel = channel
-        self.pid: int | None = None
-        self._head = b""
 
-    @property
-    def done(self) -> bool:
-        # Done only at EOF: sshd may send the exit status before the last output (seen
-        # here as an empty stdout from a busy guest), so the status alone is not enough.
-        channel = self.channel
-        return (
-            channel.exit_status_ready()
-            and bool(channel.eof_received or channel.closed)
-            and not channel.recv_ready()
-            and not channel.recv_stderr_ready()
-        )
-
-    def read(self, wait: float) -> list[tuple[Stream, bytes]]:
-        """What arrived within ``wait`` seconds (paramiko offers no select on both streams:
-        poll every _IDLE_POLL seconds)."""
-        until = time.monotonic() + wait
-        chunks: list[tuple[Stream, bytes]] = []
-        while True:
-            if self.channel.recv_ready():
-                data = self._after_pid(self.channel.recv(65536))
-                if data:
-                    chunks.append(("out", data))
-            if self.channel.recv_stderr_ready():
-                chunks.append(("err", self.channel.recv_stderr(65536)))
-            if chunks or self.done or time.monotonic() >= until:
-                return chunks
-            time.sleep(_IDLE_POLL)
-
-    def _after_pid(self, data: bytes) -> bytes:
-        if self.pid is not None:
-            return data
-        self._head += data
-        head, newline, rest = self._head.partition(b"\n")
-        if not newline:
-            return b""
-        self.pid = int(head) if head.strip().isdigit() else -1
-        self._head = b""
-        return rest
-
-    def send(self, data: bytes) -> None:
-        self.channel.sendall(data)
+def _transient(error: Exception) -> bool:
+    """A failure before the command started that another try may not meet: the handshake or
+    the channel open dropped (paramiko's SSHException, EOF), not a refused connection."""
+    if isinstance(error, HostKeyMismatch | LoginRefused):
+        return False
+    if isinstance(error, Unreachable):
+        return isinstance(error.__cause__, paramiko.SSHException | EOFError)
+    return not isinstance(error, OSError)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

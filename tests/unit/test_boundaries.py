@@ -116,7 +116,17 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     (
         "foundation",
         frozenset(
-            {"__init__", "errors", "pump", "run", "paths", "fsutil", "executor", "remote"}
+            {
+                "__init__",
+                "errors",
+                "pump",
+                "run",
+                "paths",
+                "fsutil",
+                "executor",
+                "remote",
+                "sshchannel",
+            }
             | {"keys", "ui", "events", "qemu", "qemuopts", "config", "console"}
         ),
     ),

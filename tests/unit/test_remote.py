@@ -319,6 +319,38 @@ def test_a_dropped_handshake_before_the_command_is_tried_again(
     assert forward.accepted == accepted
 
 
+def test_no_second_try_past_the_deadline_or_for_a_refused_connection(
+    sshd: Sshd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A try that cannot finish before the command's own deadline is not made (the pause
+    before it is 5 s, the timeout 3 s), and a refused connection is not tried again."""
+    from kvmple import remote
+
+    monkeypatch.setattr(remote, "_SESSION_PAUSES", (5.0, 5.0))
+    forward = _DroppingForward(sshd.port, 99)
+    try:
+        ex = SSHExecutor(
+            "127.0.0.1", forward.port, "root", sshd.key, [sshd.host_key_line], "forwarded"
+        )
+        with ex, pytest.raises(Unreachable):
+            ex.run(["echo", "ran"], timeout=3)
+    finally:
+        forward.listener.close()
+    assert forward.accepted == 1
+    attempts: list[int] = []
+    transport = SSHExecutor._transport
+
+    def counted(self: SSHExecutor) -> object:
+        attempts.append(1)
+        return transport(self)
+
+    monkeypatch.setattr(SSHExecutor, "_transport", counted)
+    nobody = SSHExecutor("127.0.0.1", free_port(), "root", sshd.key, [sshd.host_key_line], "x")
+    with nobody, pytest.raises(Unreachable, match="SSH not answering"):
+        nobody.run(["true"], timeout=60)
+    assert len(attempts) == 1
+
+
 def test_argv_must_be_a_list(sshd: Sshd) -> None:
     with sshd.executor() as ex, pytest.raises(TypeError):
         ex.run("echo hi", timeout=5)  # type: ignore[arg-type]
