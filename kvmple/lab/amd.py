@@ -24,9 +24,11 @@ from kvmple.keys import KEY_NAME, installation_key
 from kvmple.lab.model import LAB_CAMPAIGN, LabHost, save
 from kvmple.vm.lifecycle import Guest, boot_guests, detach
 from kvmple.vm.pinning import read_host_cpus
+from kvmple.vm.snapshot import Readiness
 from kvmple.vm.spec import VMSpec
 
 if TYPE_CHECKING:
+    from kvmple.remote import SSHExecutor
     from kvmple.vm.spec import GuestImage
 
 RECIPE = "debian12-labhost"
@@ -80,21 +82,27 @@ def lab_spec(options: AmdOptions, image: GuestImage) -> VMSpec:
     )
 
 
-def wait_kvm(guest: Guest, deadline: float) -> None:
-    """Wait until /dev/kvm exists and kvm_amd is loaded (modules-load.d loads it at boot)."""
-    while True:
-        result = guest.executor.run(list(KVM_READY_CHECK), timeout=60, check=False)
-        if result.ok:
-            return
+def kvm_ready(executor: SSHExecutor, timeout: float) -> None:
+    """A lab host's readiness beyond SSH: /dev/kvm exists and kvm_amd is loaded
+    (modules-load.d loads it at boot). Checked before its snapshot is saved and again after
+    every restore. GuestError with the kernel's kvm lines after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not executor.run(list(KVM_READY_CHECK), timeout=60, check=False).ok:
         if time.monotonic() > deadline:
-            modules = guest.executor.run(["dmesg"], timeout=60, check=False).stdout
+            modules = executor.run(["dmesg"], timeout=60, check=False).stdout
             kvm_lines = [ln for ln in modules.splitlines() if "kvm" in ln.lower() or "SVM" in ln]
             raise GuestError(
-                f"lab host {guest.spec.role}: SSH answers but kvm_amd is not loaded "
-                f"(/dev/kvm missing); kernel log: {'; '.join(kvm_lines[-5:]) or 'no kvm lines'}",
+                f"{executor.name}: SSH answers but kvm_amd is not loaded (/dev/kvm missing); "
+                f"kernel log: {'; '.join(kvm_lines[-5:]) or 'no kvm lines'}",
                 hint="the CPU model must offer svm (lab up amd --cpu-model qemu64)",
             )
         time.sleep(2.0)
+
+
+# part of the lab host's snapshot key: a saved lab host always has kvm_amd loaded
+KVM_READINESS = Readiness(
+    level="ssh+kvm_amd", version="1", check=kvm_ready, label="waiting for kvm_amd"
+)
 
 
 def share_key(guest: Guest) -> None:
@@ -137,9 +145,12 @@ def _boot(options: AmdOptions, spec: VMSpec, image: GuestImage, wheel: Path, sin
     start = time.monotonic()
     try:
         with boot_guests(
-            [spec], ready_timeout=options.ready_timeout_s, snapshots=options.snapshots, sink=sink
+            [spec],
+            ready_timeout=options.ready_timeout_s,
+            snapshots=options.snapshots,
+            readiness={spec.role: KVM_READINESS},
+            sink=sink,
         ) as (guest,):
-            wait_kvm(guest, start + options.ready_timeout_s)
             share_key(guest)
             install_kvmple(guest, wheel)
             boot, key = _boot_mode(guest)

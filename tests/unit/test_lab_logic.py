@@ -117,6 +117,62 @@ def test_boot_mode_comes_from_what_bring_up_read_back() -> None:
     assert amd._boot_mode(cold) == ("cold", None)  # type: ignore[arg-type]
 
 
+def test_kvm_readiness_waits_for_kvm_amd_and_names_it_when_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lab host's readiness check, run on this host with its check command replaced:
+    failing, it ends with one line naming kvm_amd; passing, it returns. Its level is in the
+    snapshot key, so a saved lab host always had kvm_amd loaded."""
+    from kvmple.executor import LocalExecutor
+
+    monkeypatch.setattr(amd, "KVM_READY_CHECK", ("false",))
+    with pytest.raises(GuestError, match="SSH answers but kvm_amd is not loaded"):
+        amd.kvm_ready(LocalExecutor(), 0.0)  # type: ignore[arg-type]
+    monkeypatch.setattr(amd, "KVM_READY_CHECK", ("true",))
+    amd.kvm_ready(LocalExecutor(), 0.0)  # type: ignore[arg-type]
+    assert amd.KVM_READINESS.level == "ssh+kvm_amd"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [(set(), "stopped", "then 'kvmple lab up'"), ({"kvmple-lab-a"}, "orphaned", "died before")],
+)
+def test_lab_ssh_to_a_lab_host_that_is_not_running_says_so_at_once(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    case: tuple[set[str], str, str],
+) -> None:
+    """Exit 7 with its state and what to do, before any SSH attempt (its record's owner,
+    `lab up`, is not alive: a running domain without a lab record is orphaned)."""
+    running, state, hint = case
+    from kvmple import cli
+    from kvmple.commands import lab
+
+    monkeypatch.setenv("KVMPLE_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(lab, "_running", lambda: running)
+    record = registry.GuestRecord(
+        domain="kvmple-lab-a", uri="qemu:///system", role="a", campaign_id=LAB_CAMPAIGN,
+        image="debian12-labhost", run_dir=str(registry.guests_dir() / "kvmple-lab-a"),
+        ssh_port=1, ssh_user="root", ssh_key="/k", host_keys=("ssh-ed25519 AAAA",),
+        owner_pid=0, owner_start=None, detached=False, created=1.0,
+    )  # fmt: skip
+    registry.claim(record)
+    Path(record.run_dir).mkdir()
+    assert cli.main(["lab", "ssh", "a", "--", "true"]) == 7
+    err = capsys.readouterr().err
+    assert f"lab host a is {state}: nothing answers SSH there" in err and hint in err
+    assert "Traceback" not in err
+    registry.forget(record)
+
+
+def test_cold_boot_is_refused_for_a_bochs_lab_host(capsys: pytest.CaptureFixture[str]) -> None:
+    from kvmple import cli
+
+    assert cli.main(["lab", "up", "intel", "--cold-boot"]) == 2
+    assert "--cold-boot is for amd lab hosts" in capsys.readouterr().err
+
+
 def test_lab_up_refuses_a_name_whose_domain_exists(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
