@@ -19,7 +19,7 @@ import json
 import os
 import tempfile
 
-from labcli import kvmple, use_test_cache
+from labcli import kvmple, lab_up, use_test_cache
 
 NAME = "bench-amd"
 
@@ -31,13 +31,13 @@ def main() -> None:
         print(f"host load average (1 min) at start: {os.getloadavg()[0]:.1f} on "
               f"{os.cpu_count()} CPUs")  # fmt: skip
         try:
-            _up("lab up amd --cold-boot (a real boot)", "--cold-boot")
+            lab_up(NAME, "lab up amd --cold-boot (a real boot)", "--cold-boot")
             kvmple("lab", "down", NAME, timeout=300)
             # the first default up of a snapshot key boots, saves and restores; the second
             # restores what is saved: the figure the <= 45 s goal is about
-            _up("lab up amd (saves its snapshot if the key is new)")
+            lab_up(NAME, "lab up amd (saves its snapshot if the key is new)")
             kvmple("lab", "down", NAME, timeout=300)
-            _up("lab up amd (from its booted snapshot)")
+            lab_up(NAME, "lab up amd (from its booted snapshot)")
             doctor_s, doctor = kvmple("lab", "ssh", NAME, "--", "kvmple", "doctor", "--json")
             doc = json.loads(doctor.stdout)
             print(f"kvmple doctor inside (KVM probe included):         {doctor_s:7.1f} s"
@@ -63,15 +63,6 @@ def main() -> None:
             down_s, _ = kvmple("lab", "down", NAME, timeout=300)
             print(f"lab down:                                          {down_s:7.1f} s")
         print(f"host load average (1 min) at end: {os.getloadavg()[0]:.1f}")
-
-
-def _up(label: str, *extra: str) -> None:
-    """`lab up amd` with ``extra``; prints the CLI's seconds and how the lab host started."""
-    seconds, up = kvmple("lab", "up", "amd", "--name", NAME, "--json", *extra)
-    host, _ = json.JSONDecoder().raw_decode(up.stdout.lstrip())
-    how = f"restored, snapshot {host['snapshot'][:12]}" if host.get("snapshot") else "cold"
-    print(f"{label + ' -> SSH + kvm_amd:':<64} {seconds:7.1f} s  ({how}; "
-          f"start -> ready {host['ready_s']:.1f} s)", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

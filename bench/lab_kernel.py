@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from labcli import kvmple, use_test_cache
+from labcli import kvmple, lab_up, use_test_cache
 
 NAME = "bench-kernel"
 TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
@@ -143,8 +143,7 @@ def main() -> None:
         print(f"host load average (1 min) at start: {os.getloadavg()[0]:.1f} on "
               f"{os.cpu_count()} CPUs")  # fmt: skip
         try:
-            up_s, _ = kvmple("lab", "up", "amd", "--name", NAME)
-            print(f"lab up amd (from its snapshot) -> SSH + kvm_amd:   {up_s:7.1f} s")
+            lab_up(NAME, "lab up amd")
             cycle(out)
         finally:
             down_s, _ = kvmple("lab", "down", NAME, timeout=300)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -35,3 +36,13 @@ def exit_reason_names(kvm_exit_format: str) -> dict[int, str]:
     table: SVM_EXIT_REASONS / VMX_EXIT_REASONS in arch/x86/include/uapi/asm/)."""
     pairs = re.findall(r'\{\s*(0x[0-9a-fA-F]+|\d+),\s*"(\w+)"\s*\}', kvm_exit_format)
     return {int(code, 0): name for code, name in pairs}
+
+
+def lab_up(name: str, label: str, *extra: str) -> None:
+    """`lab up amd --name NAME` with ``extra``; prints the CLI's seconds and how the lab host
+    started (booted cold, or restored from which snapshot)."""
+    seconds, up = kvmple("lab", "up", "amd", "--name", name, "--json", *extra)
+    host, _ = json.JSONDecoder().raw_decode(up.stdout.lstrip())
+    how = f"restored, snapshot {host['snapshot'][:12]}" if host.get("snapshot") else "cold"
+    print(f"{label + ' -> SSH + kvm_amd:':<64} {seconds:7.1f} s  ({how}; "
+          f"start -> ready {host['ready_s']:.1f} s)", flush=True)  # fmt: skip
