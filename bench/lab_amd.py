@@ -16,53 +16,43 @@ emulated timings, not hardware timings.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 
-from labcli import kvmple, lab_up, use_test_cache
+from labcli import kvmple, lab_session, lab_up, use_test_cache
 
 NAME = "bench-amd"
 
 
 def main() -> None:
     use_test_cache()
-    with tempfile.TemporaryDirectory(prefix="kvmple-bench-lab-") as state:
-        os.environ["KVMPLE_STATE_DIR"] = state
-        print(f"host load average (1 min) at start: {os.getloadavg()[0]:.1f} on "
-              f"{os.cpu_count()} CPUs")  # fmt: skip
-        try:
-            lab_up(NAME, "lab up amd --cold-boot (a real boot)", "--cold-boot")
-            kvmple("lab", "down", NAME, timeout=300)
-            # the first default up of a snapshot key boots, saves and restores; the second
-            # restores what is saved: the figure the <= 45 s goal is about
-            lab_up(NAME, "lab up amd (saves its snapshot if the key is new)")
-            kvmple("lab", "down", NAME, timeout=300)
-            lab_up(NAME, "lab up amd (from its booted snapshot)")
-            doctor_s, doctor = kvmple("lab", "ssh", NAME, "--", "kvmple", "doctor", "--json")
-            doc = json.loads(doctor.stdout)
-            print(f"kvmple doctor inside (KVM probe included):         {doctor_s:7.1f} s"
-                  f"  verdict {doc['verdict']}")  # fmt: skip
-            camp_s, _ = kvmple(
-                "lab", "ssh", "--timeout", "3000", NAME, "--", "env", "-C", "/opt/kvmple",
-                "kvmple", "run", "playbooks/lab-smoke.yaml", "--allow-unavailable", "--no-report",
-            )  # fmt: skip
-            print(f"lab-smoke campaign inside (2 runs, nested KVM):     {camp_s:7.1f} s")
-            _, log = kvmple(
-                "lab", "ssh", NAME, "--", "sh", "-c",
-                "grep -h -e 'guests ready' -e 'complete:' "
-                "/root/.local/share/kvmple/campaigns/*/*.log",
-            )  # fmt: skip
-            for line in log.stdout.splitlines():
-                print("  " + line.split(" INFO ", 1)[-1])
-            for value in ("0", "1"):
-                reload_s, _ = kvmple(
-                    "lab", "ssh", NAME, "--", "kvmple", "lab", "reload-module", f"nested={value}"
-                )
-                print(f"kvm_amd reload nested={value} with read-back:         {reload_s:7.1f} s")
-        finally:
-            down_s, _ = kvmple("lab", "down", NAME, timeout=300)
-            print(f"lab down:                                          {down_s:7.1f} s")
-        print(f"host load average (1 min) at end: {os.getloadavg()[0]:.1f}")
+    with lab_session(NAME):
+        lab_up(NAME, "lab up amd --cold-boot (a real boot)", "--cold-boot")
+        kvmple("lab", "down", NAME, timeout=300)
+        # the first default up of a snapshot key boots, saves and restores; the second
+        # restores what is saved: the figure the <= 45 s goal is about
+        lab_up(NAME, "lab up amd (saves its snapshot if the key is new)")
+        kvmple("lab", "down", NAME, timeout=300)
+        lab_up(NAME, "lab up amd (from its booted snapshot)")
+        doctor_s, doctor = kvmple("lab", "ssh", NAME, "--", "kvmple", "doctor", "--json")
+        doc = json.loads(doctor.stdout)
+        print(f"kvmple doctor inside (KVM probe included):         {doctor_s:7.1f} s"
+              f"  verdict {doc['verdict']}")  # fmt: skip
+        camp_s, _ = kvmple(
+            "lab", "ssh", "--timeout", "3000", NAME, "--", "env", "-C", "/opt/kvmple",
+            "kvmple", "run", "playbooks/lab-smoke.yaml", "--allow-unavailable", "--no-report",
+        )  # fmt: skip
+        print(f"lab-smoke campaign inside (4 runs, 2 boots):       {camp_s:7.1f} s")
+        _, log = kvmple(
+            "lab", "ssh", NAME, "--", "sh", "-c",
+            "grep -h -e 'guests ready' -e 'complete:' "
+            "/root/.local/share/kvmple/campaigns/*/*.log",
+        )  # fmt: skip
+        for line in log.stdout.splitlines():
+            print("  " + line.split(" INFO ", 1)[-1])
+        for value in ("0", "1"):
+            reload_s, _ = kvmple(
+                "lab", "ssh", NAME, "--", "kvmple", "lab", "reload-module", f"nested={value}"
+            )
+            print(f"kvm_amd reload nested={value} with read-back:         {reload_s:7.1f} s")
 
 
 if __name__ == "__main__":

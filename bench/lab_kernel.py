@@ -20,14 +20,12 @@ Emulated timings (QEMU TCG): never hardware figures.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from labcli import kvmple, lab_up, use_test_cache
+from labcli import kvmple, lab_session, lab_up, use_test_cache
 
 NAME = "bench-kernel"
 TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
@@ -138,17 +136,9 @@ def cycle(out: Path) -> None:
 def main() -> None:
     use_test_cache()
     out = lab_kernel()
-    with tempfile.TemporaryDirectory(prefix="kvmple-bench-kernel-") as state:
-        os.environ["KVMPLE_STATE_DIR"] = state
-        print(f"host load average (1 min) at start: {os.getloadavg()[0]:.1f} on "
-              f"{os.cpu_count()} CPUs")  # fmt: skip
-        try:
-            lab_up(NAME, "lab up amd")
-            cycle(out)
-        finally:
-            down_s, _ = kvmple("lab", "down", NAME, timeout=300)
-            print(f"lab down:                                          {down_s:7.1f} s")
-        print(f"host load average (1 min) at end: {os.getloadavg()[0]:.1f}")
+    with lab_session(NAME):
+        lab_up(NAME, "lab up amd")
+        cycle(out)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def use_test_cache() -> None:
@@ -46,3 +49,19 @@ def lab_up(name: str, label: str, *extra: str) -> None:
     how = f"restored, snapshot {host['snapshot'][:12]}" if host.get("snapshot") else "cold"
     print(f"{label + ' -> SSH + kvm_amd:':<64} {seconds:7.1f} s  ({how}; "
           f"start -> ready {host['ready_s']:.1f} s)", flush=True)  # fmt: skip
+
+
+@contextmanager
+def lab_session(name: str) -> Iterator[None]:
+    """A scratch kvmple state directory for one bench's lab host NAME; prints the host load
+    at the start and the end, and takes the lab host down however the bench ends."""
+    with tempfile.TemporaryDirectory(prefix="kvmple-bench-lab-") as state:
+        os.environ["KVMPLE_STATE_DIR"] = state
+        print(f"host load average (1 min) at start: {os.getloadavg()[0]:.1f} on "
+              f"{os.cpu_count()} CPUs")  # fmt: skip
+        try:
+            yield
+        finally:
+            down_s, _ = kvmple("lab", "down", name, timeout=300)
+            print(f"lab down:                                          {down_s:7.1f} s")
+        print(f"host load average (1 min) at end: {os.getloadavg()[0]:.1f}")

@@ -72,8 +72,9 @@ def test_stall_in_console_tail_is_named() -> None:
     assert "stalled while booting" in amd._explain(stalled, spec).message
 
 
-def test_lab_records_list_and_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KVMPLE_STATE_DIR", str(tmp_path))
+def _claim_lab_record() -> registry.GuestRecord:
+    """The guest record of lab host "a" (SSH port 40022; its `lab up` not alive), claimed in
+    the current KVMPLE_STATE_DIR with its run directory."""
     record = registry.GuestRecord(
         domain="kvmple-lab-a", uri="qemu:///system", role="a", campaign_id=LAB_CAMPAIGN,
         image="debian12-labhost", run_dir=str(registry.guests_dir() / "kvmple-lab-a"),
@@ -82,6 +83,12 @@ def test_lab_records_list_and_state(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     )  # fmt: skip
     registry.claim(record)
     Path(record.run_dir).mkdir()
+    return record
+
+
+def test_lab_records_list_and_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KVMPLE_STATE_DIR", str(tmp_path))
+    record = _claim_lab_record()
     assert [e.state for e in entries(set())] == ["stopped"]
     assert [e.state for e in entries({"kvmple-lab-a"})] == ["orphaned"]
     save(record, LabHost("a", "amd", record.domain, 2, 3072, "qemu64,+svm", "img", 1.0, 99.0))
@@ -151,14 +158,7 @@ def test_lab_ssh_to_a_lab_host_that_is_not_running_says_so_at_once(
 
     monkeypatch.setenv("KVMPLE_STATE_DIR", str(tmp_path))
     monkeypatch.setattr(lab, "_running", lambda: running)
-    record = registry.GuestRecord(
-        domain="kvmple-lab-a", uri="qemu:///system", role="a", campaign_id=LAB_CAMPAIGN,
-        image="debian12-labhost", run_dir=str(registry.guests_dir() / "kvmple-lab-a"),
-        ssh_port=1, ssh_user="root", ssh_key="/k", host_keys=("ssh-ed25519 AAAA",),
-        owner_pid=0, owner_start=None, detached=False, created=1.0,
-    )  # fmt: skip
-    registry.claim(record)
-    Path(record.run_dir).mkdir()
+    record = _claim_lab_record()
     assert cli.main(["lab", "ssh", "a", "--", "true"]) == 7
     err = capsys.readouterr().err
     assert f"lab host a is {state}: nothing answers SSH there" in err and hint in err
