@@ -22,7 +22,7 @@ amd: QEMU TCG emulating an AMD-V machine (qemu64,+svm,+npt,+vgif,+svme-addr-chk)
 kvm_amd is real (/dev/kvm, libvirt type='kvm' guests) but there is no PLE: TCG has no pause
 filter. Emulated timings are not hardware timings. The lab host runs until 'kvmple lab down'.
 Its first boot saves the ready lab host (kvm_amd loaded, no guest running) as a booted
-snapshot; later ones restore it (27 s here against 60 s cold; --cold-boot boots for real).
+snapshot; later ones restore it (23-36 s here against 60 s cold; --cold-boot boots for real).
 
 intel: Bochs emulating a VT-x CPU that has PLE (corei7_haswell_4770): a kernel kvmple builds
 (cached), busybox + Python + kvmple in an initramfs, a GRUB ISO. It has no network: once
