@@ -10,7 +10,7 @@ kvmple-boot + kvmple-image + kvmple-lab-amd; built once and cached by content un
 install-kernel --campaign` and booted once by kexec -> the campaign resumed by itself on
 it, complete, checked like any lab-smoke run -> down. The failure tests (a CPU model QEMU
 rejects, a lab host that never answers in time) boot their own and must leave nothing.
-The panic fallback of install-kernel (exit 13, ~6 min more) is measured by bench/lab.py.
+The panic fallback of install-kernel (exit 13, 151 s more here) is measured by bench/lab.py.
 
 Timings are emulated (QEMU TCG), never hardware figures; they are printed, never asserted.
 """
