@@ -397,8 +397,9 @@ def _left(deadline: float | None, most: float) -> float:
 
 
 def _transient(error: Exception) -> bool:
-    """A failure before the command started that another try may not meet: the handshake or
-    the channel open dropped (paramiko's SSHException, EOF), not a refused connection."""
+    """Whether another try may get past a failure before the command started: yes when the
+    handshake or the channel open dropped (paramiko's SSHException, EOF); no for a refused
+    connection, a wrong host key or a refused login."""
     if isinstance(error, HostKeyMismatch | LoginRefused):
         return False
     if isinstance(error, Unreachable):

@@ -167,11 +167,7 @@ def _up(args: argparse.Namespace) -> int:
             table.add_column(column)
         for guest in guests:
             affinity = " ".join(f"{v}:{','.join(map(str, c))}" for v, c in guest.affinity().items())
-            boot = guest.readback.get("boot")
-            boot = boot if isinstance(boot, dict) else {}
-            origin = str(boot.get("mode", "?"))
-            if boot.get("snapshot"):
-                origin += f" {str(boot['snapshot'])[:12]}"
+            origin = f"restored {guest.snapshot[:12]}" if guest.snapshot else "cold"
             table.add_row(
                 guest.name,
                 f"127.0.0.1:{guest.ssh_port}",

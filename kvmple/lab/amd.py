@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from kvmple import events
 from kvmple.errors import GuestError, KvmpleError
@@ -153,7 +153,6 @@ def _boot(options: AmdOptions, spec: VMSpec, image: GuestImage, wheel: Path, sin
         ) as (guest,):
             share_key(guest)
             install_kvmple(guest, wheel)
-            boot, key = _boot_mode(guest)
             host = LabHost(
                 name=options.name,
                 kind="amd",
@@ -164,22 +163,14 @@ def _boot(options: AmdOptions, spec: VMSpec, image: GuestImage, wheel: Path, sin
                 image=image.name,
                 created=time.time(),
                 ready_s=round(time.monotonic() - start, 1),
-                boot=boot,
-                snapshot=key,
+                boot="restored" if guest.snapshot else "cold",
+                snapshot=guest.snapshot,
             )
             save(guest.record, host)
             detach([guest])
             return host
     except GuestError as exc:
         raise _explain(exc, spec) from exc
-
-
-def _boot_mode(guest: Guest) -> tuple[Literal["cold", "restored"], str | None]:
-    """LabHost's ``boot`` and ``snapshot`` from what bring_up read back."""
-    boot = guest.readback.get("boot")
-    if isinstance(boot, dict) and boot.get("mode") == "restored":
-        return "restored", str(boot.get("snapshot"))
-    return "cold", None
 
 
 def _explain(exc: KvmpleError, spec: VMSpec) -> KvmpleError:

@@ -76,6 +76,15 @@ class Guest:
     def console_log(self) -> Path:
         return Path(self.record.run_dir) / "console.log"
 
+    @property
+    def snapshot(self) -> str | None:
+        """The key of the booted snapshot this guest was restored from; None: booted cold
+        (readback["boot"], set by kvmple.vm.snapshot.bring_up)."""
+        boot = self.readback.get("boot")
+        if isinstance(boot, dict) and boot.get("mode") == "restored":
+            return str(boot["snapshot"])
+        return None
+
     def alive(self) -> bool:
         """True while the domain runs (a crashed or powered-off guest is gone: on_* destroy)."""
         return self._lv.is_running(self.name)

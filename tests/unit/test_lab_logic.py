@@ -113,17 +113,6 @@ def test_the_lab_record_says_whether_the_lab_host_was_restored() -> None:
         LabHost.from_json({**old, "boot": "warm"})
 
 
-def test_boot_mode_comes_from_what_bring_up_read_back() -> None:
-    class _Guest:
-        def __init__(self, boot: object) -> None:
-            self.readback = {"boot": boot}
-
-    restored = _Guest({"mode": "restored", "snapshot": "cd" * 32})
-    assert amd._boot_mode(restored) == ("restored", "cd" * 32)  # type: ignore[arg-type]
-    cold = _Guest({"mode": "cold", "snapshot": None, "note": "no space"})
-    assert amd._boot_mode(cold) == ("cold", None)  # type: ignore[arg-type]
-
-
 def test_kvm_readiness_waits_for_kvm_amd_and_names_it_when_missing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

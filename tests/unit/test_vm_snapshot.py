@@ -199,6 +199,8 @@ def _boot(
         (guest,) = guests
         recorded = guest.readback["boot"]
         assert isinstance(recorded, dict)
+        restored = recorded["mode"] == "restored"
+        assert guest.snapshot == (recorded["snapshot"] if restored else None)
         boot: dict[str, object] = dict(recorded)
         boot["backing"] = _backing(Path(guest.record.run_dir) / "overlay.qcow2")
         console = guest.console_log
