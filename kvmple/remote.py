@@ -32,6 +32,10 @@ from kvmple.run import Result, failure
 from kvmple.sshchannel import ChannelTransport
 
 _SESSION_PAUSES = (2.0, 5.0)  # seconds before the 2nd and 3rd try to open a session
+# Seconds each of those tries gives the SSH handshake (banner, key exchange, login) when it
+# needs a new connection. Growing: a lab host whose vCPU 0 runs nested guests answered SSH
+# in CI only after an RCU stall (21 s+), and paramiko then reports "No existing session".
+_HANDSHAKE_TIMEOUTS = (15.0, 45.0, 120.0)
 
 # paramiko's transport thread logs every refused handshake (a booting guest refuses many) as
 # an ERROR with a traceback; kvmple reports failures itself, as one line with a hint.
@@ -181,7 +185,10 @@ class SSHExecutor:
                     f"{self.name}: the guest offered a host key of a type that is not pinned",
                     hint="the image's host_keys must list the guest's keys",
                 ) from exc
-            raise Unreachable(f"{self.name}: SSH not answering: {exc}") from exc
+            reason = str(exc)
+            if reason == "No existing session":  # paramiko's words for a key exchange timed out
+                reason = f"handshake not finished within {timeout:g} s ({reason})"
+            raise Unreachable(f"{self.name}: SSH not answering: {reason}") from exc
         except (OSError, EOFError) as exc:
             client.close()
             raise Unreachable(f"{self.name}: SSH not answering: {exc}") from exc
@@ -194,8 +201,9 @@ class SSHExecutor:
             transport._channel_handler_table = table  # type: ignore[attr-defined]
         return client
 
-    def _transport(self) -> paramiko.Transport:
-        self.connect()
+    def _transport(self, handshake: float = 15.0) -> paramiko.Transport:
+        """The open connection, or a new one whose handshake may take ``handshake`` s."""
+        self.connect(handshake)
         assert self._client is not None
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
@@ -317,13 +325,16 @@ class SSHExecutor:
 
     def _session(self, args: tuple[str, ...], deadline: float | None) -> paramiko.Channel:
         """A channel for one command. The command has not started when this fails, so a
-        dropped handshake ("No existing session") or a channel sshd does not open within
-        30 s ("Timeout opening channel"), both seen on a lab host right after a kexec, is
-        tried again (_SESSION_PAUSES) while ``deadline`` allows. Not tried again: a refused
-        connection (nothing listens), a wrong host key, a refused login."""
-        for pause in (*_SESSION_PAUSES, None):
+        dropped or unfinished handshake ("No existing session") or a channel sshd does not
+        open within 30 s ("Timeout opening channel"), seen on a lab host right after a kexec
+        and while it runs nested guests, is tried again (_SESSION_PAUSES), each try giving a
+        new connection's handshake longer (_HANDSHAKE_TIMEOUTS), while ``deadline`` allows.
+        Not tried again: a refused connection (nothing listens), a wrong host key, a refused
+        login."""
+        for pause, handshake in zip((*_SESSION_PAUSES, None), _HANDSHAKE_TIMEOUTS, strict=True):
             try:
-                return self._transport().open_session(timeout=_left(deadline, 30.0))
+                transport = self._transport(max(1.0, _left(deadline, handshake)))
+                return transport.open_session(timeout=_left(deadline, 30.0))
             except (OSError, EOFError, paramiko.SSHException, GuestError) as exc:
                 error = exc
             if isinstance(error, paramiko.SSHException):

@@ -262,10 +262,12 @@ def test_nobody_listening_is_unreachable(sshd: Sshd) -> None:
 class _DroppingForward:
     """A TCP forward on 127.0.0.1 to sshd that accepts and at once closes its first ``drop``
     connections, as QEMU's user-mode port forward does while the guest's sshd is not
-    listening (the handshake then fails before any command starts)."""
+    listening (the handshake then fails before any command starts). ``stall``: seconds each
+    forwarded connection holds sshd's second chunk (past its banner: the key exchange), as a
+    lab host busy with nested guests did in CI."""
 
-    def __init__(self, target: int, drop: int) -> None:
-        self.target, self.drop, self.accepted = target, drop, 0
+    def __init__(self, target: int, drop: int, stall: float = 0.0) -> None:
+        self.target, self.drop, self.stall, self.accepted = target, drop, stall, 0
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.listener.getsockname()[1])
         threading.Thread(target=self._serve, daemon=True).start()
@@ -281,13 +283,17 @@ class _DroppingForward:
                 conn.close()
                 continue
             upstream = socket.create_connection(("127.0.0.1", self.target))
-            for src, dst in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=_pipe, args=(src, dst), daemon=True).start()
+            for src, dst, stall in ((conn, upstream, 0.0), (upstream, conn, self.stall)):
+                threading.Thread(target=_pipe, args=(src, dst, stall), daemon=True).start()
 
 
-def _pipe(src: socket.socket, dst: socket.socket) -> None:
+def _pipe(src: socket.socket, dst: socket.socket, stall: float = 0.0) -> None:
     try:
+        chunks = 0
         while data := src.recv(65536):
+            chunks += 1
+            if chunks == 2:
+                time.sleep(stall)
             dst.sendall(data)
         dst.shutdown(socket.SHUT_WR)
     except OSError:
@@ -319,6 +325,32 @@ def test_a_dropped_handshake_before_the_command_is_tried_again(
     assert forward.accepted == accepted
 
 
+@pytest.mark.parametrize(("handshakes", "accepted"), [((1.0, 4.0, 4.0), 2), ((1.0, 1.0, 1.0), 3)])
+def test_a_handshake_too_slow_for_one_try_gets_longer_on_the_next(
+    sshd: Sshd, monkeypatch: pytest.MonkeyPatch, handshakes: tuple[float, ...], accepted: int
+) -> None:
+    """sshd's key exchange held 2 s: a try that gives the handshake 1 s fails (paramiko's "No
+    existing session", reported as the handshake not finished), the next gets longer."""
+    from kvmple import remote
+
+    monkeypatch.setattr(remote, "_SESSION_PAUSES", (0.1, 0.1))
+    monkeypatch.setattr(remote, "_HANDSHAKE_TIMEOUTS", handshakes)
+    forward = _DroppingForward(sshd.port, 0, stall=2.0)
+    try:
+        ex = SSHExecutor(
+            "127.0.0.1", forward.port, "root", sshd.key, [sshd.host_key_line], "forwarded"
+        )
+        with ex:
+            if accepted == 2:
+                assert ex.run(["echo", "ran"], timeout=30).stdout == "ran\n"
+            else:
+                with pytest.raises(Unreachable, match="handshake not finished within 1 s"):
+                    ex.run(["echo", "ran"], timeout=30)
+    finally:
+        forward.listener.close()
+    assert forward.accepted == accepted
+
+
 def test_no_second_try_past_the_deadline_or_for_a_refused_connection(
     sshd: Sshd, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -340,9 +372,9 @@ def test_no_second_try_past_the_deadline_or_for_a_refused_connection(
     attempts: list[int] = []
     transport = SSHExecutor._transport
 
-    def counted(self: SSHExecutor) -> object:
+    def counted(self: SSHExecutor, handshake: float = 15.0) -> object:
         attempts.append(1)
-        return transport(self)
+        return transport(self, handshake)
 
     monkeypatch.setattr(SSHExecutor, "_transport", counted)
     nobody = SSHExecutor("127.0.0.1", free_port(), "root", sshd.key, [sshd.host_key_line], "x")
