@@ -36,6 +36,7 @@ _SESSION_PAUSES = (2.0, 5.0)  # seconds before the 2nd and 3rd try to open a ses
 # needs a new connection. Growing: a lab host whose vCPU 0 runs nested guests answered SSH
 # in CI only after an RCU stall (21 s+), and paramiko then reports "No existing session".
 _HANDSHAKE_TIMEOUTS = (15.0, 45.0, 120.0)
+_SFTP_OPEN_S = 300.0  # room for all three tries before a file transfer starts
 
 # paramiko's transport thread logs every refused handshake (a booting guest refuses many) as
 # an ERROR with a traceback; kvmple reports failures itself, as one line with a hint.
@@ -395,11 +396,16 @@ class SSHExecutor:
             raise CommandError(f"copying {self.name}:{remote} to {local} failed: {exc}") from exc
 
     def _sftp(self) -> paramiko.SFTPClient:
-        transport = self._transport()
-        sftp = paramiko.SFTPClient.from_transport(transport)
-        if sftp is None:
-            raise GuestError(f"{self.name}: SFTP subsystem unavailable")
-        return sftp
+        """An SFTP client on its own channel, opened as a command's session is (tried again,
+        handshakes growing) within _SFTP_OPEN_S; paramiko's from_transport would wait up to
+        an hour for the channel and never try again."""
+        channel = self._session(("sftp",), time.monotonic() + _SFTP_OPEN_S)
+        try:
+            channel.invoke_subsystem("sftp")
+            return paramiko.SFTPClient(channel)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            channel.close()
+            raise GuestError(f"{self.name}: SFTP subsystem unavailable: {exc}") from exc
 
 
 def _left(deadline: float | None, most: float) -> float:

@@ -351,6 +351,30 @@ def test_a_handshake_too_slow_for_one_try_gets_longer_on_the_next(
     assert forward.accepted == accepted
 
 
+def test_a_file_copy_opens_its_channel_as_a_command_does(
+    sshd: Sshd, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """get() before any command: the first connection dropped, the second's 2 s key exchange
+    longer than its 1 s, the third's 4 s enough: the copy is made on the third."""
+    from kvmple import remote
+
+    monkeypatch.setattr(remote, "_SESSION_PAUSES", (0.1, 0.1))
+    monkeypatch.setattr(remote, "_HANDSHAKE_TIMEOUTS", (1.0, 1.0, 4.0))
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"payload" * 1000)
+    forward = _DroppingForward(sshd.port, 1, stall=2.0)
+    try:
+        ex = SSHExecutor(
+            "127.0.0.1", forward.port, "root", sshd.key, [sshd.host_key_line], "forwarded"
+        )
+        with ex:
+            ex.get(str(source), tmp_path / "copy.bin")
+    finally:
+        forward.listener.close()
+    assert (tmp_path / "copy.bin").read_bytes() == source.read_bytes()
+    assert forward.accepted == 3
+
+
 def test_no_second_try_past_the_deadline_or_for_a_refused_connection(
     sshd: Sshd, monkeypatch: pytest.MonkeyPatch
 ) -> None:
