@@ -45,6 +45,10 @@ _paramiko_log.addHandler(logging.NullHandler())
 _paramiko_log.propagate = False
 
 
+# what paramiko raises when the connection drops mid-transfer (OSError: the file's own errors)
+_DROPPED = (EOFError, paramiko.SSHException, paramiko.SFTPError)
+
+
 class HostKeyMismatch(GuestError):
     """The guest presented a host key that is not one of the image's pinned keys."""
 
@@ -55,6 +59,10 @@ class LoginRefused(GuestError):
 
 class Unreachable(GuestError):
     """SSH did not answer (yet): connection refused, reset, or no SSH banner."""
+
+
+class _ClosedMeanwhile(GuestError):
+    """close() ran while this thread's handshake was under way: not tried again."""
 
 
 class CommandKilled(GuestError):
@@ -126,7 +134,8 @@ class SSHExecutor:
         self._pinned = pinned_known_hosts(host, port, self.pinned_host_keys)  # fail early
         self._client: paramiko.SSHClient | None = None
         self._retired: list[paramiko.SSHClient] = []  # see _retire
-        self._lock = threading.Lock()
+        self._closes = 0  # close() calls: a handshake that outlived one is dropped
+        self._lock = threading.Lock()  # guards the three above, never held over the network
 
     @property
     def name(self) -> str:
@@ -136,14 +145,12 @@ class SSHExecutor:
 
     def connect(self, timeout: float = 15.0) -> None:
         """Connect now (idempotent). HostKeyMismatch on a wrong key, Unreachable otherwise."""
-        with self._lock:
-            if self._client is not None:
-                transport = self._client.get_transport()
-                if transport is not None and transport.is_active():
-                    return
-                self._client.close()
-                self._client = None
-            self._client = self._open(timeout)
+        self._transport(timeout)
+
+    def _live(self) -> paramiko.Transport | None:
+        """The current connection's transport if it is up (call with the lock held)."""
+        transport = self._client.get_transport() if self._client is not None else None
+        return transport if transport is not None and transport.is_active() else None
 
     def _open(self, timeout: float) -> paramiko.SSHClient:
         client = paramiko.SSHClient()
@@ -180,6 +187,8 @@ class SSHExecutor:
                 hint="the image must authorize the installation key (rebuild the image)",
             ) from exc
         except paramiko.SSHException as exc:
+            transport = client.get_transport()
+            kex_done = transport is not None and bool(getattr(transport, "initial_kex_done", 0))
             client.close()
             if "not found in known_hosts" in str(exc):
                 raise HostKeyMismatch(
@@ -187,7 +196,7 @@ class SSHExecutor:
                     hint="the image's host_keys must list the guest's keys",
                 ) from exc
             reason = str(exc)
-            if reason == "No existing session":  # paramiko's words for a key exchange timed out
+            if not kex_done and reason == "No existing session":  # start_client timed out
                 reason = f"handshake not finished within {timeout:g} s ({reason})"
             raise Unreachable(f"{self.name}: SSH not answering: {reason}") from exc
         except (OSError, EOFError) as exc:
@@ -203,19 +212,34 @@ class SSHExecutor:
         return client
 
     def _transport(self, handshake: float = 15.0) -> paramiko.Transport:
-        """The open connection, or a new one whose handshake may take ``handshake`` s."""
-        self.connect(handshake)
-        assert self._client is not None
-        transport = self._client.get_transport()
-        if transport is None or not transport.is_active():
-            raise GuestError(f"{self.name}: SSH connection lost")
-        return transport
+        """The open connection, or a new one whose handshake may take ``handshake`` s per
+        phase (banner, key exchange, login: paramiko times each). The handshake runs
+        outside the lock, so close() and other threads never wait for a slow guest."""
+        with self._lock:
+            if (live := self._live()) is not None:
+                return live
+            closes = self._closes
+        client = self._open(handshake)
+        with self._lock:
+            if closes != self._closes:  # closed meanwhile: this connection is nobody's
+                client.close()
+                raise _ClosedMeanwhile(f"{self.name}: closed while connecting")
+            if (live := self._live()) is not None:  # another thread connected meanwhile
+                client.close()
+                return live
+            if self._client is not None:
+                self._client.close()
+            self._client = client
+            transport = client.get_transport()
+            assert transport is not None  # _open returned a connected client
+            return transport
 
     def close(self) -> None:
         with self._lock:
             for client in [*self._retired, *([self._client] if self._client else [])]:
                 client.close()
             self._client, self._retired = None, []
+            self._closes += 1
 
     def __enter__(self) -> SSHExecutor:
         return self
@@ -338,7 +362,7 @@ class SSHExecutor:
                 return transport.open_session(timeout=_left(deadline, 30.0))
             except (OSError, EOFError, paramiko.SSHException, GuestError) as exc:
                 error = exc
-            if isinstance(error, paramiko.SSHException):
+            if isinstance(error, paramiko.SSHException) and _left(deadline, 1.0) > 0:
                 self._retire()  # sshd may still confirm the open there: a stray session
             if not _transient(error) or pause is None or _left(deadline, pause + 1) < pause + 1:
                 break
@@ -373,18 +397,24 @@ class SSHExecutor:
     # -- files ------------------------------------------------------------------------------
 
     def put(self, local: Path, remote: str, mode: int = 0o644) -> None:
-        """Copy ``local`` to the absolute guest path ``remote`` (parents created)."""
+        """Copy ``local`` to the absolute guest path ``remote`` (parents created).
+        CommandError when the copy fails, GuestError (Unreachable, ...) when SSH does."""
         parent = str(Path(remote).parent)
-        self.run(["mkdir", "-p", parent], timeout=30, what=f"creating {parent}")
-        try:
-            with self._sftp() as sftp:
+        with self._sftp() as sftp:  # first: it is what waits for a slow guest's handshake
+            self.run(["mkdir", "-p", parent], timeout=30, what=f"creating {parent}")
+            try:
                 sftp.put(str(local), remote)
                 sftp.chmod(remote, mode)
-        except OSError as exc:
-            raise CommandError(f"copying {local} to {self.name}:{remote} failed: {exc}") from exc
+            except OSError as exc:
+                raise CommandError(
+                    f"copying {local} to {self.name}:{remote} failed: {exc}"
+                ) from exc
+            except _DROPPED as exc:
+                raise self._dropped(f"copying {local} to {remote}", exc) from exc
 
     def get(self, remote: str, local: Path) -> None:
-        """Copy the guest file ``remote`` to ``local`` (parents created)."""
+        """Copy the guest file ``remote`` to ``local`` (parents created; nothing left at
+        ``local`` on failure). Errors as put()."""
         local.parent.mkdir(parents=True, exist_ok=True)
         temp = local.with_name(f".{local.name}.part")
         try:
@@ -392,8 +422,17 @@ class SSHExecutor:
                 sftp.get(remote, str(temp))
             temp.replace(local)
         except OSError as exc:
-            temp.unlink(missing_ok=True)
             raise CommandError(f"copying {self.name}:{remote} to {local} failed: {exc}") from exc
+        except _DROPPED as exc:
+            raise self._dropped(f"copying {remote} to {local}", exc) from exc
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def _dropped(self, what: str, exc: BaseException) -> GuestError:
+        return GuestError(
+            f"{self.name}: SSH connection lost while {what}: {exc}",
+            hint="the guest may have crashed: see its console log",
+        )
 
     def _sftp(self) -> paramiko.SFTPClient:
         """An SFTP client on its own channel, opened as a command's session is (tried again,
@@ -417,7 +456,7 @@ def _transient(error: Exception) -> bool:
     """Whether another try may get past a failure before the command started: yes when the
     handshake or the channel open dropped (paramiko's SSHException, EOF); no for a refused
     connection, a wrong host key or a refused login."""
-    if isinstance(error, HostKeyMismatch | LoginRefused):
+    if isinstance(error, HostKeyMismatch | LoginRefused | _ClosedMeanwhile):
         return False
     if isinstance(error, Unreachable):
         return isinstance(error.__cause__, paramiko.SSHException | EOFError)

@@ -265,9 +265,15 @@ def _wait_resumed(env: dict[str, str], timeout: float = 3000.0) -> list[str]:
     vCPU 0 runs the nested guests met an RCU stall in CI."""
     journal = ("journalctl", "-b", "-u", RESUME_UNIT, "-o", "cat", "--no-pager")
     ended = shlex.quote(f"^(Finished|Failed to start) {RESUME_UNIT}")
-    ssh_ok(env, "sh", "-c", f"until {shlex.join(journal)} | grep -Eq {ended}; do sleep 15; done",
-           timeout=timeout)  # fmt: skip
-    return [ln for ln in ssh_ok(env, *journal).splitlines() if RESUME_UNIT in ln]
+    wait = (
+        f"while lines=$({shlex.join(journal)}); do printf '%s\\n' \"$lines\" "
+        f"| grep -Eq {ended} && exit 0; sleep 15; done; exit 3"
+    )  # 3: journalctl failed
+    waited = kvmple(env, "lab", "ssh", "--timeout", str(timeout), NAME, "--", "sh", "-c", wait,
+                    timeout=timeout + 60)  # fmt: skip
+    about = [ln for ln in ssh_ok(env, *journal).splitlines() if RESUME_UNIT in ln]
+    assert waited.returncode == 0, f"the campaign did not resume and end: {waited.stderr} {about}"
+    return about
 
 
 def test_kvm_campaign_resumes_on_an_installed_kernel(

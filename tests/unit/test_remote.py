@@ -325,54 +325,84 @@ def test_a_dropped_handshake_before_the_command_is_tried_again(
     assert forward.accepted == accepted
 
 
-@pytest.mark.parametrize(("handshakes", "accepted"), [((1.0, 4.0, 4.0), 2), ((1.0, 1.0, 1.0), 3)])
+def _forwarded(sshd: Sshd, forward: _DroppingForward) -> SSHExecutor:
+    return SSHExecutor(
+        "127.0.0.1", forward.port, "root", sshd.key, [sshd.host_key_line], "forwarded"
+    )
+
+
+@pytest.mark.parametrize(("handshakes", "accepted"), [((1.0, 15.0, 15.0), 2), ((1.0,) * 3, 3)])
 def test_a_handshake_too_slow_for_one_try_gets_longer_on_the_next(
     sshd: Sshd, monkeypatch: pytest.MonkeyPatch, handshakes: tuple[float, ...], accepted: int
 ) -> None:
-    """sshd's key exchange held 2 s: a try that gives the handshake 1 s fails (paramiko's "No
+    """sshd's key exchange held 3 s: a try that gives the handshake 1 s fails (paramiko's "No
     existing session", reported as the handshake not finished), the next gets longer."""
     from kvmple import remote
 
     monkeypatch.setattr(remote, "_SESSION_PAUSES", (0.1, 0.1))
     monkeypatch.setattr(remote, "_HANDSHAKE_TIMEOUTS", handshakes)
-    forward = _DroppingForward(sshd.port, 0, stall=2.0)
+    forward = _DroppingForward(sshd.port, 0, stall=3.0)
     try:
-        ex = SSHExecutor(
-            "127.0.0.1", forward.port, "root", sshd.key, [sshd.host_key_line], "forwarded"
-        )
-        with ex:
+        with _forwarded(sshd, forward) as ex:
             if accepted == 2:
-                assert ex.run(["echo", "ran"], timeout=30).stdout == "ran\n"
+                assert ex.run(["echo", "ran"], timeout=60).stdout == "ran\n"
             else:
                 with pytest.raises(Unreachable, match="handshake not finished within 1 s"):
-                    ex.run(["echo", "ran"], timeout=30)
+                    ex.run(["echo", "ran"], timeout=60)
     finally:
         forward.listener.close()
     assert forward.accepted == accepted
 
 
+@pytest.mark.parametrize("copy", ["put", "get"])
 def test_a_file_copy_opens_its_channel_as_a_command_does(
-    sshd: Sshd, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    sshd: Sshd, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, copy: str
 ) -> None:
-    """get() before any command: the first connection dropped, the second's 2 s key exchange
-    longer than its 1 s, the third's 4 s enough: the copy is made on the third."""
+    """A copy before any command: the first connection dropped, the second's 3 s key
+    exchange longer than its 1 s, the third's 15 s enough: the copy is made on the third."""
     from kvmple import remote
 
     monkeypatch.setattr(remote, "_SESSION_PAUSES", (0.1, 0.1))
-    monkeypatch.setattr(remote, "_HANDSHAKE_TIMEOUTS", (1.0, 1.0, 4.0))
+    monkeypatch.setattr(remote, "_HANDSHAKE_TIMEOUTS", (1.0, 1.0, 15.0))
     source = tmp_path / "source.bin"
     source.write_bytes(b"payload" * 1000)
-    forward = _DroppingForward(sshd.port, 1, stall=2.0)
+    target = tmp_path / "deep" / "copy.bin"
+    forward = _DroppingForward(sshd.port, 1, stall=3.0)
     try:
-        ex = SSHExecutor(
-            "127.0.0.1", forward.port, "root", sshd.key, [sshd.host_key_line], "forwarded"
-        )
-        with ex:
-            ex.get(str(source), tmp_path / "copy.bin")
+        with _forwarded(sshd, forward) as ex:
+            getattr(ex, copy)(*((source, str(target)) if copy == "put" else (str(source), target)))
     finally:
         forward.listener.close()
-    assert (tmp_path / "copy.bin").read_bytes() == source.read_bytes()
+    assert target.read_bytes() == source.read_bytes()
     assert forward.accepted == 3
+
+
+def test_close_during_a_handshake_drops_the_connection_it_was_making(
+    sshd: Sshd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() does not wait for another thread's handshake (3 s, key exchange held): that
+    thread's connection, made after close(), is closed, and the command fails, not tried
+    again (the old lock over the handshake made close() wait, and the command ran)."""
+    forward = _DroppingForward(sshd.port, 0, stall=3.0)
+    ex = _forwarded(sshd, forward)
+    errors: list[Exception] = []
+
+    def command() -> None:
+        try:
+            ex.run(["true"], timeout=60)
+        except GuestError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=command)
+    thread.start()
+    while forward.accepted == 0:  # the handshake is under way
+        time.sleep(0.05)
+    ex.close()
+    thread.join()
+    forward.listener.close()
+    assert [str(e) for e in errors] == [f"{ex.name}: closed while connecting"]
+    assert forward.accepted == 1
+    assert ex._client is None
 
 
 def test_no_second_try_past_the_deadline_or_for_a_refused_connection(
