@@ -37,6 +37,7 @@ _SESSION_PAUSES = (2.0, 5.0)  # seconds before the 2nd and 3rd try to open a ses
 # in CI only after an RCU stall (21 s+), and paramiko then reports "No existing session".
 _HANDSHAKE_TIMEOUTS = (15.0, 45.0, 120.0)
 _SFTP_OPEN_S = 300.0  # room for all three tries before a file transfer starts
+_UNREACHABLE_HINT = "the guest may be booting, stalled or gone: see its console log"
 
 # paramiko's transport thread logs every refused handshake (a booting guest refuses many) as
 # an ERROR with a traceback; kvmple reports failures itself, as one line with a hint.
@@ -134,8 +135,11 @@ class SSHExecutor:
         self._pinned = pinned_known_hosts(host, port, self.pinned_host_keys)  # fail early
         self._client: paramiko.SSHClient | None = None
         self._retired: list[paramiko.SSHClient] = []  # see _retire
-        self._closes = 0  # close() calls: a handshake that outlived one is dropped
+        self._closes = 0  # close() calls: a command that outlived one connects no more
         self._lock = threading.Lock()  # guards the three above, never held over the network
+        # one handshake at a time: QEMU's port forward queues only 2 connections while the
+        # guest is stalled, and the threads sharing this executor want one connection anyway
+        self._connecting = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -181,7 +185,9 @@ class SSHExecutor:
         except paramiko.AuthenticationException as exc:
             client.close()
             if "timeout" in str(exc).lower():  # a guest too busy to finish auth: not a refusal
-                raise Unreachable(f"{self.name}: SSH authentication timed out: {exc}") from exc
+                raise Unreachable(
+                    f"{self.name}: SSH authentication timed out: {exc}", hint=_UNREACHABLE_HINT
+                ) from exc
             raise LoginRefused(
                 f"{self.name}: SSH login as {self.user} with {self.key} was refused",
                 hint="the image must authorize the installation key (rebuild the image)",
@@ -198,10 +204,14 @@ class SSHExecutor:
             reason = str(exc)
             if not kex_done and reason == "No existing session":  # start_client timed out
                 reason = f"handshake not finished within {timeout:g} s ({reason})"
-            raise Unreachable(f"{self.name}: SSH not answering: {reason}") from exc
+            raise Unreachable(
+                f"{self.name}: SSH not answering: {reason}", hint=_UNREACHABLE_HINT
+            ) from exc
         except (OSError, EOFError) as exc:
             client.close()
-            raise Unreachable(f"{self.name}: SSH not answering: {exc}") from exc
+            raise Unreachable(
+                f"{self.name}: SSH not answering: {exc}", hint=_UNREACHABLE_HINT
+            ) from exc
         transport = client.get_transport()
         if transport is not None:
             transport.set_keepalive(15)
@@ -211,28 +221,46 @@ class SSHExecutor:
             transport._channel_handler_table = table  # type: ignore[attr-defined]
         return client
 
-    def _transport(self, handshake: float = 15.0) -> paramiko.Transport:
+    def _transport(self, handshake: float = 15.0, since: int | None = None) -> paramiko.Transport:
         """The open connection, or a new one whose handshake may take ``handshake`` s per
-        phase (banner, key exchange, login: paramiko times each). The handshake runs
-        outside the lock, so close() and other threads never wait for a slow guest."""
+        phase (banner, key exchange, login: paramiko times each). One thread makes it, the
+        others wait for it; the state lock is never held over the network, so close() does
+        not wait for a slow guest. ``since``: close()'s count when the caller's command
+        began; _ClosedMeanwhile once close() has run since (no connection is made for it)."""
         with self._lock:
-            if (live := self._live()) is not None:
+            closes = self._closes if since is None else since
+            if (live := self._usable(closes)) is not None:
                 return live
-            closes = self._closes
-        client = self._open(handshake)
-        with self._lock:
-            if closes != self._closes:  # closed meanwhile: this connection is nobody's
-                client.close()
-                raise _ClosedMeanwhile(f"{self.name}: closed while connecting")
-            if (live := self._live()) is not None:  # another thread connected meanwhile
-                client.close()
-                return live
-            if self._client is not None:
-                self._client.close()
-            self._client = client
-            transport = client.get_transport()
-            assert transport is not None  # _open returned a connected client
-            return transport
+        if not self._connecting.acquire(timeout=3 * handshake):
+            raise Unreachable(
+                f"{self.name}: SSH not answering: another thread's handshake still under way "
+                f"after {3 * handshake:g} s",
+                hint=_UNREACHABLE_HINT,
+            )
+        try:
+            with self._lock:
+                if (live := self._usable(closes)) is not None:
+                    return live  # made by the thread this one waited for
+            client = self._open(handshake)
+            with self._lock:
+                if closes != self._closes:  # closed meanwhile: this connection is nobody's
+                    client.close()
+                    raise _ClosedMeanwhile(f"{self.name}: closed while connecting")
+                if self._client is not None:
+                    self._client.close()
+                self._client = client
+                transport = client.get_transport()
+                assert transport is not None  # _open returned a connected client
+                return transport
+        finally:
+            self._connecting.release()
+
+    def _usable(self, closes: int) -> paramiko.Transport | None:
+        """(lock held) The live connection, None if there is none; _ClosedMeanwhile if
+        close() has run since its count was ``closes``."""
+        if closes != self._closes:
+            raise _ClosedMeanwhile(f"{self.name}: closed while connecting")
+        return self._live()
 
     def close(self) -> None:
         with self._lock:
@@ -356,9 +384,11 @@ class SSHExecutor:
         new connection's handshake longer (_HANDSHAKE_TIMEOUTS), while ``deadline`` allows.
         Not tried again: a refused connection (nothing listens), a wrong host key, a refused
         login."""
+        with self._lock:
+            since = self._closes
         for pause, handshake in zip((*_SESSION_PAUSES, None), _HANDSHAKE_TIMEOUTS, strict=True):
             try:
-                transport = self._transport(max(1.0, _left(deadline, handshake)))
+                transport = self._transport(max(1.0, _left(deadline, handshake)), since)
                 return transport.open_session(timeout=_left(deadline, 30.0))
             except (OSError, EOFError, paramiko.SSHException, GuestError) as exc:
                 error = exc
@@ -430,7 +460,7 @@ class SSHExecutor:
 
     def _dropped(self, what: str, exc: BaseException) -> GuestError:
         return GuestError(
-            f"{self.name}: SSH connection lost while {what}: {exc}",
+            f"{self.name}: SSH connection lost while {what}: {str(exc).rstrip(': ') or exc!r}",
             hint="the guest may have crashed: see its console log",
         )
 
@@ -459,7 +489,8 @@ def _transient(error: Exception) -> bool:
     if isinstance(error, HostKeyMismatch | LoginRefused | _ClosedMeanwhile):
         return False
     if isinstance(error, Unreachable):
-        return isinstance(error.__cause__, paramiko.SSHException | EOFError)
+        # a TCP connect timing out is a stalled guest's full forward queue, not a refusal
+        return isinstance(error.__cause__, paramiko.SSHException | EOFError | TimeoutError)
     return not isinstance(error, OSError)
 
 

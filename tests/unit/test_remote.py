@@ -377,12 +377,19 @@ def test_a_file_copy_opens_its_channel_as_a_command_does(
     assert forward.accepted == 3
 
 
-def test_close_during_a_handshake_drops_the_connection_it_was_making(
-    sshd: Sshd, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("handshakes", [(15.0,) * 3, (1.0, 15.0, 15.0)])
+def test_close_during_a_handshake_ends_the_command_without_a_connection(
+    sshd: Sshd, monkeypatch: pytest.MonkeyPatch, handshakes: tuple[float, ...]
 ) -> None:
-    """close() does not wait for another thread's handshake (3 s, key exchange held): that
-    thread's connection, made after close(), is closed, and the command fails, not tried
-    again (the old lock over the handshake made close() wait, and the command ran)."""
+    """close() while another thread's handshake is held 3 s: that thread's command fails
+    ("closed while connecting") and no connection is left, whether the handshake then
+    succeeds (15 s) or times out (1 s) and the command would try again (it does not: a try
+    after close() is not made). The old lock over the handshake made close() wait, and the
+    command ran; the first fix still let the second try connect."""
+    from kvmple import remote
+
+    monkeypatch.setattr(remote, "_SESSION_PAUSES", (0.1, 0.1))
+    monkeypatch.setattr(remote, "_HANDSHAKE_TIMEOUTS", handshakes)
     forward = _DroppingForward(sshd.port, 0, stall=3.0)
     ex = _forwarded(sshd, forward)
     errors: list[Exception] = []
@@ -403,6 +410,38 @@ def test_close_during_a_handshake_drops_the_connection_it_was_making(
     assert [str(e) for e in errors] == [f"{ex.name}: closed while connecting"]
     assert forward.accepted == 1
     assert ex._client is None
+
+
+def test_threads_sharing_an_executor_wait_for_one_handshake(sshd: Sshd) -> None:
+    """Three threads' first commands while the key exchange is held 3 s: one connection is
+    made and all three run on it (QEMU's forward of a stalled guest queues only 2)."""
+    forward = _DroppingForward(sshd.port, 0, stall=3.0)
+    results: list[str] = []
+    with _forwarded(sshd, forward) as ex:
+
+        def command() -> None:
+            results.append(ex.run(["echo", "ran"], timeout=60).stdout)
+
+        threads = [threading.Thread(target=command) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    forward.listener.close()
+    assert results == ["ran\n"] * 3
+    assert forward.accepted == 1
+
+
+def test_a_tcp_connect_timeout_is_tried_again_a_refusal_is_not() -> None:
+    from kvmple.remote import _transient
+
+    def unreachable(cause: BaseException) -> Unreachable:
+        error = Unreachable("x: SSH not answering")
+        error.__cause__ = cause
+        return error
+
+    assert _transient(unreachable(TimeoutError("timed out")))
+    assert not _transient(unreachable(ConnectionRefusedError(111, "refused")))
 
 
 def test_no_second_try_past_the_deadline_or_for_a_refused_connection(
@@ -426,9 +465,9 @@ def test_no_second_try_past_the_deadline_or_for_a_refused_connection(
     attempts: list[int] = []
     transport = SSHExecutor._transport
 
-    def counted(self: SSHExecutor, handshake: float = 15.0) -> object:
+    def counted(self: SSHExecutor, handshake: float = 15.0, since: int | None = None) -> object:
         attempts.append(1)
-        return transport(self, handshake)
+        return transport(self, handshake, since)
 
     monkeypatch.setattr(SSHExecutor, "_transport", counted)
     nobody = SSHExecutor("127.0.0.1", free_port(), "root", sshd.key, [sshd.host_key_line], "x")
