@@ -311,10 +311,7 @@ def test_a_dropped_handshake_before_the_command_is_tried_again(
     monkeypatch.setattr(remote, "_SESSION_PAUSES", (0.1, 0.1))
     forward = _DroppingForward(sshd.port, drop)
     try:
-        ex = SSHExecutor(
-            "127.0.0.1", forward.port, "root", sshd.key, [sshd.host_key_line], "forwarded"
-        )
-        with ex:
+        with _forwarded(sshd, forward) as ex:
             if drop < accepted:
                 assert ex.run(["echo", "ran"], timeout=30).stdout == "ran\n"
             else:
@@ -454,10 +451,7 @@ def test_no_second_try_past_the_deadline_or_for_a_refused_connection(
     monkeypatch.setattr(remote, "_SESSION_PAUSES", (5.0, 5.0))
     forward = _DroppingForward(sshd.port, 99)
     try:
-        ex = SSHExecutor(
-            "127.0.0.1", forward.port, "root", sshd.key, [sshd.host_key_line], "forwarded"
-        )
-        with ex, pytest.raises(Unreachable):
+        with _forwarded(sshd, forward) as ex, pytest.raises(Unreachable):
             ex.run(["echo", "ran"], timeout=3)
     finally:
         forward.listener.close()
